@@ -1,0 +1,97 @@
+"""ActivationCache: what ``run_with_cache`` returns — hook name -> tensor, with layer-type-aware accessors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from .layer_types import HOOK_PREFIX, canonical
+
+
+class ActivationCache(Mapping):
+    """Hook name -> tensor (batch-first, shapes as in DESIGN.md's hook table).
+
+    Besides the mapping it carries what a view needs to label its axes:
+    ``tokens`` (b p), ``str_tokens`` (one list of strings per row, as the tokenizer produced them),
+    ``layer_types`` (one of ``mamba``/``attention``/``mlp``/``moe`` per block) and ``config``.
+    """
+
+    def __init__(
+        self,
+        data: dict[str, torch.Tensor],
+        *,
+        layer_types: list[str],
+        tokens: torch.Tensor | None = None,
+        str_tokens: list[list[str]] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        config=None,
+    ) -> None:
+        self._data = dict(data)
+        self.layer_types = [canonical(t) for t in layer_types]
+        self.tokens = tokens
+        self._str_tokens = str_tokens
+        self.attention_mask = attention_mask
+        self.config = config
+
+    # Mapping protocol
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self._data:
+            return self._data[name]
+        from .hook_names import unknown_name_error
+
+        raise unknown_name_error(name, list(self._data), where="this cache", layer_types=self.layer_types)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        kinds = "".join({"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}[t] for t in self.layer_types)
+        return f"ActivationCache({len(self)} tensors, layers {kinds})"
+
+    @property
+    def str_tokens(self) -> list[str]:
+        """The first row's tokens as strings (what a single-prompt user wants); ``str_tokens_all`` for all."""
+        return self._str_tokens[0] if self._str_tokens else []
+
+    @property
+    def str_tokens_all(self) -> list[list[str]]:
+        return self._str_tokens or []
+
+    def layers(self, layer_type: str) -> list[int]:
+        """Indices of the blocks of one kind (any spelling: ``'mamba'``, ``'M'``, ``'linear_attention'``)."""
+        kind = canonical(layer_type)
+        return [i for i, t in enumerate(self.layer_types) if t == kind]
+
+    def block(self, i: int) -> dict[str, torch.Tensor]:
+        """Every cached tensor of block ``i``, keyed by the short name (``'hook_resid_pre'``, ``'attn.hook_q'``)."""
+        prefix = f"blocks.{i}."
+        return {k[len(prefix) :]: v for k, v in self._data.items() if k.startswith(prefix)}
+
+    def stack(self, point: str, layer_type: str | None = None) -> torch.Tensor:
+        """Stack one point over the blocks that have it, on a new leading axis.
+
+        ``point`` is a block-level name without the ``blocks.{i}.`` prefix, e.g. ``'hook_resid_post'``
+        or ``'mamba.hook_state_norm'``; ``layer_type`` restricts the blocks. Returns ``(n_blocks, ...)``.
+        """
+        idx = self.layers(layer_type) if layer_type else range(len(self.layer_types))
+        names = [f"blocks.{i}.{point}" for i in idx]
+        have = [n for n in names if n in self._data]
+        if not have:
+            raise KeyError(f"no cached tensor matches blocks.*.{point}; cache it first (names_filter)")
+        return torch.stack([self._data[n] for n in have])
+
+    def point(self, i: int, name: str) -> torch.Tensor:
+        """``cache.point(3, 'hook_pattern')`` -> ``cache['blocks.3.attn.hook_pattern']``: the kind prefix is
+        filled in from block ``i``'s layer type."""
+        if name.startswith("hook_") and name not in ("hook_resid_pre", "hook_resid_post", "hook_mixer_in",
+                                                     "hook_mixer_out"):
+            name = f"{HOOK_PREFIX[self.layer_types[i]]}.{name}"
+        return self[f"blocks.{i}.{name}"]
+
+    def to(self, device: str | torch.device) -> ActivationCache:
+        self._data = {k: v.to(device) for k, v in self._data.items()}
+        return self

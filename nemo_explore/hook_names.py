@@ -1,0 +1,111 @@
+"""The hook-name contract: which points each kind of block has, and clear words for wrong names.
+
+Names: ``hook_embed``, ``blocks.{i}.hook_{resid_pre,mixer_in,mixer_out,resid_post}``, the mixer points
+``blocks.{i}.{attn,mamba,moe,mlp}.hook_*`` of block i's kind, and ``ln_final.hook_normalized``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE
+
+MODEL_POINTS = ("hook_embed", "ln_final.hook_normalized")
+BLOCK_POINTS = ("hook_resid_pre", "hook_mixer_in", "hook_mixer_out", "hook_resid_post")
+MIXER_POINTS: dict[str, tuple[str, ...]] = {
+    ATTENTION: ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"),
+    MAMBA: (
+        "hook_in_proj", "hook_gate", "hook_conv_out", "hook_x", "hook_B", "hook_C", "hook_dt",
+        "hook_ssm_out", "hook_state_norm", "hook_hidden_attn", "hook_state",
+    ),
+    MOE: (
+        "hook_router_logits", "hook_router_scores", "hook_topk_indices", "hook_topk_weights",
+        "hook_routed_out", "hook_shared_out",
+    ),
+    MLP: ("hook_pre", "hook_post"),
+}
+# Derived points that describe a value rather than carry it: they may be read, never replaced.
+READ_ONLY = frozenset({"hook_state_norm", "hook_hidden_attn"})
+# Costly derived points: computed only when someone asks for them.
+DERIVED = frozenset({"hook_state_norm", "hook_hidden_attn", "hook_state", "hook_attn_scores", "hook_pattern"})
+
+# The nearest point another kind of layer has, for "wrong kind" errors (attention <-> Mamba analogies).
+_ANALOGUE = {
+    "hook_pattern": {MAMBA: "hook_hidden_attn"},
+    "hook_attn_scores": {MAMBA: "hook_hidden_attn"},
+    "hook_q": {MAMBA: "hook_C"},
+    "hook_k": {MAMBA: "hook_B"},
+    "hook_v": {MAMBA: "hook_x"},
+    "hook_z": {MAMBA: "hook_ssm_out", MOE: "hook_routed_out", MLP: "hook_post"},
+    "hook_hidden_attn": {ATTENTION: "hook_pattern"},
+    "hook_state_norm": {ATTENTION: "hook_pattern"},
+    "hook_state": {ATTENTION: "hook_k"},
+    "hook_C": {ATTENTION: "hook_q"},
+    "hook_B": {ATTENTION: "hook_k"},
+    "hook_x": {ATTENTION: "hook_v"},
+    "hook_ssm_out": {ATTENTION: "hook_z", MOE: "hook_routed_out", MLP: "hook_post"},
+    "hook_pre": {MOE: "hook_routed_out"},
+    "hook_post": {MOE: "hook_routed_out", ATTENTION: "hook_z", MAMBA: "hook_ssm_out"},
+    "hook_routed_out": {MLP: "hook_post"},
+    "hook_shared_out": {MLP: "hook_post"},
+}
+_BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.(?:(\w+)\.)?(hook_\w+)$")
+
+
+def block_point_names(i: int, kind: str) -> list[str]:
+    """Every hook name of block ``i`` of the given kind, in the order the forward pass reaches them."""
+    prefix = f"blocks.{i}."
+    mixer = [f"{prefix}{HOOK_PREFIX[kind]}.{p}" for p in MIXER_POINTS[kind]]
+    return [prefix + "hook_resid_pre", prefix + "hook_mixer_in", *mixer, prefix + "hook_mixer_out",
+            prefix + "hook_resid_post"]
+
+
+def all_names(layer_types: list[str]) -> list[str]:
+    """Every hook name of a model with these layer types, in forward order."""
+    names = ["hook_embed"]
+    for i, kind in enumerate(layer_types):
+        names += block_point_names(i, kind)
+    return names + ["ln_final.hook_normalized"]
+
+
+def parse(name: str) -> tuple[int | None, str | None, str]:
+    """``'blocks.3.attn.hook_q'`` -> ``(3, 'attn', 'hook_q')``; ``'hook_embed'`` -> ``(None, None, 'hook_embed')``."""
+    m = _BLOCK_NAME.match(name)
+    if m:
+        return int(m.group(1)), m.group(2), m.group(3)
+    return None, None, name
+
+
+class HookNameError(KeyError):
+    """An unknown hook name; the message suggests the closest real ones."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes
+        return str(self.args[0])
+
+
+def unknown_name_error(name: str, known: list[str], *, where: str = "this model",
+                       layer_types: list[str] | None = None) -> HookNameError:
+    """Build the error for a name that is not in ``known``: wrong layer index, wrong kind, or a typo."""
+    i, sub, point = parse(name)
+    if layer_types is not None and i is not None:
+        n = len(layer_types)
+        if i >= n:
+            return HookNameError(
+                f"{name!r}: {where} has {n} blocks (0..{n - 1}); block {i} does not exist"
+            )
+        kind = layer_types[i]
+        own = HOOK_PREFIX[kind]
+        if sub is not None and sub != own:
+            have = MIXER_POINTS[kind]
+            guess = _ANALOGUE.get(point, {}).get(kind)
+            guess = guess or (difflib.get_close_matches(point, have, n=1) or [None])[0]
+            hint = f" The nearest point it has: 'blocks.{i}.{own}.{guess}'." if guess else ""
+            return HookNameError(
+                f"{name!r}: block {i} is a {kind} layer, so its points are 'blocks.{i}.{own}.*' "
+                f"({', '.join(have)}).{hint}"
+            )
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return HookNameError(f"no hook point named {name!r} in {where}.{hint} "
+                         "List them with model.hook_names() (or hook_names(layer_type='mamba')).")

@@ -1,0 +1,104 @@
+"""One hook mechanism: a registry of hook functions by point name, and ``fire`` to run them.
+
+A hook function is ``fn(tensor, hook) -> tensor | None``. Returning None, or the very tensor it was
+given, observes; returning anything else replaces the value downstream (a write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .hook_names import READ_ONLY, parse
+
+HookFn = Callable[..., "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """What a hook function receives as ``hook``: the point's full name, its block and the block's kind."""
+
+    name: str
+    layer: int | None
+    layer_type: str | None
+
+    @property
+    def short(self) -> str:
+        """The point without its block prefix, e.g. ``'hook_pattern'``."""
+        return parse(self.name)[2]
+
+
+class ReadOnlyHookError(RuntimeError):
+    pass
+
+
+class HookRegistry:
+    """Active hook functions by point name, in the order they were added.
+
+    ``add`` returns a handle for ``remove``; the model re-derives what to instrument from ``names()``.
+    """
+
+    def __init__(self) -> None:
+        self._fns: dict[str, list[tuple[int, HookFn]]] = {}
+        self._next = 0
+
+    def add(self, name: str, fn: HookFn) -> int:
+        self._next += 1
+        self._fns.setdefault(name, []).append((self._next, fn))
+        return self._next
+
+    def remove(self, handles: list[int]) -> None:
+        drop = set(handles)
+        for name in list(self._fns):
+            kept = [(h, f) for h, f in self._fns[name] if h not in drop]
+            if kept:
+                self._fns[name] = kept
+            else:
+                del self._fns[name]
+
+    def names(self) -> set[str]:
+        return set(self._fns)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._fns
+
+    def fire(self, point: HookPoint, value: torch.Tensor) -> torch.Tensor:
+        """Run every hook function of ``point`` on ``value``; return the value that flows on."""
+        for _, fn in self._fns.get(point.name, ()):
+            out = fn(value, point)
+            if out is None or out is value:
+                continue
+            if point.short in READ_ONLY:
+                raise ReadOnlyHookError(
+                    f"{point.name} is read-only: it describes the computation and is not part of it. "
+                    "Return None from the hook to observe it; to intervene, write a point that flows "
+                    "downstream (hook_x, hook_B, hook_C, hook_dt, hook_ssm_out or hook_state)."
+                )
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"hook on {point.name} returned {type(out).__name__}; return a tensor or None")
+            if out.shape != value.shape:
+                raise ValueError(
+                    f"hook on {point.name} returned shape {tuple(out.shape)}, expected {tuple(value.shape)}"
+                )
+            value = out
+        return value
+
+
+class Fire:
+    """The hooks of one block, bound to its name prefix: ``fire('hook_q', q)`` inside a mixer forward."""
+
+    def __init__(self, registry: HookRegistry, layer: int, layer_type: str, prefix: str,
+                 options: dict | None = None) -> None:
+        self.registry, self.layer, self.layer_type, self.prefix = registry, layer, layer_type, prefix
+        self.options = options if options is not None else {}
+
+    def wants(self, point: str) -> bool:
+        return f"{self.prefix}{point}" in self.registry
+
+    def __call__(self, point: str, value: torch.Tensor) -> torch.Tensor:
+        name = f"{self.prefix}{point}"
+        if name not in self.registry:
+            return value
+        return self.registry.fire(HookPoint(name, self.layer, self.layer_type), value)

@@ -1,0 +1,80 @@
+"""Grouped-query attention (no position embedding): q, k, v, scores, pattern, z.
+
+HF runs SDPA, which never forms the pattern. Reading ``hook_attn_scores``/``hook_pattern`` computes them
+on the side from q and k (PITFALLS 3); the layer's output still comes from HF's own attention call, so
+observing is bit-exact. Only a hook that *replaces* scores or pattern makes z = pattern · v explicit.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..hooks import Fire
+
+
+def keep_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device) -> torch.Tensor:
+    """Boolean ``(b|1, 1, q, k)`` mask of the key positions each query may see.
+
+    HF hands SDPA either nothing (pure causal) or a 4-D mask (bool: True = keep; float: 0 = keep);
+    with a KV cache the queries sit at the end, so the causal diagonal is offset by ``kv_len - q_len``.
+    """
+    if attention_mask is None:
+        q = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+        return (torch.arange(kv_len, device=device)[None, :] <= q)[None, None]
+    mask = attention_mask[..., -kv_len:]
+    return mask if mask.dtype == torch.bool else mask == 0
+
+
+def scores_and_pattern(q: torch.Tensor, k: torch.Tensor, keep: torch.Tensor, scaling: float):
+    """``q`` (b h q d), ``k`` (b h_kv k d) -> scaled masked scores and softmax pattern, both (b h q k).
+
+    Masked positions score -inf; a query that sees no key (a padding row) gets an all-zero pattern.
+    """
+    n_rep = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(n_rep, dim=1) if n_rep > 1 else k
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    scores = scores.masked_fill(~keep, float("-inf"))
+    return scores, softmax_pattern(scores, q.dtype)
+
+
+def softmax_pattern(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return torch.nan_to_num(pattern, nan=0.0).to(dtype)
+
+
+def attention_forward(attn, fire: Fire, hidden_states: torch.Tensor, attention_mask=None,
+                      past_key_values=None, **kwargs):
+    hf = sys.modules[type(attn).__module__]
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, attn.head_dim)
+
+    q = fire("hook_q", attn.q_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+    k = fire("hook_k", attn.k_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+    v = fire("hook_v", attn.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+    if past_key_values is not None:
+        k, v = past_key_values.update(k, v, attn.layer_idx)
+
+    written = False
+    if fire.wants("hook_attn_scores") or fire.wants("hook_pattern"):
+        keep = keep_mask(attention_mask, q.shape[2], k.shape[2], q.device)
+        scores, pattern = scores_and_pattern(q, k, keep, attn.scaling)
+        new_scores = fire("hook_attn_scores", scores)
+        if new_scores is not scores:
+            written, pattern = True, softmax_pattern(new_scores, q.dtype)
+        new_pattern = fire("hook_pattern", pattern)
+        written = written or new_pattern is not pattern
+
+    if written:
+        n_rep = q.shape[1] // v.shape[1]
+        v_full = v.repeat_interleave(n_rep, dim=1) if n_rep > 1 else v
+        z = torch.matmul(new_pattern, v_full).transpose(1, 2).contiguous()
+    else:
+        interface = hf.ALL_ATTENTION_FUNCTIONS.get_interface(
+            attn.config._attn_implementation, hf.eager_attention_forward
+        )
+        z, _ = interface(attn, q, k, v, attention_mask, dropout=0.0 if not attn.training
+                         else attn.attention_dropout, scaling=attn.scaling, **kwargs)
+    z = fire("hook_z", z)
+    return attn.o_proj(z.reshape(*input_shape, -1).contiguous()), None

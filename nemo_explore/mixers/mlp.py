@@ -1,0 +1,13 @@
+"""Dense MLP (relu²): ``down(act(up(x)))`` with ``hook_pre`` (up-projection) and ``hook_post`` (after act)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..hooks import Fire
+
+
+def mlp_forward(mlp, fire: Fire, x: torch.Tensor) -> torch.Tensor:
+    pre = fire("hook_pre", mlp.up_proj(x))
+    post = fire("hook_post", mlp.act_fn(pre))
+    return mlp.down_proj(post)

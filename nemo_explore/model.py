@@ -1,0 +1,345 @@
+"""HookedNemotronH: an HF NemotronHForCausalLM with layer-type-aware hook points.
+
+Nothing is attached while nothing is hooked: the HF model runs as it is, fast paths included. Adding a
+hook installs only what that point needs — a plain torch hook for residual-stream points, an instrumented
+forward (``mixers/``) for points inside a mixer — and removing it takes exactly that away again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from .cache import ActivationCache
+from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
+from .hooks import Fire, HookFn, HookPoint, HookRegistry
+from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, canonical, parse_pattern
+from .mixers import attention_forward, mamba_forward, mlp_forward, moe_forward
+
+_MIXER_FORWARD = {ATTENTION: attention_forward, MAMBA: mamba_forward, MLP: mlp_forward, MOE: moe_forward}
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+Input = str | Sequence[str] | torch.Tensor
+
+
+class NotNemotronHError(TypeError):
+    pass
+
+
+def check_nemotron_h(hf_model) -> None:
+    """Raise a clear error unless ``hf_model`` is a native transformers Nemotron-H causal LM."""
+    config = getattr(hf_model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    layers = getattr(getattr(hf_model, "model", None), "layers", None)
+    if model_type != "nemotron_h" or layers is None or not hasattr(hf_model, "lm_head"):
+        found = f"{type(hf_model).__name__} (config model_type={model_type!r})"
+        raise NotNemotronHError(
+            f"nemo_explore needs a Nemotron-H causal LM (transformers' NemotronHForCausalLM); got {found}. "
+            "Load one with nemo_explore.load('tiny'), a hub id or a checkpoint directory."
+        )
+
+
+class HookedNemotronH:
+    """A Nemotron-H model whose every block exposes hook points named for its kind.
+
+    ``model(tokens)`` returns logits; ``run_with_cache`` / ``run_with_hooks`` / ``hooks`` read and write
+    points; ``generate`` runs HF's generation with any active hooks. ``hf_model`` is the model itself,
+    nothing is copied.
+    """
+
+    def __init__(self, hf_model, tokenizer=None) -> None:
+        check_nemotron_h(hf_model)
+        self.hf_model = hf_model.eval()  # PITFALLS 9: training mode bypasses the instrumented path
+        self.tokenizer = tokenizer
+        self.cfg = hf_model.config
+        self.layer_types: list[str] = parse_pattern(self.cfg.layers_block_type)
+        self._names = all_names(self.layer_types)
+        self._name_set = set(self._names)
+        self._registry = HookRegistry()
+        self._options: dict = {}
+        self._installed: dict[str, Callable[[], None]] = {}  # what is attached -> how to detach it
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def config(self):
+        return self.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_types)
+
+    @property
+    def pattern(self) -> str:
+        """The layer map as a pattern string: ``M`` Mamba, ``*`` attention, ``-`` MLP, ``E`` MoE."""
+        return "".join({MAMBA: "M", ATTENTION: "*", MLP: "-", MOE: "E"}[t] for t in self.layer_types)
+
+    @property
+    def blocks(self):
+        """The HF blocks (``model.layers``): ``blocks[i].norm`` and ``blocks[i].mixer``."""
+        return self.hf_model.model.layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf_model.model.embeddings.weight.device
+
+    def layers(self, layer_type: str) -> list[int]:
+        """Indices of the blocks of one kind (any spelling: ``'mamba'``, ``'M'``, ``'linear_attention'``)."""
+        kind = canonical(layer_type)
+        return [i for i, t in enumerate(self.layer_types) if t == kind]
+
+    def hook_names(self, layer_type: str | None = None) -> list[str]:
+        """Every hook point in forward order; with ``layer_type``, only the blocks of that kind."""
+        if layer_type is None:
+            return list(self._names)
+        wanted = set(self.layers(layer_type))
+        return [n for n in self._names if parse(n)[0] in wanted]
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{len(self.layers(t))} {t}" for t in (MAMBA, ATTENTION, MLP, MOE) if self.layers(t))
+        return f"HookedNemotronH({self.n_layers} layers: {counts}; pattern {self.pattern})"
+
+    # ------------------------------------------------------------------ tokens
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass token ids (a LongTensor), or load it with one")
+        return self.tokenizer
+
+    def to_tokens(self, text: str | Sequence[str], padding_side: str = "right") -> torch.Tensor:
+        """Text (or a list of texts, padded) -> token ids ``(b, p)`` on the model's device."""
+        return self._encode(text, padding_side)[0]
+
+    def _encode(self, text: str | Sequence[str], padding_side: str = "right"):
+        tok = self._need_tokenizer()
+        texts = [text] if isinstance(text, str) else list(text)
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side=padding_side)
+        mask = enc["attention_mask"]
+        return enc["input_ids"].to(self.device), (None if bool(mask.all()) else mask.to(self.device))
+
+    def to_str_tokens(self, text: str | torch.Tensor) -> list[str]:
+        """One string per token, as the tokenizer produced it (spaces and newlines kept)."""
+        tok = self._need_tokenizer()
+        ids = self.to_tokens(text)[0] if isinstance(text, str) else torch.as_tensor(text).reshape(-1)
+        return [tok.decode([i], clean_up_tokenization_spaces=False) for i in ids.tolist()]
+
+    def to_string(self, tokens: torch.Tensor) -> str | list[str]:
+        tok = self._need_tokenizer()
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() == 1:
+            return tok.decode(tokens.tolist())
+        return [tok.decode(row.tolist()) for row in tokens]
+
+    def _inputs(self, input: Input, attention_mask: torch.Tensor | None, padding_side: str = "right"):
+        """-> (input_ids (b p), attention_mask or None)."""
+        if isinstance(input, str) or (isinstance(input, Sequence) and input and isinstance(input[0], str)):
+            if attention_mask is not None:
+                raise ValueError("attention_mask is built from the texts; pass it only with token ids")
+            return self._encode(input, padding_side)
+        ids = torch.as_tensor(input)
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"token ids must be integers, got {ids.dtype}")
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2:
+            raise ValueError(f"token ids must be (batch, pos) or (pos,), got shape {tuple(ids.shape)}")
+        vocab = self.cfg.vocab_size
+        if ids.numel() and (int(ids.max()) >= vocab or int(ids.min()) < 0):
+            raise ValueError(f"token ids must lie in [0, {vocab}); got {int(ids.min())}..{int(ids.max())}")
+        if attention_mask is not None:
+            attention_mask = torch.as_tensor(attention_mask).reshape(ids.shape).to(self.device)
+        return ids.to(self.device), attention_mask
+
+    def _str_tokens_of(self, ids: torch.Tensor, mask: torch.Tensor | None) -> list[list[str]] | None:
+        if self.tokenizer is None:
+            return None
+        rows = []
+        for r, row in enumerate(ids.tolist()):
+            n = int(mask[r].sum()) if mask is not None else len(row)
+            rows.append([self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in row[:n]])
+        return rows
+
+    # ------------------------------------------------------------------ running
+    def __call__(self, input: Input, attention_mask: torch.Tensor | None = None,
+                 return_type: str = "logits") -> torch.Tensor:
+        """Logits ``(b, p, vocab)`` (``return_type='loss'``: mean next-token loss; ``'loss_per_token'``:
+        ``(b, p-1)``), with whatever hooks are active."""
+        ids, mask = self._inputs(input, attention_mask)
+        logits = self.hf_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        if return_type == "logits":
+            return logits
+        if return_type in ("loss", "loss_per_token"):
+            per_token = token_losses(logits, ids)
+            if return_type == "loss_per_token":
+                return per_token
+            keep = mask[:, 1:].bool() if mask is not None else torch.ones_like(per_token, dtype=torch.bool)
+            return per_token[keep].mean()
+        raise ValueError(f"return_type must be 'logits', 'loss' or 'loss_per_token', not {return_type!r}")
+
+    forward = __call__
+
+    def run_with_hooks(self, input: Input, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+                       attention_mask: torch.Tensor | None = None, return_type: str = "logits",
+                       **options) -> torch.Tensor:
+        """Run once with ``fwd_hooks`` = ``[(name or predicate, fn)]``; ``fn(tensor, hook)`` may return a
+        replacement. Options: ``state_positions``, ``hidden_attn_heads``, ``hidden_attn_window``."""
+        with self.hooks(fwd_hooks, **options):
+            return self(input, attention_mask=attention_mask, return_type=return_type)
+
+    def run_with_cache(self, input: Input, names_filter: NamesFilter = None,
+                       attention_mask: torch.Tensor | None = None, device: str | torch.device | None = None,
+                       dtype: torch.dtype | None = None, return_type: str = "logits",
+                       **options) -> tuple[torch.Tensor, ActivationCache]:
+        """Run once and keep the hooked values: ``(logits, cache)``.
+
+        ``names_filter``: a name, a list of names, a predicate on names, or None for every point.
+        ``device`` / ``dtype``: where and how to keep the cached tensors (default: as computed).
+        Options: ``state_positions`` (which positions ``hook_state`` keeps; default all of an input of at
+        most 64 tokens, else the last), ``hidden_attn_heads``, ``hidden_attn_window`` (query rows).
+        """
+        names = self._resolve(names_filter)
+        store: dict[str, torch.Tensor] = {}
+
+        def keep(tensor: torch.Tensor, hook: HookPoint) -> None:
+            t = tensor.detach()
+            if device is not None or (dtype is not None and t.is_floating_point()):
+                t = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+            store[hook.name] = t
+
+        ids, mask = self._inputs(input, attention_mask)
+        with self.hooks([(n, keep) for n in names], **options):
+            out = self(ids, attention_mask=mask, return_type=return_type)
+        ordered = {n: store[n] for n in self._names if n in store}
+        cache = ActivationCache(ordered, layer_types=self.layer_types, tokens=ids,
+                                str_tokens=self._str_tokens_of(ids, mask), attention_mask=mask, config=self.cfg)
+        if any(n.endswith("hook_state") for n in ordered):
+            from .mixers.mamba import _state_positions
+
+            cache.state_positions = _state_positions(Fire(self._registry, 0, MAMBA, "", options), ids.shape[1])
+        return out, cache
+
+    @torch.no_grad()
+    def generate(self, input: Input, max_new_tokens: int = 20, fwd_hooks=(), **kwargs) -> torch.Tensor:
+        """HF's ``generate`` (greedy unless told otherwise) with any active hooks plus ``fwd_hooks``.
+        Texts are left-padded. Returns the token ids, prompt included ``(b, p + new)``."""
+        ids, mask = self._inputs(input, kwargs.pop("attention_mask", None), padding_side="left")
+        kwargs.setdefault("do_sample", False)
+        if self.tokenizer is not None:
+            kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        with self.hooks(fwd_hooks):
+            return self.hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          **kwargs)
+
+    # ------------------------------------------------------------------ hooks
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+              **options) -> Iterator[HookedNemotronH]:
+        """Context in which ``fwd_hooks`` are active; they (and only they) are removed on exit, even on error.
+        Contexts nest; options (``state_positions``...) apply inside this context."""
+        handles: list[int] = []
+        saved_options = dict(self._options)
+        try:
+            for target, fn in fwd_hooks:
+                if not callable(fn):
+                    raise TypeError(f"hook for {target!r} is not callable: {fn!r}")
+                for name in self._resolve(target):
+                    handles.append(self._registry.add(name, fn))
+            self._options.update(options)
+            self._sync()
+            yield self
+        finally:
+            self._registry.remove(handles)
+            self._options.clear()
+            self._options.update(saved_options)
+            self._sync()
+
+    def reset_hooks(self) -> None:
+        """Remove every hook (a safety net; contexts already clean up after themselves)."""
+        self._registry = HookRegistry()
+        self._sync()
+
+    def _resolve(self, target: NamesFilter) -> list[str]:
+        """A name, list of names, predicate or None -> the list of hook names it selects."""
+        if target is None:
+            return list(self._names)
+        if callable(target):
+            return [n for n in self._names if target(n)]
+        names = [target] if isinstance(target, str) else list(target)
+        for name in names:
+            if name not in self._name_set:
+                raise unknown_name_error(name, self._names, layer_types=self.layer_types)
+        return names
+
+    def _sync(self) -> None:
+        """Attach what the active hooks need and detach what they no longer need."""
+        wanted: dict[str, Callable[[], Callable[[], None]]] = {}
+        for name in self._registry.names():
+            i, sub, point = parse(name)
+            if i is None:
+                wanted[name] = lambda name=name: self._attach_model_point(name)
+            elif sub is None:
+                wanted[name] = lambda name=name, i=i, point=point: self._attach_block_point(name, i, point)
+            else:
+                wanted[f"mixer.{i}"] = lambda i=i: self._attach_mixer(i)
+        for key in [k for k in self._installed if k not in wanted]:
+            self._installed.pop(key)()
+        for key, attach in wanted.items():
+            if key not in self._installed:
+                self._installed[key] = attach()
+
+    def _attach_model_point(self, name: str) -> Callable[[], None]:
+        assert name in MODEL_POINTS
+        module = self.hf_model.model.embeddings if name == "hook_embed" else self.hf_model.model.norm_f
+        point = HookPoint(name, None, None)
+        return module.register_forward_hook(lambda m, a, out: self._registry.fire(point, out)).remove
+
+    def _attach_block_point(self, name: str, i: int, short: str) -> Callable[[], None]:
+        block, point = self.blocks[i], HookPoint(name, i, self.layer_types[i])
+        fire = self._registry.fire
+        if short == "hook_resid_pre":
+            def pre(module, args, kwargs):
+                if args:
+                    new = fire(point, args[0])
+                    return (new, *args[1:]), kwargs
+                kwargs["hidden_states"] = fire(point, kwargs["hidden_states"])
+                return args, kwargs
+            return block.register_forward_pre_hook(pre, with_kwargs=True).remove
+        if short == "hook_mixer_in":
+            return block.norm.register_forward_hook(lambda m, a, out: fire(point, out)).remove
+        if short == "hook_mixer_out":
+            def post(module, args, out):
+                if isinstance(out, tuple):  # attention returns (output, weights)
+                    return (fire(point, out[0]), *out[1:])
+                return fire(point, out)
+            return block.mixer.register_forward_hook(post).remove
+        if short == "hook_resid_post":
+            return block.register_forward_hook(lambda m, a, out: fire(point, out)).remove
+        raise AssertionError(name)
+
+    def _attach_mixer(self, i: int) -> Callable[[], None]:
+        """Swap block i's mixer forward for the instrumented one (under accelerate's hook, if any)."""
+        kind = self.layer_types[i]
+        mixer = self.blocks[i].mixer
+        fire = Fire(self._registry, i, kind, f"blocks.{i}.{HOOK_PREFIX[kind]}.", self._options)
+        forward = _MIXER_FORWARD[kind]
+        attr = "_old_forward" if hasattr(mixer, "_hf_hook") and hasattr(mixer, "_old_forward") else "forward"
+        had = attr in mixer.__dict__
+        original = mixer.__dict__.get(attr)
+
+        def instrumented(*args, **kwargs):
+            return forward(mixer, fire, *args, **kwargs)
+
+        setattr(mixer, attr, instrumented)
+
+        def detach() -> None:
+            if had:
+                setattr(mixer, attr, original)
+            else:
+                delattr(mixer, attr)
+
+        return detach
+
+
+def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy per position: logits (b p v), ids (b p) -> (b p-1)."""
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1)
