@@ -84,6 +84,10 @@ class HookNameError(KeyError):
         return str(self.args[0])
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def unknown_name_error(name: str, known: list[str], *, where: str = "this model",
                        layer_types: list[str] | None = None) -> HookNameError:
     """Build the error for a name that is not in ``known``: wrong layer index, wrong kind, or a typo."""
@@ -102,7 +106,7 @@ def unknown_name_error(name: str, known: list[str], *, where: str = "this model"
             guess = guess or (difflib.get_close_matches(point, have, n=1) or [None])[0]
             hint = f" The nearest point it has: 'blocks.{i}.{own}.{guess}'." if guess else ""
             return HookNameError(
-                f"{name!r}: block {i} is a {kind} layer, so its points are 'blocks.{i}.{own}.*' "
+                f"{name!r}: block {i} is {_article(kind)} {kind} layer, so its points are 'blocks.{i}.{own}.*' "
                 f"({', '.join(have)}).{hint}"
             )
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)

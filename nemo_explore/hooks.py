@@ -82,6 +82,8 @@ class HookRegistry:
                 raise ValueError(
                     f"hook on {point.name} returned shape {tuple(out.shape)}, expected {tuple(value.shape)}"
                 )
+            if out.is_floating_point() != value.is_floating_point():
+                raise TypeError(f"hook on {point.name} returned {out.dtype} for a {value.dtype} point")
             value = out
         return value
 

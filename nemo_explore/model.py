@@ -8,9 +8,11 @@ forward (``mixers/``) for points inside a mixer — and removing it takes exactl
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
+from transformers.integrations.accelerate import force_accelerate_hooks
 
 from .cache import ActivationCache
 from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
@@ -325,10 +327,15 @@ class HookedNemotronH:
         had = attr in mixer.__dict__
         original = mixer.__dict__.get(attr)
 
-        def instrumented(*args, **kwargs):
-            return forward(mixer, fire, *args, **kwargs)
+        def instrumented(module, *args, **kwargs):
+            return forward(module, fire, *args, **kwargs)
 
-        setattr(mixer, attr, instrumented)
+        # Submodules whose weights the instrumented forward reads without calling them: fire their accelerate
+        # hooks (offloaded weights), as HF's own Mamba forward does for conv1d.
+        direct = {MAMBA: "conv1d", MOE: "gate"}.get(kind)
+        if direct:
+            instrumented = force_accelerate_hooks(direct)(instrumented)
+        setattr(mixer, attr, functools.partial(instrumented, mixer))
 
         def detach() -> None:
             if had:

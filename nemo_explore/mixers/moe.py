@@ -33,6 +33,12 @@ def routing_weights(router, scores: torch.Tensor, indices: torch.Tensor) -> torc
     return weights * router.routed_scaling_factor
 
 
+def check_expert_ids(indices: torch.Tensor, n_experts: int) -> None:
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_experts):
+        raise ValueError(f"hook_topk_indices must hold expert ids in [0, {n_experts}); "
+                         f"got {int(indices.min())}..{int(indices.max())}")
+
+
 def moe_forward(moe, fire: Fire, hidden_states: torch.Tensor) -> torch.Tensor:
     router = moe.gate
     shape = hidden_states.shape  # b p d
@@ -43,7 +49,11 @@ def moe_forward(moe, fire: Fire, hidden_states: torch.Tensor) -> torch.Tensor:
     logits = fire("hook_router_logits", logits.view(per_token)).reshape(flat.shape[0], -1)
     scores = fire("hook_router_scores", logits.sigmoid().view(per_token)).reshape(flat.shape[0], -1)
     indices = choose_experts(router, scores)
-    indices = fire("hook_topk_indices", indices.view(per_token)).reshape(flat.shape[0], -1)
+    chosen = indices.view(per_token)
+    forced = fire("hook_topk_indices", chosen)
+    if forced is not chosen:
+        check_expert_ids(forced, router.num_experts)
+    indices = forced.reshape(flat.shape[0], -1)
     weights = routing_weights(router, scores, indices)
     weights = fire("hook_topk_weights", weights.view(per_token)).reshape(flat.shape[0], -1)
 
