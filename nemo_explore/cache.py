@@ -67,7 +67,7 @@ class ActivationCache(Mapping):
         return [i for i, t in enumerate(self.layer_types) if t == kind]
 
     def block(self, i: int) -> dict[str, torch.Tensor]:
-        """Every cached tensor of block ``i``, keyed by the short name (``'hook_resid_pre'``, ``'attn.hook_q'``)."""
+        """Every cached tensor of block ``i`` by short name (``'hook_resid_pre'``, ``'attn.hook_q'``)."""
         prefix = f"blocks.{i}."
         return {k[len(prefix) :]: v for k, v in self._data.items() if k.startswith(prefix)}
 
@@ -87,8 +87,12 @@ class ActivationCache(Mapping):
     def point(self, i: int, name: str) -> torch.Tensor:
         """``cache.point(3, 'hook_pattern')`` -> ``cache['blocks.3.attn.hook_pattern']``: the kind prefix is
         filled in from block ``i``'s layer type."""
-        if name.startswith("hook_") and name not in ("hook_resid_pre", "hook_resid_post", "hook_mixer_in",
-                                                     "hook_mixer_out"):
+        if name.startswith("hook_") and name not in (
+            "hook_resid_pre",
+            "hook_resid_post",
+            "hook_mixer_in",
+            "hook_mixer_out",
+        ):
             name = f"{HOOK_PREFIX[self.layer_types[i]]}.{name}"
         return self[f"blocks.{i}.{name}"]
 

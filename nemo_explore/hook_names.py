@@ -16,12 +16,25 @@ BLOCK_POINTS = ("hook_resid_pre", "hook_mixer_in", "hook_mixer_out", "hook_resid
 MIXER_POINTS: dict[str, tuple[str, ...]] = {
     ATTENTION: ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"),
     MAMBA: (
-        "hook_in_proj", "hook_gate", "hook_conv_out", "hook_x", "hook_B", "hook_C", "hook_dt",
-        "hook_ssm_out", "hook_state_norm", "hook_hidden_attn", "hook_state",
+        "hook_in_proj",
+        "hook_gate",
+        "hook_conv_out",
+        "hook_x",
+        "hook_B",
+        "hook_C",
+        "hook_dt",
+        "hook_ssm_out",
+        "hook_state_norm",
+        "hook_hidden_attn",
+        "hook_state",
     ),
     MOE: (
-        "hook_router_logits", "hook_router_scores", "hook_topk_indices", "hook_topk_weights",
-        "hook_routed_out", "hook_shared_out",
+        "hook_router_logits",
+        "hook_router_scores",
+        "hook_topk_indices",
+        "hook_topk_weights",
+        "hook_routed_out",
+        "hook_shared_out",
     ),
     MLP: ("hook_pre", "hook_post"),
 }
@@ -57,8 +70,13 @@ def block_point_names(i: int, kind: str) -> list[str]:
     """Every hook name of block ``i`` of the given kind, in the order the forward pass reaches them."""
     prefix = f"blocks.{i}."
     mixer = [f"{prefix}{HOOK_PREFIX[kind]}.{p}" for p in MIXER_POINTS[kind]]
-    return [prefix + "hook_resid_pre", prefix + "hook_mixer_in", *mixer, prefix + "hook_mixer_out",
-            prefix + "hook_resid_post"]
+    return [
+        prefix + "hook_resid_pre",
+        prefix + "hook_mixer_in",
+        *mixer,
+        prefix + "hook_mixer_out",
+        prefix + "hook_resid_post",
+    ]
 
 
 def all_names(layer_types: list[str]) -> list[str]:
@@ -70,7 +88,7 @@ def all_names(layer_types: list[str]) -> list[str]:
 
 
 def parse(name: str) -> tuple[int | None, str | None, str]:
-    """``'blocks.3.attn.hook_q'`` -> ``(3, 'attn', 'hook_q')``; ``'hook_embed'`` -> ``(None, None, 'hook_embed')``."""
+    """``'blocks.3.attn.hook_q'`` -> ``(3, 'attn', 'hook_q')``; ``'hook_embed'`` -> ``(None, None, ...)``."""
     m = _BLOCK_NAME.match(name)
     if m:
         return int(m.group(1)), m.group(2), m.group(3)
@@ -88,16 +106,15 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def unknown_name_error(name: str, known: list[str], *, where: str = "this model",
-                       layer_types: list[str] | None = None) -> HookNameError:
+def unknown_name_error(
+    name: str, known: list[str], *, where: str = "this model", layer_types: list[str] | None = None
+) -> HookNameError:
     """Build the error for a name that is not in ``known``: wrong layer index, wrong kind, or a typo."""
     i, sub, point = parse(name)
     if layer_types is not None and i is not None:
         n = len(layer_types)
         if i >= n:
-            return HookNameError(
-                f"{name!r}: {where} has {n} blocks (0..{n - 1}); block {i} does not exist"
-            )
+            return HookNameError(f"{name!r}: {where} has {n} blocks (0..{n - 1}); block {i} does not exist")
         kind = layer_types[i]
         own = HOOK_PREFIX[kind]
         if sub is not None and sub != own:
@@ -106,10 +123,13 @@ def unknown_name_error(name: str, known: list[str], *, where: str = "this model"
             guess = guess or (difflib.get_close_matches(point, have, n=1) or [None])[0]
             hint = f" The nearest point it has: 'blocks.{i}.{own}.{guess}'." if guess else ""
             return HookNameError(
-                f"{name!r}: block {i} is {_article(kind)} {kind} layer, so its points are 'blocks.{i}.{own}.*' "
+                f"{name!r}: block {i} is {_article(kind)} {kind} layer, "
+                f"so its points are 'blocks.{i}.{own}.*' "
                 f"({', '.join(have)}).{hint}"
             )
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return HookNameError(f"no hook point named {name!r} in {where}.{hint} "
-                         "List them with model.hook_names() (or hook_names(layer_type='mamba')).")
+    return HookNameError(
+        f"no hook point named {name!r} in {where}.{hint} "
+        "List them with model.hook_names() (or hook_names(layer_type='mamba'))."
+    )

@@ -77,7 +77,9 @@ class HookRegistry:
                     "downstream (hook_x, hook_B, hook_C, hook_dt, hook_ssm_out or hook_state)."
                 )
             if not isinstance(out, torch.Tensor):
-                raise TypeError(f"hook on {point.name} returned {type(out).__name__}; return a tensor or None")
+                raise TypeError(
+                    f"hook on {point.name} returned {type(out).__name__}; return a tensor or None"
+                )
             if out.shape != value.shape:
                 raise ValueError(
                     f"hook on {point.name} returned shape {tuple(out.shape)}, expected {tuple(value.shape)}"
@@ -91,8 +93,9 @@ class HookRegistry:
 class Fire:
     """The hooks of one block, bound to its name prefix: ``fire('hook_q', q)`` inside a mixer forward."""
 
-    def __init__(self, registry: HookRegistry, layer: int, layer_type: str, prefix: str,
-                 options: dict | None = None) -> None:
+    def __init__(
+        self, registry: HookRegistry, layer: int, layer_type: str, prefix: str, options: dict | None = None
+    ) -> None:
         self.registry, self.layer, self.layer_type, self.prefix = registry, layer, layer_type, prefix
         self.options = options if options is not None else {}
 

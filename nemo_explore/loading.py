@@ -54,7 +54,9 @@ def load(
             model = model.to(device)
         return HookedNemotronH(model, tokenizer)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"load() takes 'tiny', a hub id, a directory or an HF model, not {type(source).__name__}")
+        raise TypeError(
+            f"load() takes 'tiny', a hub id, a directory or an HF model, not {type(source).__name__}"
+        )
 
     where = _resolve(str(source), revision)
     config = read_config(where)
@@ -64,8 +66,9 @@ def load(
             raise CheckpointError(f"{where} has no weights (*.safetensors or *.bin)")
         if not allow_pickle:
             raise CheckpointError(
-                f"{where} holds only pickle weights ({', '.join(sorted(files)[:3])}); pickle can run code when "
-                "loaded. Convert them to safetensors, or pass allow_pickle=True if you trust the source."
+                f"{where} holds only pickle weights ({', '.join(sorted(files)[:3])}); "
+                "pickle can run code when loaded. Convert them to safetensors, "
+                "or pass allow_pickle=True if you trust the source."
             )
     from transformers import NemotronHForCausalLM
 

@@ -98,13 +98,17 @@ class HookedNemotronH:
         return [n for n in self._names if parse(n)[0] in wanted]
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{len(self.layers(t))} {t}" for t in (MAMBA, ATTENTION, MLP, MOE) if self.layers(t))
+        counts = ", ".join(
+            f"{len(self.layers(t))} {t}" for t in (MAMBA, ATTENTION, MLP, MOE) if self.layers(t)
+        )
         return f"HookedNemotronH({self.n_layers} layers: {counts}; pattern {self.pattern})"
 
     # ------------------------------------------------------------------ tokens
     def _need_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer: pass token ids (a LongTensor), or load it with one")
+            raise ValueError(
+                "this model has no tokenizer: pass token ids (a LongTensor), or load it with one"
+            )
         return self.tokenizer
 
     def to_tokens(self, text: str | Sequence[str], padding_side: str = "right") -> torch.Tensor:
@@ -161,8 +165,9 @@ class HookedNemotronH:
         return rows
 
     # ------------------------------------------------------------------ running
-    def __call__(self, input: Input, attention_mask: torch.Tensor | None = None,
-                 return_type: str = "logits") -> torch.Tensor:
+    def __call__(
+        self, input: Input, attention_mask: torch.Tensor | None = None, return_type: str = "logits"
+    ) -> torch.Tensor:
         """Logits ``(b, p, vocab)`` (``return_type='loss'``: mean next-token loss; ``'loss_per_token'``:
         ``(b, p-1)``), with whatever hooks are active."""
         ids, mask = self._inputs(input, attention_mask)
@@ -179,18 +184,29 @@ class HookedNemotronH:
 
     forward = __call__
 
-    def run_with_hooks(self, input: Input, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
-                       attention_mask: torch.Tensor | None = None, return_type: str = "logits",
-                       **options) -> torch.Tensor:
+    def run_with_hooks(
+        self,
+        input: Input,
+        fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+        attention_mask: torch.Tensor | None = None,
+        return_type: str = "logits",
+        **options,
+    ) -> torch.Tensor:
         """Run once with ``fwd_hooks`` = ``[(name or predicate, fn)]``; ``fn(tensor, hook)`` may return a
         replacement. Options: ``state_positions``, ``hidden_attn_heads``, ``hidden_attn_window``."""
         with self.hooks(fwd_hooks, **options):
             return self(input, attention_mask=attention_mask, return_type=return_type)
 
-    def run_with_cache(self, input: Input, names_filter: NamesFilter = None,
-                       attention_mask: torch.Tensor | None = None, device: str | torch.device | None = None,
-                       dtype: torch.dtype | None = None, return_type: str = "logits",
-                       **options) -> tuple[torch.Tensor, ActivationCache]:
+    def run_with_cache(
+        self,
+        input: Input,
+        names_filter: NamesFilter = None,
+        attention_mask: torch.Tensor | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        return_type: str = "logits",
+        **options,
+    ) -> tuple[torch.Tensor, ActivationCache]:
         """Run once and keep the hooked values: ``(logits, cache)``.
 
         ``names_filter``: a name, a list of names, a predicate on names, or None for every point.
@@ -211,12 +227,20 @@ class HookedNemotronH:
         with self.hooks([(n, keep) for n in names], **options):
             out = self(ids, attention_mask=mask, return_type=return_type)
         ordered = {n: store[n] for n in self._names if n in store}
-        cache = ActivationCache(ordered, layer_types=self.layer_types, tokens=ids,
-                                str_tokens=self._str_tokens_of(ids, mask), attention_mask=mask, config=self.cfg)
+        cache = ActivationCache(
+            ordered,
+            layer_types=self.layer_types,
+            tokens=ids,
+            str_tokens=self._str_tokens_of(ids, mask),
+            attention_mask=mask,
+            config=self.cfg,
+        )
         if any(n.endswith("hook_state") for n in ordered):
             from .mixers.mamba import _state_positions
 
-            cache.state_positions = _state_positions(Fire(self._registry, 0, MAMBA, "", options), ids.shape[1])
+            cache.state_positions = _state_positions(
+                Fire(self._registry, 0, MAMBA, "", options), ids.shape[1]
+            )
         return out, cache
 
     @torch.no_grad()
@@ -228,13 +252,15 @@ class HookedNemotronH:
         if self.tokenizer is not None:
             kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with self.hooks(fwd_hooks):
-            return self.hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                          **kwargs)
+            return self.hf_model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs
+            )
 
     # ------------------------------------------------------------------ hooks
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
-              **options) -> Iterator[HookedNemotronH]:
+    def hooks(
+        self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (), **options
+    ) -> Iterator[HookedNemotronH]:
         """Context in which ``fwd_hooks`` are active; they (and only they) are removed on exit, even on error.
         Contexts nest; options (``state_positions``...) apply inside this context."""
         handles: list[int] = []
@@ -298,20 +324,24 @@ class HookedNemotronH:
         block, point = self.blocks[i], HookPoint(name, i, self.layer_types[i])
         fire = self._registry.fire
         if short == "hook_resid_pre":
+
             def pre(module, args, kwargs):
                 if args:
                     new = fire(point, args[0])
                     return (new, *args[1:]), kwargs
                 kwargs["hidden_states"] = fire(point, kwargs["hidden_states"])
                 return args, kwargs
+
             return block.register_forward_pre_hook(pre, with_kwargs=True).remove
         if short == "hook_mixer_in":
             return block.norm.register_forward_hook(lambda m, a, out: fire(point, out)).remove
         if short == "hook_mixer_out":
+
             def post(module, args, out):
                 if isinstance(out, tuple):  # attention returns (output, weights)
                     return (fire(point, out[0]), *out[1:])
                 return fire(point, out)
+
             return block.mixer.register_forward_hook(post).remove
         if short == "hook_resid_post":
             return block.register_forward_hook(lambda m, a, out: fire(point, out)).remove

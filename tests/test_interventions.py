@@ -37,7 +37,9 @@ def run_edited(hf, x, module, hook, pre=False):
 def test_zero_mixer_out_equals_zeroing_hf_mixer(pair):
     hf, model = pair
     x = ids()
-    got = model.run_with_hooks(x, fwd_hooks=[("blocks.1.hook_mixer_out", lambda t, hook: torch.zeros_like(t))])
+    got = model.run_with_hooks(
+        x, fwd_hooks=[("blocks.1.hook_mixer_out", lambda t, hook: torch.zeros_like(t))]
+    )
     ref = run_edited(hf, x, hf.model.layers[1].mixer, lambda m, a, out: (torch.zeros_like(out[0]), out[1]))
     assert torch.equal(got, ref)
     assert not torch.equal(got, hf(x).logits)
@@ -57,11 +59,14 @@ def test_pattern_write_changes_z(pair):
     b, p = x.shape
     uniform = torch.tril(torch.ones(p, p)) / torch.arange(1, p + 1)[:, None]
     cache = {}
-    got = model.run_with_hooks(x, fwd_hooks=[
-        ("blocks.1.attn.hook_pattern", lambda t, hook: uniform.expand_as(t).clone()),
-        ("blocks.1.attn.hook_v", lambda t, hook: cache.update(v=t)),
-        ("blocks.1.attn.hook_z", lambda t, hook: cache.update(z=t)),
-    ])
+    got = model.run_with_hooks(
+        x,
+        fwd_hooks=[
+            ("blocks.1.attn.hook_pattern", lambda t, hook: uniform.expand_as(t).clone()),
+            ("blocks.1.attn.hook_v", lambda t, hook: cache.update(v=t)),
+            ("blocks.1.attn.hook_z", lambda t, hook: cache.update(z=t)),
+        ],
+    )
     # independent: z = mean of the values seen so far, per head (GQA: head j reads kv head j // 2)
     v = cache["v"].repeat_interleave(2, dim=2)  # b p h d
     z_ref = torch.cumsum(v, dim=1) / torch.arange(1, p + 1)[None, :, None, None]
@@ -90,8 +95,13 @@ def test_scores_write_flows_through_softmax(pair):
         t[..., 1:, 0] = float("-inf")
         return t
 
-    model.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_attn_scores", mask_first_key),
-                                       ("blocks.1.attn.hook_pattern", lambda t, hook: seen.update(p=t))])
+    model.run_with_hooks(
+        x,
+        fwd_hooks=[
+            ("blocks.1.attn.hook_attn_scores", mask_first_key),
+            ("blocks.1.attn.hook_pattern", lambda t, hook: seen.update(p=t)),
+        ],
+    )
     assert torch.equal(seen["p"][..., 1:, 0], torch.zeros_like(seen["p"][..., 1:, 0]))
     torch.testing.assert_close(seen["p"].sum(-1), torch.ones_like(seen["p"].sum(-1)))
 
@@ -103,11 +113,14 @@ def test_forced_routing_equals_hf_router_edit(pair):
     router = hf.model.layers[3].mixer.gate
     forced = torch.tensor([4, 1]).expand(b, p, 2).clone()
     cache = {}
-    got = model.run_with_hooks(x, fwd_hooks=[
-        ("blocks.3.moe.hook_topk_indices", lambda t, hook: forced),
-        ("blocks.3.moe.hook_topk_weights", lambda t, hook: cache.update(w=t)),
-        ("blocks.3.moe.hook_router_scores", lambda t, hook: cache.update(s=t)),
-    ])
+    got = model.run_with_hooks(
+        x,
+        fwd_hooks=[
+            ("blocks.3.moe.hook_topk_indices", lambda t, hook: forced),
+            ("blocks.3.moe.hook_topk_weights", lambda t, hook: cache.update(w=t)),
+            ("blocks.3.moe.hook_router_scores", lambda t, hook: cache.update(s=t)),
+        ],
+    )
 
     def force(m, a, out):
         logits = out[0]
@@ -138,11 +151,18 @@ def test_dt_write_equals_changing_dt_bias(pair):
     raw = {}
 
     def new_dt(t, hook):
-        dt_raw = raw["in_proj"][..., -mixer.num_heads:]
-        return torch.nn.functional.softplus(dt_raw + (mixer.dt_bias + 0.7)).clamp(min=mixer.time_step_limit[0])
+        dt_raw = raw["in_proj"][..., -mixer.num_heads :]
+        return torch.nn.functional.softplus(dt_raw + (mixer.dt_bias + 0.7)).clamp(
+            min=mixer.time_step_limit[0]
+        )
 
-    got = model.run_with_hooks(x, fwd_hooks=[("blocks.0.mamba.hook_in_proj", lambda t, h: raw.update(in_proj=t)),
-                                             ("blocks.0.mamba.hook_dt", new_dt)])
+    got = model.run_with_hooks(
+        x,
+        fwd_hooks=[
+            ("blocks.0.mamba.hook_in_proj", lambda t, h: raw.update(in_proj=t)),
+            ("blocks.0.mamba.hook_dt", new_dt),
+        ],
+    )
     edited = copy.deepcopy(hf)
     with torch.no_grad():
         edited.model.layers[0].mixer.dt_bias += 0.7
@@ -175,7 +195,9 @@ def test_mlp_post_write(pair):
     hf, model = pair
     x = ids()
     got = model.run_with_hooks(x, fwd_hooks=[("blocks.2.mlp.hook_post", lambda t, h: t.clamp(max=0.01))])
-    ref = run_edited(hf, x, hf.model.layers[2].mixer.down_proj, lambda m, a: (a[0].clamp(max=0.01),), pre=True)
+    ref = run_edited(
+        hf, x, hf.model.layers[2].mixer.down_proj, lambda m, a: (a[0].clamp(max=0.01),), pre=True
+    )
     assert torch.equal(got, ref)
 
 
@@ -183,7 +205,12 @@ def attached(hf):
     """Everything a hook could have left on the HF model."""
     left = []
     for name, m in hf.named_modules():
-        if m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ or "_old_forward" in m.__dict__:
+        if (
+            m._forward_hooks
+            or m._forward_pre_hooks
+            or "forward" in m.__dict__
+            or "_old_forward" in m.__dict__
+        ):
             left.append(name)
     return left
 
@@ -197,8 +224,11 @@ def test_raising_hook_leaves_nothing_behind_and_no_weight_changed(pair):
 
     names = [n for n in model.hook_names() if not n.endswith(("state_norm", "hidden_attn", "hook_state"))]
     with pytest.raises(RuntimeError, match="boom"):
-        model.run_with_hooks(ids(), fwd_hooks=[(n, lambda t, h: t * 1.5 if t.is_floating_point() else t.clone())
-                                               for n in names[:-1]] + [(names[-1], boom)])
+        model.run_with_hooks(
+            ids(),
+            fwd_hooks=[(n, lambda t, h: t * 1.5 if t.is_floating_point() else t.clone()) for n in names[:-1]]
+            + [(names[-1], boom)],
+        )
     assert attached(hf) == [] and model._installed == {}
     assert all(torch.equal(before[k], v) for k, v in hf.state_dict().items())
     assert torch.equal(model(ids()), hf(ids()).logits)
@@ -225,9 +255,13 @@ def test_misspelt_name_suggests_closest(pair):
 
 def test_wrong_kind_names_the_kind_and_nearest_point(pair):
     _, model = pair
-    with pytest.raises(ne.HookNameError, match=r"block 0 is a mamba layer.*blocks\.0\.mamba\.hook_hidden_attn"):
+    with pytest.raises(
+        ne.HookNameError, match=r"block 0 is a mamba layer.*blocks\.0\.mamba\.hook_hidden_attn"
+    ):
         model.run_with_hooks(ids(), fwd_hooks=[("blocks.0.attn.hook_pattern", lambda t, h: None)])
-    with pytest.raises(ne.HookNameError, match=r"block 1 is an attention layer.*blocks\.1\.attn\.hook_pattern"):
+    with pytest.raises(
+        ne.HookNameError, match=r"block 1 is an attention layer.*blocks\.1\.attn\.hook_pattern"
+    ):
         model.run_with_cache(ids(), names_filter=["blocks.1.mamba.hook_hidden_attn"])
 
 

@@ -20,11 +20,15 @@ def make_tokenizer(vocab=97):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:40])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:40],
+    )
     tok.train_from_iterator([TEXT], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +60,12 @@ def test_load_directory_with_tokenizer(hf, ckpt):
     assert model.tokenizer is not None
     toks = model.to_str_tokens("the cat sat")
     assert "".join(toks) == "the cat sat"
-    logits, cache = model.run_with_cache(["the cat", "the dog sat on the mat"], names_filter="blocks.1.attn.hook_pattern")
-    assert cache.str_tokens == model.to_str_tokens("the cat") and len(cache.str_tokens_all[1]) > len(cache.str_tokens)
+    logits, cache = model.run_with_cache(
+        ["the cat", "the dog sat on the mat"], names_filter="blocks.1.attn.hook_pattern"
+    )
+    assert cache.str_tokens == model.to_str_tokens("the cat") and len(cache.str_tokens_all[1]) > len(
+        cache.str_tokens
+    )
 
 
 def test_legacy_remote_code_config_and_backbone_weights(hf, ckpt, tmp_path):
@@ -71,8 +79,11 @@ def test_legacy_remote_code_config_and_backbone_weights(hf, ckpt, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "modeling_nemotron_h.py").write_text("raise RuntimeError('remote code must never run')\n")
     weights = load_file(d / "model.safetensors")
-    save_file({k.replace("model.", "backbone.", 1): v for k, v in weights.items()}, d / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k.replace("model.", "backbone.", 1): v for k, v in weights.items()},
+        d / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     model = ne.load(d)
     assert model.pattern == "M*-EM"
     assert torch.equal(model(ids()), hf(ids()).logits)
@@ -98,8 +109,9 @@ def test_hub_id_through_offline_cache(hf, ckpt, tmp_path, monkeypatch):
 
 def test_pickle_refused_unless_allowed(hf, tmp_path):
     d = tmp_path / "pickled"
-    hf.save_pretrained(d, safe_serialization=False) if "safe_serialization" in hf.save_pretrained.__code__.co_varnames \
-        else None
+    hf.save_pretrained(
+        d, safe_serialization=False
+    ) if "safe_serialization" in hf.save_pretrained.__code__.co_varnames else None
     if not any(d.glob("*.bin")):
         d.mkdir(exist_ok=True)
         hf.config.save_pretrained(d)
@@ -111,7 +123,9 @@ def test_pickle_refused_unless_allowed(hf, tmp_path):
 
 
 def test_not_nemotron_h_is_named(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
     with pytest.raises(ne.NotNemotronHError, match="'llama' model \\(LlamaForCausalLM\\), not Nemotron-H"):
         ne.load(tmp_path)
     with pytest.raises(ne.CheckpointError, match="neither 'tiny', a checkpoint directory"):
@@ -122,8 +136,12 @@ def test_bf16_hooks_within_tolerance(hf, ckpt):
     ref_model = ne.load(ckpt)
     bf = ne.load(ckpt, dtype="bfloat16")
     assert next(bf.hf_model.parameters()).dtype == torch.bfloat16
-    names = ["blocks.1.attn.hook_pattern", "blocks.3.moe.hook_router_scores", "blocks.4.hook_resid_post",
-             "blocks.0.mamba.hook_ssm_out"]
+    names = [
+        "blocks.1.attn.hook_pattern",
+        "blocks.3.moe.hook_router_scores",
+        "blocks.4.hook_resid_post",
+        "blocks.0.mamba.hook_ssm_out",
+    ]
     _, c32 = ref_model.run_with_cache(ids(), names_filter=names)
     logits, c16 = bf.run_with_cache(ids(), names_filter=names, dtype=torch.float32)
     assert torch.equal(logits, bf.hf_model(ids()).logits)
@@ -133,9 +151,16 @@ def test_bf16_hooks_within_tolerance(hf, ckpt):
 
 
 def test_offloaded_blocks_via_device_map(hf, ckpt, tmp_path):
-    device_map = {"model.embeddings": "cpu", "model.layers.0": "disk", "model.layers.1": "cpu",
-                  "model.layers.2": "disk", "model.layers.3": "disk", "model.layers.4": "cpu",
-                  "model.norm_f": "cpu", "lm_head": "cpu"}
+    device_map = {
+        "model.embeddings": "cpu",
+        "model.layers.0": "disk",
+        "model.layers.1": "cpu",
+        "model.layers.2": "disk",
+        "model.layers.3": "disk",
+        "model.layers.4": "cpu",
+        "model.norm_f": "cpu",
+        "lm_head": "cpu",
+    }
     model = ne.load(ckpt, device_map=device_map, offload_folder=str(tmp_path / "off"))
     assert hasattr(model.blocks[0], "_hf_hook")
     ref = hf(ids()).logits
@@ -147,5 +172,7 @@ def test_offloaded_blocks_via_device_map(hf, ckpt, tmp_path):
     for n in cheap:
         assert torch.equal(cache[n], ref_cache[n]), n
     zeroed = model.run_with_hooks(ids(), fwd_hooks=[("blocks.0.mamba.hook_ssm_out", lambda t, h: t * 0)])
-    assert torch.equal(zeroed, ne.load(hf).run_with_hooks(ids(), fwd_hooks=[("blocks.0.mamba.hook_ssm_out",
-                                                                              lambda t, h: t * 0)]))
+    assert torch.equal(
+        zeroed,
+        ne.load(hf).run_with_hooks(ids(), fwd_hooks=[("blocks.0.mamba.hook_ssm_out", lambda t, h: t * 0)]),
+    )

@@ -13,8 +13,18 @@ import nemo_explore as ne
 SHAPES = {
     # pattern, overrides: groups > 1 + GQA; no GQA + one group + grouped routing + latent MoE; short & wide
     "gqa_groups": ("M*-EM", {}),
-    "grouped_routing_latent": ("ME*M-", dict(n_groups=1, num_key_value_heads=4, n_routed_experts=8, n_group=2,
-                                            topk_group=1, moe_latent_size=16, num_experts_per_tok=3)),
+    "grouped_routing_latent": (
+        "ME*M-",
+        dict(
+            n_groups=1,
+            num_key_value_heads=4,
+            n_routed_experts=8,
+            n_group=2,
+            topk_group=1,
+            moe_latent_size=16,
+            num_experts_per_tok=3,
+        ),
+    ),
     "attention_first": ("*M-ME", dict(chunk_size=5, mamba_num_heads=4, n_groups=4)),
 }
 CHEAP = lambda n: not n.endswith(("hook_state_norm", "hook_hidden_attn", "hook_state"))  # noqa: E731
@@ -36,8 +46,10 @@ def capture(hf, ids, spec):
     """Run HF with plain torch hooks; spec: name -> (module, 'out'|'in'|callable(args, out))."""
     got, handles = {}, []
     for name, (module, what) in spec.items():
+
         def hook(m, args, out, name=name, what=what):
             got[name] = out if what == "out" else args[0] if what == "in" else what(args, out)
+
         handles.append(module.register_forward_hook(hook))
     try:
         logits = hf(ids).logits
@@ -71,12 +83,18 @@ def test_residual_points_equal_hf_modules(pair):
         spec[f"{i}.mix"] = (block.mixer, lambda args, out: out[0] if isinstance(out, tuple) else out)
         spec[f"{i}.post"] = (block, "out")
     _, ref = capture(hf, ids, spec)
-    _, cache = model.run_with_cache(ids, names_filter=lambda n: "." not in n.split("hook_")[-1] and (
-        n.count(".") <= 2))
+    _, cache = model.run_with_cache(
+        ids, names_filter=lambda n: "." not in n.split("hook_")[-1] and (n.count(".") <= 2)
+    )
     assert torch.equal(cache["hook_embed"], ref["embed"])
     assert torch.equal(cache["ln_final.hook_normalized"], ref["final"])
     for i in range(model.n_layers):
-        for short, key in [("resid_pre", "pre"), ("mixer_in", "in"), ("mixer_out", "mix"), ("resid_post", "post")]:
+        for short, key in [
+            ("resid_pre", "pre"),
+            ("mixer_in", "in"),
+            ("mixer_out", "mix"),
+            ("resid_post", "post"),
+        ]:
             assert torch.equal(cache[f"blocks.{i}.hook_{short}"], ref[f"{i}.{key}"]), (i, short)
 
 
@@ -85,8 +103,12 @@ def test_attention_points(pair):
     ids = tokens()
     for i in model.layers("attention"):
         attn = hf.model.layers[i].mixer
-        spec = {"q": (attn.q_proj, "out"), "k": (attn.k_proj, "out"), "v": (attn.v_proj, "out"),
-                "z": (attn.o_proj, "in")}
+        spec = {
+            "q": (attn.q_proj, "out"),
+            "k": (attn.k_proj, "out"),
+            "v": (attn.v_proj, "out"),
+            "z": (attn.o_proj, "in"),
+        }
         _, ref = capture(hf, ids, spec)
         _, cache = model.run_with_cache(ids, names_filter=lambda n, i=i: n.startswith(f"blocks.{i}.attn."))
         b, p = ids.shape
@@ -97,8 +119,9 @@ def test_attention_points(pair):
         eager = copy.deepcopy(hf)
         eager.config._attn_implementation = "eager"
         eager_out = eager(ids, output_attentions=True)
-        torch.testing.assert_close(cache[f"blocks.{i}.attn.hook_pattern"], eager_out.attentions[0],
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            cache[f"blocks.{i}.attn.hook_pattern"], eager_out.attentions[0], rtol=0, atol=1e-6
+        )
         scores = cache[f"blocks.{i}.attn.hook_attn_scores"]
         upper = torch.ones(p, p, dtype=torch.bool).triu(1)
         assert torch.isneginf(scores[..., upper]).all() and torch.isfinite(scores[..., ~upper]).all()
@@ -110,7 +133,7 @@ def naive_conv_silu(xbc, weight, bias):
     b, p, c = xbc.shape
     k = weight.shape[1]
     padded = torch.cat([xbc.new_zeros(b, k - 1, c), xbc], dim=1)
-    out = torch.stack([(padded[:, t:t + k] * weight.T).sum(1) for t in range(p)], dim=1) + bias
+    out = torch.stack([(padded[:, t : t + k] * weight.T).sum(1) for t in range(p)], dim=1) + bias
     return F.silu(out)
 
 
@@ -123,8 +146,10 @@ def naive_scan(x, dt, A, B, C, D):
     state = x.new_zeros(b, h, d, B.shape[-1])
     ys = []
     for t in range(p):
-        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * \
-            B[:, t, :, None, :]
+        state = (
+            state * torch.exp(dt[:, t] * A)[..., None, None]
+            + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]
+        )
         ys.append((state * C[:, t, :, None, :]).sum(-1) + D[:, None] * x[:, t])
     return torch.stack(ys, 1)
 
@@ -134,17 +159,24 @@ def test_mamba_points(pair):
     ids = tokens(p=13)
     for i in model.layers("mamba"):
         mixer = hf.model.layers[i].mixer
-        spec = {"in_proj": (mixer.in_proj, "out"),
-                "scan": (mixer.norm, lambda args, out: args[0]),
-                "gate": (mixer.norm, lambda args, out: args[1])}
-        handles, norm_args = [], {}
-        handles.append(mixer.norm.register_forward_pre_hook(lambda m, a: norm_args.update(y=a[0], gate=a[1])))
+        spec = {
+            "in_proj": (mixer.in_proj, "out"),
+            "scan": (mixer.norm, lambda args, out: args[0]),
+            "gate": (mixer.norm, lambda args, out: args[1]),
+        }
+        norm_args = {}
+
+        def keep_norm_args(m, a, store=norm_args):
+            store.update(y=a[0], gate=a[1])
+
+        handle = mixer.norm.register_forward_pre_hook(keep_norm_args)
         try:
             _, ref = capture(hf, ids, {"in_proj": spec["in_proj"]})
         finally:
-            handles[0].remove()
-        _, cache = model.run_with_cache(ids, names_filter=lambda n, i=i: n.startswith(f"blocks.{i}.mamba.")
-                                        and CHEAP(n))
+            handle.remove()
+        _, cache = model.run_with_cache(
+            ids, names_filter=lambda n, i=i: n.startswith(f"blocks.{i}.mamba.") and CHEAP(n)
+        )
         c = {k.split(".")[-1][5:]: v for k, v in cache.items()}
         b, p = ids.shape
         assert torch.equal(c["in_proj"], ref["in_proj"])
@@ -152,14 +184,16 @@ def test_mamba_points(pair):
         assert torch.equal(c["ssm_out"].reshape(b, p, -1), norm_args["y"])
         # naive references for the rest
         d_in, conv_dim, h = mixer.intermediate_size, mixer.conv_dim, mixer.num_heads
-        xbc = ref["in_proj"][..., d_in:d_in + conv_dim]
+        xbc = ref["in_proj"][..., d_in : d_in + conv_dim]
         conv = naive_conv_silu(xbc, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias)
         torch.testing.assert_close(c["conv_out"], conv, rtol=1e-5, atol=1e-6)
         gn = mixer.n_groups * mixer.ssm_state_size
         assert torch.equal(c["x"].reshape(b, p, -1), c["conv_out"][..., :d_in])
-        assert torch.equal(c["B"].reshape(b, p, -1), c["conv_out"][..., d_in:d_in + gn])
-        assert torch.equal(c["C"].reshape(b, p, -1), c["conv_out"][..., d_in + gn:])
-        dt = F.softplus(ref["in_proj"][..., -h:].double() + mixer.dt_bias.double()).clamp(min=mixer.time_step_limit[0])
+        assert torch.equal(c["B"].reshape(b, p, -1), c["conv_out"][..., d_in : d_in + gn])
+        assert torch.equal(c["C"].reshape(b, p, -1), c["conv_out"][..., d_in + gn :])
+        dt = F.softplus(ref["in_proj"][..., -h:].double() + mixer.dt_bias.double()).clamp(
+            min=mixer.time_step_limit[0]
+        )
         torch.testing.assert_close(c["dt"].double(), dt, rtol=1e-6, atol=1e-7)
         A = -torch.exp(mixer.A_log.float())
         y = naive_scan(c["x"], c["dt"], A, c["B"], c["C"], mixer.D)
@@ -171,8 +205,11 @@ def test_moe_points(pair):
     ids = tokens()
     for i in model.layers("moe"):
         moe = hf.model.layers[i].mixer
-        spec = {"router": (moe.gate, "out"), "routed": (moe.fc2_latent_proj, "out"),
-                "shared": (moe.shared_experts, "out")}
+        spec = {
+            "router": (moe.gate, "out"),
+            "routed": (moe.fc2_latent_proj, "out"),
+            "shared": (moe.shared_experts, "out"),
+        }
         _, ref = capture(hf, ids, spec)
         _, cache = model.run_with_cache(ids, names_filter=lambda n, i=i: n.startswith(f"blocks.{i}.moe."))
         b, p = ids.shape
@@ -196,7 +233,9 @@ def test_mlp_points(pair):
     for i in model.layers("mlp"):
         mlp = hf.model.layers[i].mixer
         _, ref = capture(hf, ids, {"pre": (mlp.up_proj, "out"), "post": (mlp.down_proj, "in")})
-        _, cache = model.run_with_cache(ids, names_filter=[f"blocks.{i}.mlp.hook_pre", f"blocks.{i}.mlp.hook_post"])
+        _, cache = model.run_with_cache(
+            ids, names_filter=[f"blocks.{i}.mlp.hook_pre", f"blocks.{i}.mlp.hook_post"]
+        )
         assert torch.equal(cache[f"blocks.{i}.mlp.hook_pre"], ref["pre"])
         assert torch.equal(cache[f"blocks.{i}.mlp.hook_post"], ref["post"])
         torch.testing.assert_close(ref["post"], F.relu(ref["pre"]) ** 2)
@@ -224,3 +263,33 @@ def test_right_padded_batch_rows_equal_each_row_alone():
     alone0, alone1 = model(ids[:1]), model(ids[1:, :6])
     torch.testing.assert_close(batch[:1], alone0, rtol=0, atol=1e-5)
     torch.testing.assert_close(batch[1:, :6], alone1, rtol=0, atol=1e-5)
+
+
+def test_decode_steps_fire_rows_of_the_full_forward(pair):
+    """During generation each decode step's pattern is the last row of a full forward over the sequence,
+    and hook_dt reports the unclamped softplus(dt + bias) the decode step really uses (PITFALLS 1)."""
+    hf, model = pair
+    prompt = tokens(b=1, p=6, seed=9)
+    steps: dict[str, list] = {}
+
+    def keep(t, hook):
+        steps.setdefault(hook.short, []).append(t.clone())
+
+    attn_i, mamba_i = model.layers("attention")[0], model.layers("mamba")[0]
+    names = [
+        f"blocks.{attn_i}.attn.hook_pattern",
+        f"blocks.{mamba_i}.mamba.hook_dt",
+        f"blocks.{mamba_i}.mamba.hook_in_proj",
+    ]
+    out = model.generate(prompt, max_new_tokens=4, fwd_hooks=[(n, keep) for n in names])
+    _, full = model.run_with_cache(out[:, :-1], names_filter=names[:1])
+    pattern = full[names[0]]
+    assert len(steps["hook_pattern"]) == 4 and steps["hook_pattern"][0].shape[-2] == 6
+    for s, step in enumerate(steps["hook_pattern"][1:], start=1):
+        q = 6 + s - 1
+        assert step.shape[-2:] == (1, q + 1)
+        torch.testing.assert_close(step[..., 0, :], pattern[..., q, : q + 1], rtol=1e-5, atol=1e-6)
+    mixer = hf.model.layers[mamba_i].mixer
+    for proj, dt in zip(steps["hook_in_proj"][1:], steps["hook_dt"][1:], strict=True):
+        raw = proj[..., -mixer.num_heads :]
+        torch.testing.assert_close(dt, F.softplus(raw + mixer.dt_bias), rtol=1e-6, atol=1e-7)

@@ -44,8 +44,9 @@ def softmax_pattern(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.nan_to_num(pattern, nan=0.0).to(dtype)
 
 
-def attention_forward(attn, fire: Fire, hidden_states: torch.Tensor, attention_mask=None,
-                      past_key_values=None, **kwargs):
+def attention_forward(
+    attn, fire: Fire, hidden_states: torch.Tensor, attention_mask=None, past_key_values=None, **kwargs
+):
     hf = sys.modules[type(attn).__module__]
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, attn.head_dim)
@@ -74,7 +75,15 @@ def attention_forward(attn, fire: Fire, hidden_states: torch.Tensor, attention_m
         interface = hf.ALL_ATTENTION_FUNCTIONS.get_interface(
             attn.config._attn_implementation, hf.eager_attention_forward
         )
-        z, _ = interface(attn, q, k, v, attention_mask, dropout=0.0 if not attn.training
-                         else attn.attention_dropout, scaling=attn.scaling, **kwargs)
+        z, _ = interface(
+            attn,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=0.0 if not attn.training else attn.attention_dropout,
+            scaling=attn.scaling,
+            **kwargs,
+        )
     z = fire("hook_z", z)
     return attn.o_proj(z.reshape(*input_shape, -1).contiguous()), None

@@ -47,8 +47,16 @@ def _segmented_scan(hf, mixer, x, dt, A, B, C, positions, states, initial):
         if stop >= start:
             seg = slice(start, stop + 1)
             y, state = hf.mamba2_chunk_scan(
-                x[:, seg], dt[:, seg], A, B[:, seg], C[:, seg], chunk_size=mixer.chunk_size, D=mixer.D,
-                initial_states=state, return_final_states=True, dt_limit=(0.0, float("inf")),
+                x[:, seg],
+                dt[:, seg],
+                A,
+                B[:, seg],
+                C[:, seg],
+                chunk_size=mixer.chunk_size,
+                D=mixer.D,
+                initial_states=state,
+                return_final_states=True,
+                dt_limit=(0.0, float("inf")),
             )
             outs.append(y)
         if j < len(positions):
@@ -71,17 +79,28 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
         fire("hook_state_norm", ssd.state_norms(x, dt, A, B, initial_state=initial))
     if fire.wants("hook_hidden_attn"):
         global _warned_long
-        if seq_len > HIDDEN_ATTN_WARN_LEN and not _warned_long and fire.options.get("hidden_attn_window") is None:
+        if (
+            seq_len > HIDDEN_ATTN_WARN_LEN
+            and not _warned_long
+            and fire.options.get("hidden_attn_window") is None
+        ):
             _warned_long = True
             warnings.warn(
                 f"hook_hidden_attn at {seq_len} tokens is a b×h×p×p tensor per Mamba layer; restrict it with "
                 "hidden_attn_heads=[...] or hidden_attn_window=(start, stop) (query rows)",
                 stacklevel=2,
             )
-        fire("hook_hidden_attn", ssd.hidden_attention(
-            dt, A, B, C, heads=fire.options.get("hidden_attn_heads"),
-            query_window=fire.options.get("hidden_attn_window"),
-        ))
+        fire(
+            "hook_hidden_attn",
+            ssd.hidden_attention(
+                dt,
+                A,
+                B,
+                C,
+                heads=fire.options.get("hidden_attn_heads"),
+                query_window=fire.options.get("hidden_attn_window"),
+            ),
+        )
     if fire.wants("hook_state"):
         positions = _state_positions(fire, seq_len)
         states = ssd.states_at(x, dt, A, B, positions, initial_state=initial)
@@ -92,8 +111,9 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
     return None
 
 
-def mamba_forward(mixer, fire: Fire, hidden_states: torch.Tensor, cache_params=None, attention_mask=None,
-                  **kwargs) -> torch.Tensor:
+def mamba_forward(
+    mixer, fire: Fire, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs
+) -> torch.Tensor:
     hf = sys.modules[type(mixer).__module__]
     batch, seq_len, _ = hidden_states.shape
     heads, head_dim, groups, d_state = mixer.num_heads, mixer.head_dim, mixer.n_groups, mixer.ssm_state_size
@@ -117,7 +137,9 @@ def mamba_forward(mixer, fire: Fire, hidden_states: torch.Tensor, cache_params=N
         xBC = hf.causal_conv1d_update(xBC, conv_state, weight, mixer.conv1d.bias, activation=mixer.activation)
     else:
         if cache_params is not None:
-            xBC = cache_params.update_conv_state(xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size)
+            xBC = cache_params.update_conv_state(
+                xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size
+            )
         xBC = hf.causal_conv1d_fn(xBC, weight, mixer.conv1d.bias, activation=mixer.activation, **kwargs)
         if cache_params is not None:
             xBC = xBC[:, :, -seq_len:]
@@ -160,8 +182,18 @@ def _hf_chunk_scan(hf, mixer, x, dt, A, B, C, initial, *, dt_done: bool):
     """HF's chunked scan, called as HF calls it (``dt_done=False``: raw dt, HF adds bias, softplus, clamp)
     or with a dt that is already final (``dt_done=True``)."""
     out = hf.mamba2_chunk_scan(
-        x, dt, A, B, C, chunk_size=mixer.chunk_size, D=mixer.D, z=None, return_final_states=True,
-        dt_bias=None if dt_done else mixer.dt_bias, dt_softplus=not dt_done, initial_states=initial,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size=mixer.chunk_size,
+        D=mixer.D,
+        z=None,
+        return_final_states=True,
+        dt_bias=None if dt_done else mixer.dt_bias,
+        dt_softplus=not dt_done,
+        initial_states=initial,
         dt_limit=(0.0, math.inf) if dt_done else mixer.time_step_limit,
     )
     return out
@@ -179,11 +211,16 @@ def _decode_step(hf, mixer, fire: Fire, x, dt_raw, A, B, C, state):
         if new_dt is not dt:
             dt_exp, dt_done = new_dt.reshape(batch, heads, 1).expand(-1, -1, head_dim), True
     y = hf.mamba2_selective_state_update(
-        state, x.view(batch, heads, head_dim), dt_exp,
+        state,
+        x.view(batch, heads, head_dim),
+        dt_exp,
         A[:, None, None].expand(-1, head_dim, mixer.ssm_state_size),
-        B.view(batch, mixer.n_groups, -1), C.view(batch, mixer.n_groups, -1),
-        mixer.D[:, None].expand(-1, head_dim), z=None,
-        dt_bias=None if dt_done else bias_exp, dt_softplus=not dt_done,
+        B.view(batch, mixer.n_groups, -1),
+        C.view(batch, mixer.n_groups, -1),
+        mixer.D[:, None].expand(-1, head_dim),
+        z=None,
+        dt_bias=None if dt_done else bias_exp,
+        dt_softplus=not dt_done,
     )
     if fire.wants("hook_state_norm"):
         fire("hook_state_norm", state.float().flatten(2).norm(dim=-1).view(batch, 1, heads))

@@ -35,8 +35,10 @@ def routing_weights(router, scores: torch.Tensor, indices: torch.Tensor) -> torc
 
 def check_expert_ids(indices: torch.Tensor, n_experts: int) -> None:
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_experts):
-        raise ValueError(f"hook_topk_indices must hold expert ids in [0, {n_experts}); "
-                         f"got {int(indices.min())}..{int(indices.max())}")
+        raise ValueError(
+            f"hook_topk_indices must hold expert ids in [0, {n_experts}); "
+            f"got {int(indices.min())}..{int(indices.max())}"
+        )
 
 
 def moe_forward(moe, fire: Fire, hidden_states: torch.Tensor) -> torch.Tensor:
