@@ -21,6 +21,11 @@ from transformers import NemotronHConfig, NemotronHForCausalLM
 import nemo_explore as ne
 from nemo_explore.layer_types import to_hf
 
+try:
+    from peers import nnsight_residual_cache
+except ImportError:  # run as a module from the repo root
+    from bench.peers import nnsight_residual_cache
+
 PATTERN = "M-M*M-MEM-M*MEM-"
 
 
@@ -54,7 +59,7 @@ def variants(hf, model: ne.HookedNemotronH, ids: torch.Tensor) -> dict:
         if n.split(".")[-1] in ("hook_resid_pre", "hook_resid_post", "hook_mixer_in", "hook_mixer_out")
     ]
     no_hidden = [n for n in model.hook_names() if not n.endswith("hook_hidden_attn")]
-    return {
+    found = {
         "HF forward": lambda: hf(input_ids=ids, use_cache=False).logits,
         "no hooks": lambda: model(ids),
         "cache residual stream": lambda: model.run_with_cache(ids, names_filter=resid),
@@ -67,6 +72,10 @@ def variants(hf, model: ne.HookedNemotronH, ids: torch.Tensor) -> dict:
         "cache all but hidden attn": lambda: model.run_with_cache(ids, names_filter=no_hidden),
         "cache everything": lambda: model.run_with_cache(ids),
     }
+    peer = nnsight_residual_cache(hf, ids)
+    if peer is not None:
+        found["nnsight: residual stream"] = peer
+    return found
 
 
 def measure(fns: dict, rounds: int, warmup: int = 1) -> dict[str, float]:

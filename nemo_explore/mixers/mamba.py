@@ -76,7 +76,9 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
 
     seq_len = x.shape[1]
     if fire.wants("hook_state_norm"):
-        fire("hook_state_norm", ssd.state_norms(x, dt, A, B, initial_state=initial))
+        with torch.no_grad():  # read-only: a description of the computation, not part of it
+            norms = ssd.state_norms(x, dt, A, B, initial_state=initial)
+        fire("hook_state_norm", norms)
     if fire.wants("hook_hidden_attn"):
         global _warned_long
         if (
@@ -90,17 +92,10 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
                 "hidden_attn_heads=[...] or hidden_attn_window=(start, stop) (query rows)",
                 stacklevel=2,
             )
-        fire(
-            "hook_hidden_attn",
-            ssd.hidden_attention(
-                dt,
-                A,
-                B,
-                C,
-                heads=fire.options.get("hidden_attn_heads"),
-                query_window=fire.options.get("hidden_attn_window"),
-            ),
-        )
+        heads, window = fire.options.get("hidden_attn_heads"), fire.options.get("hidden_attn_window")
+        with torch.no_grad():
+            hidden = ssd.hidden_attention(dt, A, B, C, heads=heads, query_window=window)
+        fire("hook_hidden_attn", hidden)
     if fire.wants("hook_state"):
         positions = _state_positions(fire, seq_len)
         states = ssd.states_at(x, dt, A, B, positions, initial_state=initial)
