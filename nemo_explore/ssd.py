@@ -1,0 +1,286 @@
+"""The state-space math of one Mamba-2 layer, as pure functions over the quantities it computes.
+
+Shapes are batch-first: ``b`` batch, ``p`` positions, ``h`` heads, ``g`` groups, ``d`` head_dim,
+``n`` d_state. Inputs are ``x`` (b p h d), the step size ``dt`` (b p h) actually used (after bias, softplus
+and clamp), ``A`` (h,) negative, ``B`` and ``C`` (b p g n); head ``j`` reads group ``j // (h // g)``.
+Each head keeps a d × n state
+
+    S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_tᵀ,        y_t = S_t C_t + D x_t,
+
+so y_t = Σ_{s≤t} M[t, s] x_s + D x_t with M[t, s] = (C_t·B_s) exp(A Σ_{r=s+1..t} dt_r) dt_s.
+
+Everything is computed in float32. Log decays are accumulated in float64 and split into a float32 high
+part and a float32 remainder, so that exp(A Σ_{r=s+1..t} dt_r) keeps float32 accuracy however long the
+sequence (a plain float32 cumulative sum loses digits as it grows). Decays below e^-86 ≈ 4e-38, under
+float32's normal range, are taken as exactly 0 (subnormal arithmetic is ~50× slower on CPUs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["hidden_attention", "state_norms", "states_at"]
+
+_BLOCK_ELEMENTS = 1 << 21  # hidden attention is built this many entries (8 MiB) at a time
+_LOG_FLOOR = -86.0  # decays below exp(_LOG_FLOOR) ≈ 4e-38 are 0
+
+
+@torch.no_grad()
+def state_norms(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """Frobenius norm of each head's state after each token: (b, p, h).
+
+    The states themselves (b p h d n) are never built. Tokens are taken ``chunk`` at a time; the state is
+    carried from one chunk to the next, and inside a chunk the squared norm of S_t = λ_t S_0 + Σ_s W[t,s]
+    x_s B_sᵀ is expanded into the decayed carried norm λ_t² |S_0|², the cross term 2 λ_t Σ_s W[t,s]
+    x_sᵀ S_0 B_s and the Gram term Σ_{s,s'} W[t,s] W[t,s'] (x_s·x_s')(B_s·B_s'). Time and memory: linear
+    in p, memory bounded by one chunk. ``initial_state`` (b h d n) is the state before the first token.
+    Read-only: computed without autograd.
+    """
+    b, p, h, d, g, n = _check(x, dt, A, B)
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    k = h // g
+    x, dt, B = x.float(), dt.float(), B.float()
+    state = _initial(initial_state, b, h, d, n, x)
+    hi, lo = _split(_log_decay_cumsum(dt, A))  # b h p+1; index i = before token i
+    ones = dt.new_ones(b, h, 1)
+    norms = x.new_empty(b, p, h)
+    for c0 in range(0, p, chunk):
+        c1 = min(c0 + chunk, p)
+        L = c1 - c0
+        xs, Bs, dts = x[:, c0:c1], B[:, c0:c1], dt[:, c0:c1].transpose(1, 2)
+        # b h L+1 L+1, row/column 0 the chunk start: W[t, s] the weight of token s's input in S_t and
+        # lam[t] what is left of the carried state at t
+        span = slice(c0, c1 + 1)
+        decay = _causal_decay(hi[..., span], lo[..., span], 0, L + 1, torch.cat([ones, dts], dim=-1))
+        lam, W = decay[..., 1:, 0], decay[..., 1:, 1:]
+
+        xx = torch.einsum("bshd,bthd->bhst", xs, xs)
+        bb = torch.einsum("bsgn,btgn->bgst", Bs, Bs)  # per group, shared by its k heads
+        gram = (xx.view(b, g, k, L, L) * bb[:, :, None]).view(b, h, L, L)
+        fresh = ((W @ gram) * W).sum(-1)
+
+        SB = torch.einsum("bgkdn,bsgn->bgksd", state.view(b, g, k, d, n), Bs).reshape(b, h, L, d)
+        cross = (W @ (SB * xs.transpose(1, 2)).sum(-1, keepdim=True)).squeeze(-1)
+        carried = state.square().sum((-2, -1))[..., None]
+
+        sq = lam.square() * carried + 2 * lam * cross + fresh
+        norms[:, c0:c1] = sq.clamp_min_(0).sqrt_().transpose(1, 2)  # cancellation may leave -ε
+
+        xw = (xs * W[..., -1, :].transpose(1, 2)[..., None]).view(b, L, g, k, d)
+        update = torch.einsum("bsgkd,bsgn->bgkdn", xw, Bs).reshape(b, h, d, n)
+        state = lam[..., -1, None, None] * state + update
+    return norms
+
+
+@torch.no_grad()
+def hidden_attention(
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    heads: int | Sequence[int] | None = None,
+    query_window: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Mamba-2's implicit attention M: (b, h', q, p), with y_t = Σ_s M[t, s] x_s + D x_t.
+
+    M[t, s] = (C_t·B_s) exp(A Σ_{r=s+1..t} dt_r) dt_s for s ≤ t and exactly 0 above the diagonal. It is
+    signed and unnormalised. ``heads`` keeps those heads (in the order given); ``query_window=(start,
+    stop)`` keeps query rows start..stop-1 (all p key columns stay, so slices of the full matrix match).
+    Built a block of query rows at a time (about 8 MiB), with C·B per group, never per head: memory is
+    the output plus one block. Read-only: computed without autograd (in place, into the output).
+    """
+    b, p, h = dt.shape
+    _check_bc(B, C, b, p, h)
+    _check_A(A, h)
+    g = B.shape[2]
+    k = h // g
+    idx = _heads(heads, h)
+    start, stop = _window(query_window, p)
+    dt = dt.float()
+    hi, lo = _split(_log_decay_cumsum(dt[:, :, idx], A[idx])[..., 1:])  # b h' p; index i = after token i
+    dt_cols = dt[:, :, idx].transpose(1, 2)
+    B, C = B.float(), C.float()
+    runs = _group_runs(idx, k)
+    M = dt.new_empty(b, len(idx), stop - start, p)
+    rows = max(1, min(stop - start, _BLOCK_ELEMENTS // (b * len(idx) * stop)))
+    for r0 in range(start, stop, rows):  # a block of query rows at a time, while it is in cache
+        r1 = min(r0 + rows, stop)
+        block = M[:, :, r0 - start : r1 - start]
+        block[..., r1:].zero_()
+        block = _causal_decay(hi, lo, r0, r1, dt_cols[..., :r1], out=block[..., :r1])
+        cb = torch.einsum("bqgn,bsgn->bgqs", C[:, r0:r1], B[:, :r1])  # per group, not per head
+        for i, j, group in runs:
+            block[:, i:j] *= cb[:, group, None]
+    return M
+
+
+def states_at(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    positions: int | Sequence[int],
+    initial_state: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The state of every head after each requested token: (b, len(positions), h, d, n).
+
+    Positions may repeat, come in any order, or be negative (counted from the end). The state jumps from
+    one requested position to the next in one contraction over the tokens between them, so the cost is
+    linear in p whatever the number of positions. ``initial_state`` (b h d n) is the state before token 0.
+    Differentiable.
+    """
+    b, p, h, d, g, n = _check(x, dt, A, B)
+    k = h // g
+    wanted = _positions(positions, p)
+    x, dt, B = x.float(), dt.float(), B.float()
+    state = _initial(initial_state, b, h, d, n, x)
+    cum = _log_decay_cumsum(dt, A)  # b h p+1 (float64); index i = before token i
+    found, prev = {}, -1
+    for t in sorted(set(wanted)):
+        span = slice(prev + 1, t + 1)
+        carry = _exp_floored(cum[..., t + 1] - cum[..., prev + 1])  # b h
+        w = _exp_floored(cum[..., t + 1, None] - cum[..., prev + 2 : t + 2])  # b h m
+        xw = x[:, span] * (w * dt[:, span].transpose(1, 2)).transpose(1, 2)[..., None]  # b m h d
+        m = t - prev
+        update = torch.einsum("bsgkd,bsgn->bgkdn", xw.view(b, m, g, k, d), B[:, span])
+        state = carry[..., None, None] * state + update.reshape(b, h, d, n)
+        found[t], prev = state, t
+    return torch.stack([found[t] for t in wanted], dim=1)
+
+
+def _group_runs(idx: list[int], k: int) -> list[tuple[int, int, int]]:
+    """(i, j, group): runs idx[i:j] of consecutive output heads that read the same group of B/C."""
+    runs, i = [], 0
+    while i < len(idx):
+        j = i + 1
+        while j < len(idx) and idx[j] // k == idx[i] // k:
+            j += 1
+        runs.append((i, j, idx[i] // k))
+        i = j
+    return runs
+
+
+def _log_decay_cumsum(dt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """(b, p, h), (h,) -> (b, h, p+1) float64: entry i is Σ_{r<i} dt_r A, the log decay before token i."""
+    log_a = (dt.float() * A.float()).double().transpose(1, 2)
+    return torch.nn.functional.pad(log_a.cumsum(-1), (1, 0))
+
+
+def _exp_floored(log_decay: torch.Tensor) -> torch.Tensor:
+    """exp of a float64 log decay as float32, 0 below e^_LOG_FLOOR (where float32 turns subnormal)."""
+    return torch.where(log_decay > _LOG_FLOOR, log_decay.exp(), 0.0).float()
+
+
+def _split(cum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float64 running log decay (..., m), shifted to start at 0, as float32 hi + lo (lo: what hi lost)."""
+    cum = cum - cum[..., :1]
+    hi = cum.float()
+    return hi, (cum - hi.double()).float()
+
+
+def _causal_decay(
+    hi: torch.Tensor,
+    lo: torch.Tensor,
+    start: int,
+    stop: int,
+    col_weight: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """exp(cum[t] - cum[s]) · col_weight[s] for rows t in start..stop-1 and columns s ≤ t, 0 for s > t.
+
+    cum = hi + lo (see ``_split``), shapes (..., m ≥ stop); ``col_weight`` (..., stop). Returns
+    (..., stop-start, stop) float32, written into ``out`` if given (no other buffer that size is made).
+    exp(hi_t - hi_s) · exp(lo_t) · exp(-lo_s) keeps float32 accuracy relative to the segment cum[t] -
+    cum[s] itself, never to the (possibly much larger) running total a plain float32 difference pays.
+    Decays below e^-86 ≈ 4e-38 (float32's smallest normal numbers, and slow) are set to exactly 0.
+    """
+    rows, cols = slice(start, stop), slice(0, stop)
+    if out is None:
+        out = hi.new_empty(*hi.shape[:-1], stop - start, stop)
+    torch.sub(hi[..., rows, None], hi[..., None, cols], out=out)
+    out.clamp_(min=_LOG_FLOOR - 1).exp_()  # exp into float32's subnormal range is ~50x slower on CPUs
+    torch.nn.functional.threshold_(out, math.exp(_LOG_FLOOR), 0.0)
+    out *= lo[..., rows, None].exp()
+    col = (-lo[..., cols]).exp_()
+    out *= (col if col_weight is None else col * col_weight)[..., None, :]
+    out[..., rows].tril_()  # s > t only here; exp may have overflowed there, and tril_ overwrites it
+    return out
+
+
+def _check(x, dt, A, B) -> tuple[int, int, int, int, int, int]:
+    if x.dim() != 4:
+        raise ValueError(f"x must be (batch, positions, heads, head_dim), got shape {tuple(x.shape)}")
+    b, p, h, d = x.shape
+    if dt.shape != (b, p, h):
+        raise ValueError(f"dt must be (batch, positions, heads) = {(b, p, h)} like x, got {tuple(dt.shape)}")
+    _check_A(A, h)
+    _check_bc(B, B, b, p, h)
+    return b, p, h, d, *B.shape[2:]
+
+
+def _check_bc(B, C, b, p, h) -> None:
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() != 4 or t.shape[:2] != (b, p):
+            want = f"(batch, positions, groups, d_state) = ({b}, {p}, g, n)"
+            raise ValueError(f"{name} must be {want}, got {tuple(t.shape)}")
+    if B.shape != C.shape:
+        raise ValueError(f"B and C must have the same shape, got {tuple(B.shape)} and {tuple(C.shape)}")
+    if h % B.shape[2]:
+        raise ValueError(f"{h} heads cannot be split evenly over {B.shape[2]} groups of B/C")
+
+
+def _check_A(A, h) -> None:
+    if A.shape != (h,):
+        raise ValueError(f"A must be (heads,) = ({h},), got {tuple(A.shape)}")
+    if (A > 0).any():
+        raise ValueError("A must be negative (A = -exp(A_log)); pass -torch.exp(mixer.A_log), not A_log")
+
+
+def _initial(state, b, h, d, n, like) -> torch.Tensor:
+    if state is None:
+        return like.new_zeros(b, h, d, n)
+    if state.shape != (b, h, d, n):
+        want = f"(batch, heads, head_dim, d_state) = {(b, h, d, n)}"
+        raise ValueError(f"initial_state must be {want}, got {tuple(state.shape)}")
+    return state.float()
+
+
+def _heads(heads, h) -> list[int]:
+    if heads is None:
+        return list(range(h))
+    idx = [heads] if isinstance(heads, int) else [int(j) for j in heads]
+    bad = [j for j in idx if not -h <= j < h]
+    if bad or not idx:
+        raise IndexError(f"heads {list(idx)} must be a non-empty list of head indices in [0, {h})")
+    return [j % h for j in idx]
+
+
+def _window(window, p) -> tuple[int, int]:
+    if window is None:
+        return 0, p
+    try:
+        start, stop = (int(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"query_window must be a pair (start, stop) of ints, got {window!r}") from None
+    if not 0 <= start < stop <= p:
+        raise IndexError(f"query_window {window!r} must satisfy 0 <= start < stop <= {p} (sequence length)")
+    return start, stop
+
+
+def _positions(positions, p) -> list[int]:
+    idx = [positions] if isinstance(positions, int) else [int(t) for t in positions]
+    bad = [t for t in idx if not -p <= t < p]
+    if bad or not idx:
+        raise IndexError(f"positions {idx} must be a non-empty list of token indices in [-{p}, {p})")
+    return [t % p for t in idx]
