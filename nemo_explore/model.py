@@ -135,8 +135,10 @@ class HookedNemotronH:
             return tok.decode(tokens.tolist())
         return [tok.decode(row.tolist()) for row in tokens]
 
-    def _inputs(self, input: Input, attention_mask: torch.Tensor | None, padding_side: str = "right"):
-        """-> (input_ids (b p), attention_mask or None)."""
+    def to_inputs(self, input: Input, attention_mask: torch.Tensor | None = None,
+                  padding_side: str = "right"):
+        """Text, texts or ids -> ``(input_ids (b p), attention_mask (b p) or None)`` on the model's device.
+        Texts are padded on ``padding_side``; ids are checked against the vocabulary."""
         if isinstance(input, str) or (isinstance(input, Sequence) and input and isinstance(input[0], str)):
             if attention_mask is not None:
                 raise ValueError("attention_mask is built from the texts; pass it only with token ids")
@@ -170,7 +172,7 @@ class HookedNemotronH:
     ) -> torch.Tensor:
         """Logits ``(b, p, vocab)`` (``return_type='loss'``: mean next-token loss; ``'loss_per_token'``:
         ``(b, p-1)``), with whatever hooks are active."""
-        ids, mask = self._inputs(input, attention_mask)
+        ids, mask = self.to_inputs(input, attention_mask)
         logits = self.hf_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         if return_type == "logits":
             return logits
@@ -223,7 +225,7 @@ class HookedNemotronH:
                 t = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
             store[hook.name] = t
 
-        ids, mask = self._inputs(input, attention_mask)
+        ids, mask = self.to_inputs(input, attention_mask)
         with self.hooks([(n, keep) for n in names], **options):
             out = self(ids, attention_mask=mask, return_type=return_type)
         ordered = {n: store[n] for n in self._names if n in store}
@@ -247,7 +249,7 @@ class HookedNemotronH:
     def generate(self, input: Input, max_new_tokens: int = 20, fwd_hooks=(), **kwargs) -> torch.Tensor:
         """HF's ``generate`` (greedy unless told otherwise) with any active hooks plus ``fwd_hooks``.
         Texts are left-padded. Returns the token ids, prompt included ``(b, p + new)``."""
-        ids, mask = self._inputs(input, kwargs.pop("attention_mask", None), padding_side="left")
+        ids, mask = self.to_inputs(input, kwargs.pop("attention_mask", None), padding_side="left")
         kwargs.setdefault("do_sample", False)
         if self.tokenizer is not None:
             kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
