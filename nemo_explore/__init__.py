@@ -1,13 +1,24 @@
 """nemo-explore: look inside NVIDIA Nemotron-H hybrid language models from Jupyter."""
 
+from . import registry
 from .cache import ActivationCache
+from .configs import build_config, recommended_defaults, shortened, small_config
+from .describe import ModelDescription, describe
 from .hook_names import HookNameError
 from .hooks import HookPoint, ReadOnlyHookError
 from .layer_types import LAYER_TYPES
-from .loading import CheckpointError, load
+from .loading import CheckpointError, MemoryWarning, load
 from .model import HookedNemotronH, NotNemotronHError
 
 __all__ = [
+    "MemoryWarning",
+    "ModelDescription",
+    "build_config",
+    "describe",
+    "recommended_defaults",
+    "registry",
+    "shortened",
+    "small_config",
     "LAYER_TYPES",
     "ActivationCache",
     "CheckpointError",

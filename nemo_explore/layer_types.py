@@ -14,6 +14,8 @@ LAYER_TYPES = (MAMBA, ATTENTION, MLP, MOE)
 
 PATTERN_CHAR = {MAMBA: "M", ATTENTION: "*", MLP: "-", MOE: "E"}
 HF_NAME = {MAMBA: "linear_attention", ATTENTION: "full_attention", MLP: "mlp", MOE: "moe"}
+# One colour per kind (teal, orange, grey, purple) for every figure, widget and table of the package.
+LAYER_COLORS = {MAMBA: "#17a398", ATTENTION: "#f28e2b", MLP: "#9aa0a6", MOE: "#8e5fc2"}
 # The sub-namespace of a block's hook points: blocks.{i}.attn.hook_pattern, blocks.{i}.mamba.hook_x, ...
 HOOK_PREFIX = {MAMBA: "mamba", ATTENTION: "attn", MLP: "mlp", MOE: "moe"}
 

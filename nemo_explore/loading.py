@@ -72,6 +72,7 @@ def load(
             )
     from transformers import NemotronHForCausalLM
 
+    announce_memory(config, dtype, device, device_map)
     kwargs = dict(config=config, trust_remote_code=False, use_safetensors=not allow_pickle or None)
     if dtype is not None:
         kwargs["dtype"] = _dtype(dtype)
@@ -84,6 +85,45 @@ def load(
         warnings.filterwarnings("ignore", message=".*falling back to its reference PyTorch.*")
         model = NemotronHForCausalLM.from_pretrained(str(where), **kwargs)
     return HookedNemotronH(model, tokenizer if tokenizer is not None else _tokenizer(where))
+
+
+class MemoryWarning(ResourceWarning):
+    """The weights may not fit where they are going."""
+
+
+def announce_memory(config, dtype, device, device_map) -> None:
+    """Before any weight loads: refuse a dtype the device cannot run, warn when the weights may not fit."""
+    from .describe import describe
+
+    target = torch.device(device) if device is not None else None
+    on_gpu = (target is not None and target.type == "cuda") or (
+        device_map is not None and torch.cuda.is_available()
+    )
+    stored = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float32
+    dt = _dtype(dtype) if dtype is not None else stored
+    if on_gpu and dt == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise CheckpointError(
+            f"{torch.cuda.get_device_name()} cannot run bfloat16; "
+            "load with dtype=torch.float16 or torch.float32"
+        )
+    if not on_gpu and dt == torch.float16:
+        warnings.warn("float16 on the CPU is slow and loses range; prefer bfloat16 or float32", stacklevel=3)
+    if device_map == "auto":
+        return  # accelerate spreads the weights over every device and offloads the rest
+    have = _free_memory(target if on_gpu else torch.device("cpu"))
+    message = describe(config).fits(have, dt) if have else None
+    if message:
+        warnings.warn(message, MemoryWarning, stacklevel=3)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device, or available RAM for the CPU (None where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -176,3 +176,14 @@ def test_offloaded_blocks_via_device_map(hf, ckpt, tmp_path):
         zeroed,
         ne.load(hf).run_with_hooks(ids(), fwd_hooks=[("blocks.0.mamba.hook_ssm_out", lambda t, h: t * 0)]),
     )
+
+
+def test_out_of_memory_risk_announced_before_loading(ckpt, monkeypatch):
+    import nemo_explore.loading as loading
+
+    monkeypatch.setattr(loading, "_free_memory", lambda device: 10_000)  # bytes: far too little
+    with pytest.warns(ne.MemoryWarning, match=r"needs .* for its float32 weights, more than the device's"):
+        ne.load(ckpt)
+    monkeypatch.setattr(loading, "_free_memory", lambda device: 2**40)
+    with pytest.warns(UserWarning, match="float16 on the CPU is slow"):
+        ne.load(ckpt, dtype=torch.float16)

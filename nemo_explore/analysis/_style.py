@@ -10,14 +10,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..layer_types import ATTENTION, MAMBA, MLP, MOE
+from ..layer_types import ATTENTION, LAYER_COLORS, MAMBA, MLP, MOE
 
-LAYER_COLORS: dict[str, str] = {
-    MAMBA: "#17a398",  # teal
-    ATTENTION: "#f28e2b",  # orange
-    MLP: "#9aa0a6",  # grey
-    MOE: "#8e5fc2",  # purple
-}
 EMBED_COLOR = "#4c5b6b"  # slate: the embedding row/bar of a figure
 SHORT_NAME = {MAMBA: "mamba", ATTENTION: "attn", MLP: "mlp", MOE: "moe"}
 # The layer-type legend: one row above the plot, clear of colour bars.

@@ -1,0 +1,516 @@
+"""``describe``: what a Nemotron-H model is and what it costs, before loading it.
+
+    >>> d = describe("nvidia/Nemotron-H-8B-Base-8K")      # registry name, directory, config or HF model
+    >>> d.n_params, d.load_bytes("bfloat16")                 # exactly what NemotronHForCausalLM holds
+    >>> d.activation_memory(4096, hooks="residual")          # bytes run_with_cache keeps at 4k tokens
+
+Counting conventions (each test-checked against transformers' own model):
+- ``n_params`` is ``sum(p.numel())`` of ``NemotronHForCausalLM(config)``: embeddings and ``lm_head``
+  count separately (transformers 5 builds Nemotron-H's ``lm_head`` untied even when the config says
+  ``tie_word_embeddings``), and multi-token-prediction layers (``mtp.*``), which transformers skips
+  when loading, are not counted.
+- ``n_active_params`` is what one token's forward pass uses: everything except the routed experts the
+  router did not pick (MoE: router + shared expert + latent projections + top-k routed experts).
+  Embedding and ``lm_head`` count in full.
+- ``load_bytes(dtype)``: parameters in ``dtype`` plus the router's ``e_score_correction_bias`` buffers,
+  which transformers keeps in float32. The forward pass's own working memory comes on top.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .hook_names import BLOCK_POINTS, all_names, unknown_name_error
+from .layer_types import ATTENTION, LAYER_COLORS, LAYER_TYPES, MAMBA, MLP, MOE, PATTERN_CHAR, parse_pattern
+
+__all__ = ["ModelDescription", "describe", "format_bytes"]
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}  # fmt: skip
+LOAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_INT_POINTS = frozenset({"hook_topk_indices"})  # int64 whatever the cache dtype
+
+
+def describe(source: Any, *, cache_dir: str | os.PathLike | None = None) -> ModelDescription:
+    """Describe a Nemotron-H model without loading its weights.
+
+    ``source``: a registry name (``"nvidia/Nemotron-H-8B-Base-8K"``, see ``nemo_explore.registry.names()``),
+    a local checkpoint directory (or its ``config.json``), a hub id found in the local Hugging Face cache
+    (``cache_dir`` overrides where to look; nothing is downloaded), a ``NemotronHConfig``, or an HF model
+    (``NemotronHForCausalLM`` or ``HookedNemotronH``). Configs are read as data with the native class,
+    legacy ``hybrid_override_pattern`` / ``auto_map`` configs included; remote code never runs.
+    """
+    from transformers import NemotronHConfig
+
+    if isinstance(source, ModelDescription):
+        return source
+    if isinstance(source, NemotronHConfig):
+        return ModelDescription(source.name_or_path or "NemotronHConfig", source, origin="a config")
+    model_config = getattr(getattr(source, "hf_model", source), "config", None)
+    if isinstance(model_config, NemotronHConfig):
+        return ModelDescription(
+            model_config.name_or_path or type(source).__name__, model_config, origin="a model"
+        )
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            "describe() takes a registry name, a checkpoint directory, a hub id, a NemotronHConfig or an "
+            f"HF Nemotron-H model, not {type(source).__name__}"
+        )
+    return _describe_name(str(source), cache_dir)
+
+
+def _describe_name(source: str, cache_dir) -> ModelDescription:
+    from . import registry
+    from .loading import TINY, CheckpointError, read_config
+
+    path = Path(source).expanduser()
+    if path.is_file() and path.name == "config.json":
+        path = path.parent
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path} is a directory but has no config.json: is it a checkpoint?")
+        return ModelDescription(str(path), read_config(path), origin=str(path / "config.json"))
+    found = registry.lookup(source)
+    if found is not None:
+        return ModelDescription(
+            found.name,
+            found.to_config(),
+            origin=found.source,
+            inferred=dict(found.inferred),
+            notes=[found.notes] if found.notes else [],
+        )
+    if source == TINY:
+        try:
+            from .checkpoints import tiny_path
+        except ImportError:
+            raise CheckpointError("this installation has no bundled tiny checkpoint") from None
+        return ModelDescription(TINY, read_config(tiny_path()), origin=str(tiny_path()))
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        cached = _cached_config(source, cache_dir)
+        if cached is not None:
+            return ModelDescription(source, read_config(cached.parent), origin=str(cached))
+        raise registry.unknown_error(
+            source,
+            why=" and has no config.json in the local Hugging Face cache (nothing is downloaded; "
+            "download it where there is network, or pass a directory or a config)",
+        )
+    raise registry.unknown_error(source, why=", a checkpoint directory, or a hub id of the form 'org/name'")
+
+
+def _cached_config(repo_id: str, cache_dir) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        hit = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(hit) if isinstance(hit, str) else None
+
+
+# ------------------------------------------------------------------------------------------ description
+
+
+@dataclass(repr=False)
+class ModelDescription:
+    """A Nemotron-H model's layer map, parameter counts and memory needs (see ``describe``).
+
+    ``layer_types``: one of mamba/attention/mlp/moe per layer; ``pattern``: the same as ``M*-E``
+    characters; ``counts``: layers per type; ``params``: parameters per component (embeddings, lm_head,
+    norms, mamba, attention, mlp, moe); ``n_params`` / ``n_active_params``: total and per token;
+    ``mtp_layers``: multi-token-prediction layers the checkpoint carries but transformers does not load.
+    """
+
+    name: str
+    config: Any  # transformers.NemotronHConfig
+    origin: str = ""  # where the configuration came from
+    inferred: dict[str, str] = field(default_factory=dict)  # registry: field -> why it is inferred
+    notes: list[str] = field(default_factory=list)
+    # derived from the config
+    layer_types: list[str] = field(init=False)
+    pattern: str = field(init=False)
+    counts: dict[str, int] = field(init=False)
+    params: dict[str, int] = field(init=False)
+    n_params: int = field(init=False)
+    n_active_params: int = field(init=False)
+    n_buffers: int = field(init=False)
+    mtp_layers: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.layer_types = parse_pattern(c.layers_block_type)
+        self.pattern = "".join(PATTERN_CHAR[t] for t in self.layer_types)
+        self.counts = {t: self.layer_types.count(t) for t in LAYER_TYPES}
+        self.mtp_layers = int(getattr(c, "num_nextn_predict_layers", 0) or 0)
+        self.params = _param_counts(c, self.counts)
+        self.n_params = sum(self.params.values())
+        unused = c.n_routed_experts - c.num_experts_per_tok
+        self.n_active_params = self.n_params - self.counts[MOE] * unused * _expert_params(c)
+        self.n_buffers = self.counts[MOE] * c.n_routed_experts  # e_score_correction_bias, float32
+        if self.mtp_layers:
+            kinds = "".join(PATTERN_CHAR[t] for t in parse_pattern(c.mtp_layers_block_type))
+            self.notes.append(
+                f"the checkpoint's {self.mtp_layers} multi-token-prediction layer(s) (pattern {kinds}) are "
+                "skipped by transformers when loading: not counted, not hooked"
+            )
+        if c.tie_word_embeddings and not _hf_ties_embeddings():
+            self.notes.append(
+                "the config asks for tied embeddings, but transformers builds lm_head as its own matrix "
+                "(counted); a checkpoint without lm_head.weight would load it randomly initialised"
+            )
+
+    # -------------------------------------------------------------------------------------------- memory
+    def load_bytes(self, dtype: torch.dtype | str = torch.bfloat16) -> int:
+        """Bytes the weights take once loaded in ``dtype`` (the float32 router biases included)."""
+        return self.n_params * _itemsize(dtype) + self.n_buffers * 4
+
+    def hook_names(self, hooks: Any = "all") -> list[str]:
+        """The hook names a selection means: ``"all"``, ``"residual"`` (each block's resid_pre, mixer_in,
+        mixer_out and resid_post), a name, a list of names, or a predicate on names."""
+        names = all_names(self.layer_types)
+        if hooks is None or (isinstance(hooks, str) and hooks == "all"):
+            return names
+        if isinstance(hooks, str) and hooks == "residual":
+            return [n for n in names if n.startswith("blocks.") and n.split(".")[-1] in BLOCK_POINTS]
+        if callable(hooks):
+            return [n for n in names if hooks(n)]
+        wanted = [hooks] if isinstance(hooks, str) else list(hooks)
+        known = set(names)
+        for n in wanted:
+            if n not in known:
+                raise unknown_name_error(n, names, where=self.name, layer_types=self.layer_types)
+        return list(dict.fromkeys(wanted))
+
+    def hook_shapes(
+        self,
+        seq_len: int,
+        batch: int = 1,
+        hooks: str | Iterable[str] | Callable[[str], bool] | None = "all",
+        *,
+        state_positions: int | Iterable[int] | None = None,
+        hidden_attn_heads: int | Iterable[int] | None = None,
+        hidden_attn_window: tuple[int, int] | None = None,
+    ) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of each selected hook value for ``batch`` sequences of ``seq_len`` tokens.
+
+        The options mean what they mean for ``run_with_cache``: which positions ``hook_state`` keeps
+        (default: all of an input of at most 64 tokens, else the last), and which heads / query rows
+        ``hook_hidden_attn`` keeps.
+        """
+        _check_positive(seq_len=seq_len, batch=batch)
+        sizes = _point_shapes(
+            self.config, batch, seq_len, state_positions, hidden_attn_heads, hidden_attn_window
+        )
+        out = {}
+        for name in self.hook_names(hooks):
+            point = name.rsplit(".", 1)[-1]
+            out[name] = sizes[point]
+        return out
+
+    def activation_memory(
+        self,
+        seq_len: int,
+        batch: int = 1,
+        hooks: str | Iterable[str] | Callable[[str], bool] | None = "residual",
+        dtype: torch.dtype | str = torch.bfloat16,
+        **options: Any,
+    ) -> int:
+        """Bytes ``run_with_cache(..., names_filter=hooks, dtype=dtype)`` keeps for ``batch`` × ``seq_len``.
+
+        Floating values are counted in ``dtype`` (the cache dtype), ``hook_topk_indices`` as int64. For
+        scale, per block: the residual points are 4 × b·p·d, ``hook_pattern`` b·h·p², ``hook_hidden_attn``
+        b·h_mamba·p², ``hook_state_norm`` b·p·h_mamba. ``options``: as for ``hook_shapes``.
+        """
+        size = _itemsize(dtype)
+        total = 0
+        for name, shape in self.hook_shapes(seq_len, batch, hooks, **options).items():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n * (8 if name.rsplit(".", 1)[-1] in _INT_POINTS else size)
+        return total
+
+    def fits(
+        self,
+        device_memory_bytes: int,
+        dtype: torch.dtype | str = torch.bfloat16,
+        *,
+        seq_len: int | None = None,
+        batch: int = 1,
+        hooks: Any = "residual",
+        headroom: float = 0.1,
+    ) -> str | None:
+        """None if the weights (and, with ``seq_len``, the cached activations) fit in the device memory
+        with ``headroom`` (a fraction) left for the forward pass; else a message saying what to do."""
+        if not isinstance(device_memory_bytes, int) or device_memory_bytes <= 0:
+            raise ValueError(f"device_memory_bytes must be a positive int, not {device_memory_bytes!r}")
+        dtype = _dtype(dtype)
+        weights = self.load_bytes(dtype)
+        acts = self.activation_memory(seq_len, batch, hooks, dtype) if seq_len else 0
+        need = weights + acts
+        if need <= (1 - headroom) * device_memory_bytes:
+            return None
+        what = f"{self.name} needs {format_bytes(need)}"
+        if acts:
+            what += (
+                f" ({format_bytes(weights)} of {_dtype_name(dtype)} weights + {format_bytes(acts)} of cached "
+                f"activations for {batch} × {seq_len} tokens)"
+            )
+        else:
+            what += f" for its {_dtype_name(dtype)} weights"
+        have = format_bytes(device_memory_bytes)
+        if need <= device_memory_bytes:
+            left = format_bytes(device_memory_bytes - need)
+            return f"{what}: most of the device's {have}, leaving {left} to run the model; it may run out."
+        tips = []
+        if _itemsize(dtype) > 2:
+            tips.append(f"load in bfloat16 ({format_bytes(self.load_bytes(torch.bfloat16))} of weights)")
+        tips.append(
+            "split the model over devices with device_map='auto' (accelerate offloads the rest to CPU)"
+        )
+        if acts:
+            tips.append(
+                "cache fewer hooks or a shorter sequence, or keep the cache on the CPU (device='cpu')"
+            )
+        return f"{what}, more than the device's {have}. To fit: {'; '.join(tips)}."
+
+    # ------------------------------------------------------------------------------------------ display
+    def _rows(self) -> list[tuple[str, str]]:
+        c = self.config
+        layers = ", ".join(f"{n} {t}" for t, n in self.counts.items() if n)
+        widths = [f"hidden {c.hidden_size}"]
+        if self.counts[ATTENTION]:
+            widths.append(
+                f"attention {c.num_attention_heads} heads ({c.num_key_value_heads} kv) × {c.head_dim}"
+            )
+        if self.counts[MAMBA]:
+            widths.append(
+                f"mamba {c.mamba_num_heads} heads × {c.mamba_head_dim}, state {c.ssm_state_size}, "
+                f"{c.n_groups} groups, conv {c.conv_kernel}, chunk {c.chunk_size}"
+            )
+        if self.counts[MLP]:
+            widths.append(f"mlp {c.intermediate_size}")
+        if self.counts[MOE]:
+            moe = (
+                f"moe {c.n_routed_experts} experts × {c.moe_intermediate_size}, top-{c.num_experts_per_tok}, "
+                f"shared {c.moe_shared_expert_intermediate_size}"
+            )
+            if c.n_group > 1:
+                moe += f", {c.topk_group} of {c.n_group} groups"
+            if c.moe_latent_size is not None:
+                moe += f", latent {c.moe_latent_size}"
+            widths.append(moe)
+        widths.append(f"vocab {c.vocab_size}")
+        params = _count(self.n_params)
+        if self.counts[MOE]:
+            params += f" · active per token {_count(self.n_active_params)}"
+        rows = [
+            ("layers", f"{len(self.layer_types)}: {layers}"),
+            ("pattern", self.pattern),
+            ("widths", " · ".join(widths)),
+            ("parameters", params),
+            (
+                "weights",
+                " · ".join(f"{_dtype_name(d)} {format_bytes(self.load_bytes(d))}" for d in LOAD_DTYPES),
+            ),
+        ]
+        if self.origin:
+            rows.append(("source", self.origin))
+        rows += [("inferred", f"{k}: {why}") for k, why in self.inferred.items()]
+        rows += [("note", n) for n in self.notes]
+        return rows
+
+    def __repr__(self) -> str:
+        lines = [f"ModelDescription({self.name!r})"]
+        lines += [f"  {k:<10} {v}" for k, v in self._rows()]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        colours = LAYER_COLORS
+        cells = []
+        for k, v in self._rows():
+            if k == "pattern":
+                spans = "".join(
+                    f'<span style="color:{colours[t]}" title="{i}: {t}">{html.escape(PATTERN_CHAR[t])}</span>'
+                    for i, t in enumerate(self.layer_types)
+                )
+                value = f'<code style="word-break:break-all">{spans}</code>'
+            else:
+                value = html.escape(v)
+            cells.append(
+                f'<tr><th style="text-align:left;vertical-align:top">{html.escape(k)}</th>'
+                f'<td style="text-align:left">{value}</td></tr>'
+            )
+        return f"<div><b>{html.escape(self.name)}</b><table>{''.join(cells)}</table></div>"
+
+
+# ------------------------------------------------------------------------------------ parameter counts
+
+
+def _param_counts(c, counts: dict[str, int]) -> dict[str, int]:
+    """Parameters per component of NemotronHForCausalLM(c), from the config alone."""
+    d, vocab = c.hidden_size, c.vocab_size
+    return {
+        "embeddings": vocab * d,
+        "lm_head": 0 if (c.tie_word_embeddings and _hf_ties_embeddings()) else vocab * d,
+        "norms": d * (len(c.layers_block_type) + 1),  # one pre-norm per block, norm_f
+        MAMBA: counts[MAMBA] * _mamba_params(c),
+        ATTENTION: counts[ATTENTION] * _attention_params(c),
+        MLP: counts[MLP] * _mlp_params(d, c.intermediate_size, c.mlp_bias),
+        MOE: counts[MOE] * _moe_params(c),
+    }
+
+
+def _mamba_params(c) -> int:
+    d, h = c.hidden_size, c.mamba_num_heads
+    inner = h * c.mamba_head_dim
+    conv_dim = inner + 2 * c.n_groups * c.ssm_state_size  # x, B, C go through the conv together
+    proj = inner + conv_dim + h  # in_proj -> gate z, conv input, dt
+    n = d * proj + (proj if c.use_bias else 0)
+    n += conv_dim * c.conv_kernel + (conv_dim if c.use_conv_bias else 0)  # depthwise conv1d
+    n += 3 * h  # dt_bias, A_log, D
+    n += inner  # gated RMSNorm
+    n += inner * d + (d if c.use_bias else 0)  # out_proj
+    return n
+
+
+def _attention_params(c) -> int:  # q, k, v, o; NemotronHAttention has no biases
+    return 2 * c.hidden_size * c.head_dim * (c.num_attention_heads + c.num_key_value_heads)
+
+
+def _mlp_params(d: int, width: int, bias: bool) -> int:
+    return 2 * d * width + ((width + d) if bias else 0)
+
+
+def _expert_params(c) -> int:
+    width = c.moe_latent_size if c.moe_latent_size is not None else c.hidden_size
+    return 2 * width * c.moe_intermediate_size  # up and down, no gate (ReLU²)
+
+
+def _moe_params(c) -> int:
+    d = c.hidden_size
+    n = c.n_routed_experts * _expert_params(c)
+    n += c.n_routed_experts * d  # router
+    n += _mlp_params(d, c.moe_shared_expert_intermediate_size, c.mlp_bias)
+    if c.moe_latent_size is not None:  # fc1 / fc2 latent projections
+        n += 2 * d * c.moe_latent_size + ((c.moe_latent_size + d) if c.mlp_bias else 0)
+    return n
+
+
+def _hf_ties_embeddings() -> bool:
+    """Whether transformers' NemotronHForCausalLM ties lm_head to the embeddings at all (5.x: no)."""
+    from transformers import NemotronHForCausalLM
+
+    return bool(getattr(NemotronHForCausalLM, "_tied_weights_keys", None))
+
+
+# ---------------------------------------------------------------------------------------- hook shapes
+
+
+def _point_shapes(c, b: int, p: int, state_positions, heads, window) -> dict[str, tuple[int, ...]]:
+    """Shape of every hook point of every layer kind (DESIGN.md's table), for b × p tokens."""
+    from .mixers.mamba import STATES_ALL_POSITIONS_MAX
+    from .ssd import _heads, _window
+
+    d, h, kv, hd = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    mh, md, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
+    inner = mh * md
+    conv_dim = inner + 2 * g * n
+    if state_positions is None:
+        n_pos = p if p <= STATES_ALL_POSITIONS_MAX else 1
+    else:
+        asked = [state_positions] if isinstance(state_positions, int) else list(state_positions)
+        bad = [q for q in asked if not -p <= q < p]
+        if bad or not asked:
+            raise IndexError(f"state_positions {state_positions} out of range for a sequence of {p} tokens")
+        n_pos = len({q % p for q in asked})
+    start, stop = _window(window, p)
+    shapes = {
+        "hook_embed": (b, p, d),
+        "hook_normalized": (b, p, d),
+        **{point: (b, p, d) for point in BLOCK_POINTS},
+        # attention
+        "hook_q": (b, p, h, hd),
+        "hook_k": (b, p, kv, hd),
+        "hook_v": (b, p, kv, hd),
+        "hook_attn_scores": (b, h, p, p),
+        "hook_pattern": (b, h, p, p),
+        "hook_z": (b, p, h, hd),
+        # mamba
+        "hook_in_proj": (b, p, inner + conv_dim + mh),
+        "hook_gate": (b, p, inner),
+        "hook_conv_out": (b, p, conv_dim),
+        "hook_x": (b, p, mh, md),
+        "hook_B": (b, p, g, n),
+        "hook_C": (b, p, g, n),
+        "hook_dt": (b, p, mh),
+        "hook_ssm_out": (b, p, mh, md),
+        "hook_state_norm": (b, p, mh),
+        "hook_hidden_attn": (b, len(_heads(heads, mh)), stop - start, p),
+        "hook_state": (b, n_pos, mh, md, n),
+        # moe
+        "hook_router_logits": (b, p, c.n_routed_experts),
+        "hook_router_scores": (b, p, c.n_routed_experts),
+        "hook_topk_indices": (b, p, c.num_experts_per_tok),
+        "hook_topk_weights": (b, p, c.num_experts_per_tok),
+        "hook_routed_out": (b, p, d),
+        "hook_shared_out": (b, p, d),
+        # mlp
+        "hook_pre": (b, p, c.intermediate_size),
+        "hook_post": (b, p, c.intermediate_size),
+    }
+    return shapes
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).removeprefix("torch.").lower()
+    if key not in _DTYPES:
+        raise ValueError(
+            f"unknown dtype {dtype!r}: use torch.float32 / torch.bfloat16 / torch.float16 or a name"
+        )
+    return _DTYPES[key]
+
+
+def _itemsize(dtype: torch.dtype | str) -> int:
+    return _dtype(dtype).itemsize
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_positive(**values: int) -> None:
+    for key, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{key} must be a positive int, not {v!r}")
+
+
+def format_bytes(n: float) -> str:
+    """1.5 GiB, 12.0 MiB, 512 B."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _count(n: int) -> str:
+    """8.10 B = 8,100,852,736"""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit} = {n:,}"
+    return str(n)
