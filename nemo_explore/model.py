@@ -237,6 +237,8 @@ class HookedNemotronH:
             attention_mask=mask,
             config=self.cfg,
         )
+        cache.hidden_attn_heads = options.get("hidden_attn_heads")
+        cache.hidden_attn_window = options.get("hidden_attn_window")
         if any(n.endswith("hook_state") for n in ordered):
             from .mixers.mamba import _state_positions
 

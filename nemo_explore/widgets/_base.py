@@ -1,0 +1,131 @@
+"""What the cache-based views share: one row of the batch, its tokens, clear errors, and ``to_html``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import ipywidgets as widgets
+import torch
+
+from ._static import CSS, Page
+from ._tokens import Window
+
+STYLE = f"<style>{CSS}</style>"
+
+
+class CacheView(widgets.VBox):
+    """Base of AttentionHeads, SSMStateNorms and MoERouting: a VBox over one row of an ActivationCache.
+
+    Subclasses set ``title``, build their controls and figures, and implement ``_redraw`` and
+    ``_static(page)``; ``to_html()`` renders what the view shows now as a self-contained page.
+    """
+
+    title = "view"
+
+    def __init__(self, cache, batch: int = 0) -> None:
+        super().__init__(layout=widgets.Layout(width="100%"))
+        self.add_class("ne-view")
+        if not isinstance(cache, Mapping) or not hasattr(cache, "layer_types"):
+            raise TypeError(
+                f"{type(self).__name__} takes an ActivationCache (from model.run_with_cache), "
+                f"not {type(cache).__name__}"
+            )
+        self.cache = cache
+        self.batch = batch
+        self.note = widgets.HTML()
+        self._hold = False  # while True, control changes do not redraw (several set at once)
+
+    # -------------------------------------------------------------- inputs
+    def _row(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """Row ``batch`` of a cached tensor, as float32 on the CPU."""
+        if not 0 <= self.batch < tensor.shape[0]:
+            raise IndexError(f"batch={self.batch} out of range: {name} holds {tensor.shape[0]} rows")
+        return tensor[self.batch].detach().float().cpu()
+
+    def _valid(self, p: int) -> tuple[int, int]:
+        """``(offset, n)``: the row's real tokens are positions offset..offset+n-1 (padding excluded)."""
+        mask = getattr(self.cache, "attention_mask", None)
+        if mask is None:
+            return 0, p
+        keep = torch.as_tensor(mask)[self.batch].nonzero().flatten()
+        return (int(keep[0]), len(keep)) if len(keep) else (0, 0)
+
+    def _tokens(self, p: int) -> tuple[list[str], int]:
+        """The row's tokens as strings and the position of the first one (``#id`` when no tokenizer)."""
+        offset, n = self._valid(p)
+        rows = getattr(self.cache, "str_tokens_all", None) or []
+        if self.batch < len(rows) and len(rows[self.batch]) == n:
+            return list(rows[self.batch]), offset
+        ids = getattr(self.cache, "tokens", None)
+        if ids is not None and ids.shape[-1] == p:
+            return [f"#{i}" for i in ids[self.batch, offset : offset + n].tolist()], offset
+        return [f"#{offset + j}?" for j in range(n)], offset
+
+    def _need(self, name: str, names: str) -> torch.Tensor:
+        if name not in self.cache:
+            raise ValueError(
+                f"{type(self).__name__} needs {name}, which this cache lacks: cache it first, e.g. "
+                f"model.run_with_cache(text, names_filter=lambda n: n.endswith({names}))"
+            )
+        return self.cache[name]
+
+    def _check_layer(self, layer: int, expected: dict[str, str], names: str) -> None:
+        """Raise a clear error unless ``layer`` is a block this view can show and the cache holds its data.
+
+        ``expected``: layer kind -> the name this view reads, with ``{i}`` for the block index.
+        """
+        types = self.cache.layer_types
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"layer must be a block index (int), not {layer!r}")
+        if not 0 <= layer < len(types):
+            raise IndexError(
+                f"layer {layer} does not exist: the model has {len(types)} blocks (0..{len(types) - 1})"
+            )
+        kind = types[layer]
+        if kind not in expected:
+            shown = " and ".join(expected)
+            wanted = [i for i, t in enumerate(types) if t in expected]
+            raise ValueError(
+                f"block {layer} is a {kind} layer; {type(self).__name__} shows {shown} layers: "
+                f"{wanted or 'this model has none'}"
+            )
+        self._need(expected[kind].format(i=layer), names)
+
+    # -------------------------------------------------------------- controls
+    def _slider(self) -> widgets.IntSlider:
+        s = widgets.IntSlider(
+            description="window", continuous_update=False, layout=widgets.Layout(width="420px")
+        )
+        s.observe(self._on_window, names="value")
+        return s
+
+    def _sync_slider(self, slider: widgets.IntSlider, window: Window) -> None:
+        self._hold, held = True, self._hold
+        slider.min, slider.max = 0, window.max_start  # widen first so the value always fits
+        slider.min = window.lo
+        slider.step = max(1, window.size // 8)
+        slider.value = window.start
+        slider.layout.display = None if window.active else "none"
+        self._hold = held
+
+    def _on_window(self, change) -> None:
+        if not self._hold:
+            self._window.move(change["new"])
+            self._redraw()
+
+    def _on_control(self, change) -> None:
+        if not self._hold:
+            self._redraw()
+
+    def _redraw(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- static
+    def to_html(self) -> str:
+        """A self-contained HTML page of what the view shows now (no network or kernel needed to view)."""
+        page = Page(self.title)
+        self._static(page)
+        return page.render()
+
+    def _static(self, page: Page) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,82 @@
+"""Small plotly building blocks shared by the views: heatmaps over tokens and a mosaic of head thumbnails."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Colour scales. Probabilities and shares: sequential from white; signed values: diverging, 0 = white.
+SEQUENTIAL = "Blues"
+SHARE = "Purples"
+DIVERGING = [[0.0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1.0, "#b2182b"]]
+FONT = dict(family="system-ui, sans-serif", size=11)
+
+
+def figure_widget(width: int, height: int, **layout):
+    import plotly.graph_objects as go
+
+    fig = go.FigureWidget(
+        layout=dict(width=width, height=height, margin=dict(l=10, r=10, t=36, b=10), font=FONT, **layout)
+    )
+    fig.layout.template = "plotly_white"
+    return fig
+
+
+def cells(a: np.ndarray) -> list:
+    """A 2-D array as nested lists with None for NaN: what plotly draws as a gap. (A widget message
+    must be strict JSON, which has no NaN.)"""
+    if not np.isnan(a).any():
+        return a.tolist()
+    out = a.astype(object)
+    out[np.isnan(a)] = None
+    return out.tolist()
+
+
+def pooled(maps: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block means of square maps (h, n, n) -> (h, t, t), t = min(n, size); and where the causal lower
+    triangle reaches (t, t) bool, so blocks wholly above the diagonal can be left blank."""
+    n = maps.shape[-1]
+    t = min(n, size)
+    if t == n:
+        return maps, torch.ones(n, n, dtype=torch.bool).tril()
+    low = F.adaptive_avg_pool2d(maps[None], t)[0]
+    reach = F.adaptive_max_pool2d(torch.ones(n, n).tril()[None], t)[0] > 0
+    return low, reach
+
+
+def mosaic(tiles: np.ndarray, cols: int, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles (h, t, t) -> one image (rows·(t+gap), cols·(t+gap)) with NaN gaps, and the head index of each
+    cell (-1 in the gaps): one heatmap trace draws every head, however many there are."""
+    h, t, _ = tiles.shape
+    rows = math.ceil(h / cols)
+    step = t + gap
+    z = np.full((rows * step - gap, cols * step - gap), np.nan, dtype=np.float32)
+    idx = np.full(z.shape, -1, dtype=np.int32)
+    for k in range(h):
+        r, c = divmod(k, cols)
+        z[r * step : r * step + t, c * step : c * step + t] = tiles[k]
+        idx[r * step : r * step + t, c * step : c * step + t] = k
+    return z, idx
+
+
+def grid_columns(h: int) -> int:
+    """Columns of the head mosaic: 4 for a few heads, about √h for many (128 heads -> 12 columns)."""
+    return min(h, max(4, math.ceil(math.sqrt(h))))
+
+
+def tile_rect(k: int, cols: int, t: int, gap: int) -> dict:
+    """A plotly rectangle shape around tile k of a mosaic (data coordinates, cell centres at integers)."""
+    r, c = divmod(k, cols)
+    step = t + gap
+    return dict(
+        type="rect",
+        x0=c * step - 0.5 - gap / 2,
+        x1=c * step + t - 0.5 + gap / 2,
+        y0=r * step - 0.5 - gap / 2,
+        y1=r * step + t - 0.5 + gap / 2,
+        line=dict(color="#111", width=2),
+        fillcolor="rgba(0,0,0,0)",
+    )

@@ -1,0 +1,92 @@
+"""Token text as the widgets show it, and the position window that keeps long inputs fast.
+
+Tokens are shown as the tokenizer produced them, with the invisible made visible (a space is ``␣``, a
+newline ``↵``, a tab ``⇥``, other control characters ``\\xNN``). Every string that reaches HTML or a
+plotly label goes through :func:`escape` first, so a token ``<script>`` is shown, never run.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+_SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def visible(token: str) -> str:
+    """``' cat\\n'`` -> ``'␣cat↵'``; an empty token becomes ``'∅'``. Plain text (not escaped)."""
+    if token == "":
+        return "∅"
+    out = []
+    for ch in token:
+        if ch in _SHOWN:
+            out.append(_SHOWN[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def escape(text: str) -> str:
+    """Plain text -> HTML text (also what plotly's label markup reads): ``&``, ``<``, ``>``, quotes."""
+    return html.escape(text, quote=True)
+
+
+def labels(tokens: Sequence[str], start: int = 0) -> list[str]:
+    """Axis categories for positions ``start..``: ``'12 ␣cat'``, escaped; unique even when tokens repeat."""
+    return [escape(f"{start + j} {visible(t)}") for j, t in enumerate(tokens)]
+
+
+def token_chips(
+    tokens: Sequence[str], start: int = 0, weights=None, titles=None, color="142, 95, 194"
+) -> str:
+    """The text as a row of token chips (``<span>`` with a hover title), escaped.
+
+    ``weights`` (one per token, in [0, 1]) sets each chip's background opacity in ``color`` (an ``r, g, b``
+    string); ``titles`` (one per token) is the hover text, by default the position and the token.
+    """
+    chips = []
+    for j, tok in enumerate(tokens):
+        title = titles[j] if titles is not None else f"position {start + j}: {visible(tok)!s}"
+        style = ""
+        if weights is not None and weights[j] > 0:
+            style = f' style="background: rgba({color}, {0.15 + 0.85 * float(weights[j]):.3f})"'
+        chips.append(f'<span class="ne-tok" title="{escape(title)}"{style}>{escape(visible(tok))}</span>')
+    return '<div class="ne-toks">' + "".join(chips) + "</div>"
+
+
+class Window:
+    """A window of at most ``size`` positions inside ``[lo, hi)``, which a slider moves.
+
+    ``start``/``stop`` bound the shown positions; ``active`` says whether anything is cut off.
+    """
+
+    def __init__(self, size: int, lo: int, hi: int, start: int | None = None) -> None:
+        self.size, self.lo, self.hi = size, lo, hi
+        self.start = lo
+        self.move(lo if start is None else start)
+
+    @property
+    def active(self) -> bool:
+        return self.hi - self.lo > self.size
+
+    @property
+    def stop(self) -> int:
+        return min(self.start + self.size, self.hi)
+
+    @property
+    def max_start(self) -> int:
+        return max(self.lo, self.hi - self.size)
+
+    def move(self, start: int) -> None:
+        self.start = min(max(int(start), self.lo), self.max_start)
+
+    def note(self, what: str) -> str:
+        """An HTML sentence saying what is shown, or '' when the whole input fits."""
+        if not self.active:
+            return ""
+        return (
+            f"<b>Long input:</b> showing positions {self.start}–{self.stop - 1} of {self.lo}–{self.hi - 1} "
+            f"({what} show at most {self.size} positions at a time); move the window with the slider."
+        )

@@ -1,0 +1,292 @@
+"""AttentionHeads: the heads of an attention layer and the hidden attention of a Mamba layer, in one view.
+
+An attention pattern is a probability per row. Mamba-2's hidden attention M (y_t = Σ_s M[t,s]·x_s + D·x_t)
+is signed and unnormalised, so it is drawn on a diverging scale centred on 0, or — the user's choice —
+as |M| ÷ its row's Σ|M|, labelled as such; never made to look like a softmax.
+
+Long inputs: a p×p map shows at most ``PAIRWISE_WINDOW`` positions (a square window the user moves);
+each head thumbnail in the grid is at most ``THUMB``×``THUMB`` cells (block means).
+"""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+
+from ._base import STYLE, CacheView
+from ._figures import (
+    DIVERGING,
+    SEQUENTIAL,
+    SHARE,
+    cells,
+    figure_widget,
+    grid_columns,
+    mosaic,
+    pooled,
+    tile_rect,
+)
+from ._static import Page, StaticHTML, circuitsvis_html
+from ._tokens import Window, labels, visible
+
+PAIRWISE_WINDOW = 512
+THUMB = 48
+
+EXPECTED = {"attention": "blocks.{i}.attn.hook_pattern", "mamba": "blocks.{i}.mamba.hook_hidden_attn"}
+NAMES = "('hook_pattern', 'hook_hidden_attn')"
+
+ABOUT = {
+    "attention": "<b>Attention pattern</b>: row = query token, column = key token; each row is a probability "
+    "distribution over the keys up to the query.",
+    "signed": "<b>Mamba-2 hidden attention M</b> (y<sub>t</sub> = Σ<sub>s</sub> M[t,s]·x<sub>s</sub> + "
+    "D·x<sub>t</sub>): signed and unnormalised (C·B can be negative), its rows do not sum to 1. "
+    "Red &gt; 0 &gt; blue, white = 0.",
+    "share": "<b>Mamba-2 hidden attention, |M| ÷ row Σ|M|</b>: each cell's share of its row's magnitude. "
+    "M itself is signed and unnormalised; this is a view of it, not a probability the model computes.",
+}
+
+
+class AttentionHeads(CacheView):
+    """Every head of an attention layer (a grid of thumbnails and one head in detail), and the hidden
+    attention of a Mamba layer in the same view: the layer menu lists both kinds.
+
+    ``cache`` holds ``blocks.{i}.attn.hook_pattern`` and/or ``blocks.{i}.mamba.hook_hidden_attn``
+    (b h q k). ``layer``: the block shown first (default: the first attention layer cached, else the first
+    Mamba layer); ``head``: the head in detail; ``mode``: for Mamba layers ``'signed'`` (M itself, diverging
+    scale) or ``'share'`` (|M| ÷ row Σ|M|); ``batch``: the row of the batch; ``window``: first position of
+    the window on long inputs; ``hidden_attn_window``: the ``(start, stop)`` query rows the hidden
+    attention was computed for, if ``run_with_cache`` was given one.
+    """
+
+    title = "Attention heads"
+
+    def __init__(
+        self,
+        cache,
+        layer: int | None = None,
+        head: int = 0,
+        *,
+        mode: str = "signed",
+        batch: int = 0,
+        window: int | None = None,
+        hidden_attn_window: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(cache, batch)
+        types = cache.layer_types
+        self._sources = {
+            i: EXPECTED[t].format(i=i)
+            for i, t in enumerate(types)
+            if t in EXPECTED and EXPECTED[t].format(i=i) in cache
+        }
+        if not self._sources:
+            raise ValueError(
+                "AttentionHeads found no attention pattern or Mamba hidden attention in this cache: cache "
+                f"them first, e.g. model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
+            )
+        if layer is None:
+            layer = next((i for i in self._sources if types[i] == "attention"), next(iter(self._sources)))
+        self._check_layer(layer, EXPECTED, NAMES)
+        if mode not in ("signed", "share"):
+            raise ValueError(f"mode must be 'signed' or 'share' (|M| ÷ row Σ|M|), not {mode!r}")
+        self._query_window = hidden_attn_window
+
+        self.layer_select = widgets.Dropdown(
+            options=[(self._layer_label(i), i) for i in self._sources], value=layer, description="layer"
+        )
+        self.head_select = widgets.Dropdown(description="head", layout=widgets.Layout(width="160px"))
+        self.mode_select = widgets.ToggleButtons(
+            options=[("signed M", "signed"), ("|M| ÷ row Σ|M|", "share")],
+            value=mode,
+            tooltips=["M itself: diverging scale, 0 = white", "each cell's share of its row's magnitude"],
+            style=dict(button_width="120px"),
+        )
+        self.window_slider = self._slider()
+        self.grid = figure_widget(380, 380)
+        self.grid.add_heatmap(
+            hoverongaps=False, showscale=False, hovertemplate="head %{customdata}<extra></extra>"
+        )
+        self.grid.data[0].on_click(self._on_grid_click)
+        self.grid._config = {"displayModeBar": False}  # (synced plotly config) no zoom tools on thumbnails
+        self.detail = figure_widget(580, 560)
+        self.detail.add_heatmap(hoverongaps=False, colorbar=dict(thickness=12))
+        self.detail.update_yaxes(autorange="reversed", tickfont=dict(size=9))
+        self.detail.update_xaxes(tickfont=dict(size=9), tickangle=-60)
+
+        for control in (self.layer_select, self.head_select, self.mode_select):
+            control.observe(self._on_control, names="value")
+        figures = widgets.HBox([self.grid, self.detail], layout=widgets.Layout(flex_flow="row wrap"))
+        self.children = [
+            widgets.HTML(STYLE),
+            widgets.HBox([self.layer_select, self.head_select, self.mode_select]),
+            self.window_slider,
+            self.note,
+            figures,
+        ]
+        self._load(layer, head, window)
+
+    # -------------------------------------------------------------- state
+    @property
+    def layer(self) -> int:
+        return self.layer_select.value
+
+    @property
+    def head(self) -> int:
+        return self.head_select.value
+
+    @property
+    def mode(self) -> str:
+        return self.mode_select.value
+
+    def select(self, layer: int | None = None, head: int | None = None, window: int | None = None) -> None:
+        """Show another layer, head or window position (what the controls do)."""
+        if layer is not None:
+            self._check_layer(layer, EXPECTED, NAMES)
+        self._load(self.layer if layer is None else layer, head, window)
+
+    def _layer_label(self, i: int) -> str:
+        kind = self.cache.layer_types[i]
+        return f"{i} · attention" if kind == "attention" else f"{i} · mamba (hidden attention)"
+
+    def _load(self, layer: int, head: int | None, window: int | None) -> None:
+        """Read block ``layer`` from the cache and redraw; ``head=None`` keeps the head where it exists."""
+        kind = self.cache.layer_types[layer]
+        maps = self._row(self.cache[self._sources[layer]], self._sources[layer])  # h q k
+        h, q, p = maps.shape
+        q0 = 0
+        if q != p:
+            span = self._query_window or getattr(self.cache, "hidden_attn_window", None)
+            if span is None or span[1] - span[0] != q:
+                raise ValueError(
+                    f"{self._sources[layer]} holds {q} query rows of {p} positions: pass the rows it was "
+                    f"computed for, AttentionHeads(cache, hidden_attn_window=(start, stop))"
+                )
+            q0 = int(span[0])
+        if head is None:
+            head = self.head if self.head is not None and self.head < h else 0
+        if not 0 <= head < h:
+            raise IndexError(f"head {head} out of range: block {layer} has {h} heads (0..{h - 1})")
+        tokens, offset = self._tokens(p)
+        lo, hi = max(q0, offset), min(q0 + q, offset + len(tokens))
+        if hi <= lo:
+            raise ValueError(f"{self._sources[layer]} has no query row on a real (unpadded) token")
+        keep = getattr(self, "_window", None)
+        self._kind, self._maps, self._q0 = kind, maps, q0
+        self._all_tokens, self._offset = tokens, offset
+        if window is None and keep is not None:
+            window = keep.start
+        self._window = Window(PAIRWISE_WINDOW, lo, hi, start=window)
+        self._hold, held = True, self._hold
+        self.layer_select.value = layer
+        self.head_select.options = [(f"head {k}", k) for k in range(h)]
+        self.head_select.value = head
+        self.mode_select.layout.display = None if kind == "mamba" else "none"
+        self._sync_slider(self.window_slider, self._window)
+        self._hold = held
+        self._redraw()
+
+    def _on_control(self, change) -> None:
+        if self._hold:
+            return
+        if change["owner"] is self.layer_select:
+            self._load(change["new"], None, None)
+        else:
+            self._redraw()
+
+    def _on_grid_click(self, trace, points, state) -> None:
+        if points.xs:
+            k = int(self._grid_heads[int(points.ys[0]), int(points.xs[0])])
+            if k >= 0:
+                self.head_select.value = k
+
+    # -------------------------------------------------------------- data
+    def shown(self) -> dict:
+        """What the view draws now: ``maps`` (h, n, n) for the window's queries × keys, ``tokens`` (n),
+        ``start``, ``kind`` ('attention' or 'mamba') and ``mode`` ('pattern', 'signed' or 'share')."""
+        s, e = self._window.start, self._window.stop
+        maps = self._maps[:, s - self._q0 : e - self._q0]  # h n p
+        mode = "pattern" if self._kind == "attention" else self.mode
+        if mode == "share":
+            real = maps[..., self._offset : self._offset + len(self._all_tokens)]
+            maps = maps.abs() / real.abs().sum(-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
+        tokens = self._all_tokens[s - self._offset : e - self._offset]
+        return dict(maps=maps[..., s:e], tokens=tokens, start=s, kind=self._kind, mode=mode)
+
+    def _redraw(self) -> None:
+        view = self.shown()
+        maps, mode = view["maps"], view["mode"]
+        n = maps.shape[-1]
+        causal = bool((torch.triu(maps, 1) == 0).all())
+        # The first token sees only itself (p = 1, and a share of 1): leave that row out of the colour
+        # range, or it would wash out every other row. Hover still shows its value.
+        skip = 1 if mode != "signed" and view["start"] == self._offset and n > 1 else 0
+        z = maps[self.head].numpy().copy()
+        if causal:
+            z[np.triu_indices(n, 1)] = np.nan
+        top = (float(np.nanmax(np.abs(z[skip:]))) if n else 0.0) or 1.0
+        scale = {
+            "pattern": dict(colorscale=SEQUENTIAL, zmin=0, zmax=top, zmid=None),
+            "signed": dict(colorscale=DIVERGING, zmin=-top, zmax=top, zmid=0),
+            "share": dict(colorscale=SHARE, zmin=0, zmax=top, zmid=None),
+        }[mode]
+        self._draw_detail(z, labels(view["tokens"], view["start"]), mode, scale)
+        self._draw_grid(maps, causal, skip, {**scale, "zmin": -1 if mode == "signed" else 0, "zmax": 1})
+        note = ABOUT["attention" if mode == "pattern" else mode]
+        warn = self._window.note("p×p maps")
+        self.note.value = note + (f'<div class="ne-warn">{warn}</div>' if warn else "")
+
+    def _draw_detail(self, z: np.ndarray, ticks: list[str], mode: str, scale: dict) -> None:
+        layer, head = self.layer, self.head
+        what = {"pattern": "p", "signed": "M", "share": "|M| share"}[mode]
+        title = {
+            "pattern": f"block {layer} · attention · head {head}: pattern (each row sums to 1)",
+            "signed": f"block {layer} · mamba · head {head}: hidden attention M (signed, unnormalised)",
+            "share": f"block {layer} · mamba · head {head}: |M| ÷ row Σ|M| (not a softmax)",
+        }[mode]
+        with self.detail.batch_update():
+            trace = self.detail.data[0]
+            trace.update(x=ticks, y=ticks, z=cells(z), colorbar=dict(title=dict(text=what)), **scale)
+            trace.hovertemplate = f"query %{{y}}<br>key %{{x}}<br>{what} = %{{z:.4g}}<extra></extra>"
+            self.detail.layout.title = dict(text=title, font=dict(size=12))
+
+    def _draw_grid(self, maps: torch.Tensor, causal: bool, skip: int, scale: dict) -> None:
+        """Every head as a thumbnail, each scaled to its own max |value| (rows from ``skip`` on)."""
+        tiles, reach = pooled(maps, THUMB)
+        h, t, n = len(tiles), tiles.shape[-1], maps.shape[-1]
+        peak = tiles[:, skip if t > 1 else 0 :].abs().amax((1, 2), keepdim=True)
+        tiles = (tiles / peak.clamp_min(torch.finfo(tiles.dtype).tiny)).clamp(-1, 1)
+        if causal:
+            tiles = tiles.masked_fill(~reach, float("nan"))
+        cols, gap = grid_columns(h), max(1, t // 8)
+        z, self._grid_heads = mosaic(tiles.numpy(), cols, gap)
+        pooled_note = f" (block means, {n}→{t} cells)" if t < n else ""
+        with self.grid.batch_update():
+            self.grid.data[0].update(z=cells(z), customdata=self._grid_heads, **scale)
+            self.grid.layout.height = max(160, int(360 * -(-h // cols) / cols) + 60)
+            self.grid.update_xaxes(visible=False, constrain="domain")
+            self.grid.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+            self.grid.layout.shapes = [tile_rect(self.head, cols, t, gap)]
+            self.grid.layout.title = dict(
+                text=f"{h} heads, each scaled to its max{pooled_note}<br>click one for detail",
+                font=dict(size=11),
+            )
+
+    # -------------------------------------------------------------- static
+    def _static(self, page: Page) -> None:
+        page.html(f'<p class="ne-note">{self.note.value}</p>')
+        page.figure(self.grid)
+        page.figure(self.detail)
+
+    def as_circuitsvis(self) -> StaticHTML:
+        """The current layer as circuitsvis ``AttentionHeads`` (inlined, works offline): token text as
+        produced, and for Mamba layers the signed M with a symmetric scale (0 = no colour)."""
+        view = self.shown()
+        maps = view["maps"]
+        props = dict(
+            attention=maps.tolist(),
+            tokens=[visible(t) for t in view["tokens"]],
+            attentionHeadNames=[f"L{self.layer}H{k}" for k in range(len(maps))],
+        )
+        if view["mode"] == "signed":
+            top = float(maps.abs().max()) or 1.0
+            props.update(maxValue=top, minValue=-top, positiveColor="red", negativeColor="blue")
+        return StaticHTML(circuitsvis_html("AttentionHeads", props))

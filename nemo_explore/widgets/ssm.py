@@ -1,0 +1,254 @@
+"""SSMStateNorms: how large each Mamba head's recurrent state is after each token.
+
+``hook_state_norm`` (b p h) is the Frobenius norm of each head's state after token p. The view shows
+tokens × heads for one Mamba layer and tokens × Mamba layers (mean over heads) for all of them, raw or
+normalised per head (÷ the head's max over the row's tokens) or per token (÷ the token's max over heads).
+
+Long inputs: at most ``TOKEN_WINDOW`` positions are drawn at a time (a window the user moves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import ipywidgets as widgets
+import torch
+
+from ._base import STYLE, CacheView
+from ._figures import figure_widget
+from ._static import Page
+from ._tokens import Window, labels
+
+TOKEN_WINDOW = 2048
+EXPECTED = {"mamba": "blocks.{i}.mamba.hook_state_norm"}
+NAMES = "'hook_state_norm'"
+NORMS = {"raw": "raw ‖state‖", "head": "÷ head's max", "token": "÷ token's max"}
+TIPS = [
+    "the Frobenius norm itself",
+    "each head divided by its max over tokens",
+    "each token divided by its max over heads",
+]
+
+
+class SSMStateNorms(CacheView):
+    """State norm per token per head for a Mamba layer, and per token per Mamba layer for all of them.
+
+    ``cache`` holds ``blocks.{i}.mamba.hook_state_norm`` (b p h) for one or more Mamba layers. ``layer``:
+    the block shown first (default: the first one cached); ``norm``: ``'raw'``, ``'head'`` or ``'token'``;
+    ``horizons``: optional memory horizons per head, ``{layer: tensor (h,)}`` in tokens (e.g.
+    ``nemo_explore.analysis.mean_memory_horizon``), drawn beside the heads; ``batch``: the row of the
+    batch; ``window``: first position of the window on long inputs.
+    """
+
+    title = "Mamba state norms"
+
+    def __init__(
+        self,
+        cache,
+        layer: int | None = None,
+        *,
+        norm: str = "raw",
+        horizons: Mapping[int, torch.Tensor] | None = None,
+        batch: int = 0,
+        window: int | None = None,
+    ) -> None:
+        super().__init__(cache, batch)
+        self._sources = {
+            i: EXPECTED["mamba"].format(i=i)
+            for i in cache.layers("mamba")
+            if EXPECTED["mamba"].format(i=i) in cache
+        }
+        if not self._sources:
+            raise ValueError(
+                "SSMStateNorms found no Mamba state norms in this cache: cache them first, e.g. "
+                f"model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
+            )
+        if layer is None:
+            layer = next(iter(self._sources))
+        self._check_layer(layer, EXPECTED, NAMES)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, not {norm!r}")
+        self._norms = {i: self._row(cache[name], name) for i, name in self._sources.items()}  # p h
+        p = next(iter(self._norms.values())).shape[0]
+        self._all_tokens, self._offset = self._tokens(p)
+        self._horizons = self._check_horizons(horizons)
+        self._window = Window(TOKEN_WINDOW, self._offset, self._offset + len(self._all_tokens), start=window)
+
+        self.layer_select = widgets.Dropdown(
+            options=[(f"{i} · mamba", i) for i in self._sources], value=layer, description="layer"
+        )
+        self.norm_select = widgets.ToggleButtons(
+            options=[(v, k) for k, v in NORMS.items()],
+            value=norm,
+            tooltips=TIPS,
+            style=dict(button_width="120px"),
+        )
+        self.window_slider = self._slider()
+        self.heads = figure_widget(760, 320)
+        self.heads.add_heatmap(colorscale="Viridis", colorbar=dict(thickness=12), xaxis="x", yaxis="y")
+        if self._horizons:
+            self.heads.add_bar(orientation="h", xaxis="x2", yaxis="y", marker_color="#17a398")
+            self.heads.update_layout(
+                xaxis=dict(domain=[0, 0.8]),
+                xaxis2=dict(
+                    domain=[0.86, 1.0], title=dict(text="memory horizon (tokens)", font=dict(size=10))
+                ),
+            )
+        self.heads.update_yaxes(autorange="reversed", title_text="head")
+        self.overview = figure_widget(760, 240)
+        self.overview.add_heatmap(colorscale="Viridis", colorbar=dict(thickness=12))
+        self.overview.data[0].on_click(self._on_overview_click)
+        self.overview.update_yaxes(autorange="reversed", title_text="Mamba layer", type="category")
+        for fig in (self.heads, self.overview):
+            fig.layout.xaxis.update(tickfont=dict(size=9), tickangle=-60)
+        for control in (self.layer_select, self.norm_select):
+            control.observe(self._on_control, names="value")
+        self.children = [
+            widgets.HTML(STYLE),
+            widgets.HBox([self.layer_select, self.norm_select]),
+            self.window_slider,
+            self.note,
+            self.heads,
+            self.overview,
+        ]
+        self._sync_slider(self.window_slider, self._window)
+        self._redraw()
+
+    @property
+    def layer(self) -> int:
+        return self.layer_select.value
+
+    @property
+    def norm(self) -> str:
+        return self.norm_select.value
+
+    def select(self, layer: int | None = None, norm: str | None = None, window: int | None = None) -> None:
+        """Show another layer, normalisation or window position (what the controls do)."""
+        if layer is not None:
+            self._check_layer(layer, EXPECTED, NAMES)
+        if norm is not None and norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, not {norm!r}")
+        self._hold = True
+        try:
+            if layer is not None:
+                self.layer_select.value = layer
+            if norm is not None:
+                self.norm_select.value = norm
+            if window is not None:
+                self._window.move(window)
+                self._sync_slider(self.window_slider, self._window)
+        finally:
+            self._hold = False
+        self._redraw()
+
+    def _check_horizons(self, horizons) -> dict[int, torch.Tensor]:
+        if horizons is None:
+            return {}
+        if not isinstance(horizons, Mapping):
+            raise TypeError(
+                "horizons must be a dict {mamba layer: tensor (heads,)} of memory horizons in tokens"
+            )
+        out = {}
+        for i, value in horizons.items():
+            if i not in self._norms:
+                raise ValueError(f"horizons given for block {i}, which is not a cached Mamba layer here")
+            value = torch.as_tensor(value).detach().float().cpu().reshape(-1)
+            h = self._norms[i].shape[1]
+            if value.shape != (h,):
+                raise ValueError(
+                    f"horizons[{i}] must have one value per head ({h}), got {tuple(value.shape)}"
+                )
+            out[i] = value
+        return out
+
+    def _on_overview_click(self, trace, points, state) -> None:
+        if points.ys:
+            self.layer_select.value = int(str(points.ys[0]).split()[0])
+
+    # -------------------------------------------------------------- data
+    def normalised(self, layer: int) -> torch.Tensor:
+        """Block ``layer``'s norms over the row's real tokens (n h), normalised as chosen."""
+        x = self._norms[layer][self._offset : self._offset + len(self._all_tokens)]
+        tiny = torch.finfo(x.dtype).tiny
+        if self.norm == "head":
+            return x / x.amax(0, keepdim=True).clamp_min(tiny)
+        if self.norm == "token":
+            return x / x.amax(1, keepdim=True).clamp_min(tiny)
+        return x
+
+    def shown(self) -> dict:
+        """What the view draws now: ``heads`` (h, n) for the selected layer, ``overview`` (L, n) (mean over
+        heads per Mamba layer), ``raw`` (h, n), ``tokens`` (n) and ``start``, for the window's positions."""
+        s, e = self._window.start - self._offset, self._window.stop - self._offset
+        layer = self.layer
+        return dict(
+            heads=self.normalised(layer)[s:e].T,
+            raw=self._norms[layer][self._offset :][s:e].T,
+            overview=torch.stack([self.normalised(i)[s:e].mean(1) for i in self._norms]),
+            tokens=self._all_tokens[s:e],
+            start=self._window.start,
+        )
+
+    def _redraw(self) -> None:
+        view = self.shown()
+        ticks = labels(view["tokens"], view["start"])
+        layer, what = self.layer, NORMS[self.norm]
+        h = view["heads"].shape[0]
+        heads = [f"h{k}" for k in range(h)]
+        with self.heads.batch_update():
+            self.heads.data[0].update(
+                x=ticks,
+                y=heads,
+                z=view["heads"].numpy(),
+                customdata=view["raw"].numpy(),
+                colorbar=dict(title=dict(text="‖state‖" if self.norm == "raw" else "norm.")),
+                hovertemplate="token %{x}<br>head %{y}<br>‖state‖ = %{customdata:.4g}"
+                + ("" if self.norm == "raw" else f"<br>{what}: %{{z:.3f}}")
+                + "<extra></extra>",
+            )
+            if self._horizons:
+                hz = self._horizons.get(layer)
+                self.heads.data[1].update(
+                    x=None if hz is None else hz.numpy(),
+                    y=heads if hz is not None else [],
+                    hovertemplate="head %{y}: half-life %{x:.3g} tokens<extra></extra>",
+                )
+            self.heads.layout.height = min(720, max(260, 14 * h + 130))
+            self.heads.layout.title = dict(
+                text=f"block {layer} · mamba: state norm per token and head ({what})"
+            )
+        names = [f"{i} mamba" for i in self._norms]
+        with self.overview.batch_update():
+            self.overview.data[0].update(
+                x=ticks,
+                y=names,
+                z=view["overview"].numpy(),
+                hovertemplate="token %{x}<br>block %{y}<br>mean over heads = %{z:.4g}<extra></extra>",
+            )
+            row = list(self._norms).index(layer)
+            self.overview.layout.shapes = [
+                dict(
+                    type="rect",
+                    xref="paper",
+                    x0=0,
+                    x1=1,
+                    y0=row - 0.5,
+                    y1=row + 0.5,
+                    line=dict(color="#e4572e", width=2),
+                )
+            ]
+            self.overview.layout.height = min(480, max(200, 22 * len(names) + 130))
+            self.overview.layout.title = dict(text=f"all Mamba layers: mean over heads ({what}); click a row")
+        note = (
+            "<b>State norm</b> ‖h<sub>t</sub>‖ of each head's recurrent state after token t (Frobenius norm, "
+            "head_dim × d_state): how much the head is carrying forward."
+        )
+        if self._horizons:
+            note += " Bars: each head's memory horizon, the tokens a contribution takes to halve."
+        warn = self._window.note("token maps")
+        self.note.value = note + (f'<div class="ne-warn">{warn}</div>' if warn else "")
+
+    def _static(self, page: Page) -> None:
+        page.html(f'<p class="ne-note">{self.note.value}</p>')
+        page.figure(self.heads)
+        page.figure(self.overview)

@@ -1,0 +1,69 @@
+"""Writes the notebook the browser test runs: every widget on a random model with a character tokenizer.
+
+``python tests/browser/make_notebook.py out.ipynb`` writes it for a manual look in JupyterLab.
+Each widget gets a CSS class (``t-attn``, ``t-ssm``, ``t-moe``, ``t-explorer``, ``t-long``: a 600-token
+input, windowed) the test finds it by; the Explorer's ``to_html()`` is written to ``explorer_static.html``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+TEXT = "The cat sat on the mat. <script>alert(1)</script>\nThe cat sat on the mat. The cat"
+DONE = "ALL CELLS DONE"
+
+
+def cells(text: str = TEXT) -> list[str]:
+    return [
+        f"""import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {str(HERE)!r})
+from demo_model import demo_model
+from nemo_explore.widgets import AttentionHeads, Explorer, MoERouting, SSMStateNorms
+from nemo_explore.analysis import mean_memory_horizon
+model = demo_model()
+text = {text!r}
+_, cache = model.run_with_cache(text, names_filter=lambda n: n.endswith(
+    ("hook_pattern", "hook_hidden_attn", "hook_state_norm", "hook_dt", "hook_router_scores",
+     "hook_topk_indices", "hook_topk_weights")))
+print(model, len(cache.str_tokens), "tokens")""",
+        """attn = AttentionHeads(cache)
+attn.add_class("t-attn")
+attn""",
+        """attn.as_circuitsvis()""",
+        """A = {i: -torch.exp(model.blocks[i].mixer.A_log.detach()) for i in cache.layers("mamba")}
+horizons = {i: mean_memory_horizon(cache[f"blocks.{i}.mamba.hook_dt"], A[i]) for i in A}
+ssm = SSMStateNorms(cache, horizons=horizons)
+ssm.add_class("t-ssm")
+ssm""",
+        """moe = MoERouting(cache)
+moe.add_class("t-moe")
+moe""",
+        """explorer = Explorer(model, text)
+explorer.add_class("t-explorer")
+explorer""",
+        """from pathlib import Path
+Path("explorer_static.html").write_text(explorer.to_html(), encoding="utf-8")
+long_text = "The cat sat on the mat. " * 25
+_, long_cache = model.run_with_cache(long_text, names_filter=lambda n: n.endswith("hook_pattern"))
+long_view = AttentionHeads(long_cache)
+long_view.add_class("t-long")
+long_view""",
+        f"""print({DONE!r})""",
+    ]
+
+
+def write_notebook(path: Path, text: str = TEXT) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells(text)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+if __name__ == "__main__":
+    print(write_notebook(Path(sys.argv[1] if len(sys.argv) > 1 else "widgets_demo.ipynb")))

@@ -1,0 +1,465 @@
+"""The widgets' data: what each one sends to the browser equals the cache, computed independently here.
+
+Fake caches with hand-made tensors of the hook-table shapes; the Explorer runs a random model with a
+character tokenizer (``tests/browser/demo_model.py``). The real-browser test is ``tests/browser/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from nemo_explore.cache import ActivationCache
+from nemo_explore.widgets import AttentionHeads, Explorer, MoERouting, SSMStateNorms
+from nemo_explore.widgets._static import script_json
+from nemo_explore.widgets._tokens import visible
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "browser"))
+from demo_model import demo_model  # noqa: E402
+
+TYPES = ["mamba", "attention", "mlp", "moe", "mamba", "attention"]  # block 5: attention, never cached
+TOKENS = ["<s>", "The", " cat", "\n", "<script>", "alert(1)", "</script>", "<!--", " ", "\t", "&amp;", "x"]
+H_ATTN, H_MAMBA, E, K = 4, 6, 8, 2
+
+
+def causal_pattern(b: int, h: int, p: int, g: torch.Generator) -> torch.Tensor:
+    scores = torch.randn(b, h, p, p, generator=g).masked_fill(torch.ones(p, p).triu(1).bool(), -math.inf)
+    return scores.softmax(-1)
+
+
+def routing(b: int, p: int, g: torch.Generator):
+    """Sigmoid scores, an unsorted top-k of them, and weights normalised over the top-k and scaled."""
+    scores = torch.randn(b, p, E, generator=g).sigmoid()
+    idx = scores.topk(K, dim=-1).indices.flip(-1)  # unsorted, as the router's sorted=False may give
+    w = scores.gather(-1, idx)
+    return scores, idx, 2.5 * w / w.sum(-1, keepdim=True)
+
+
+def make_cache(p: int = len(TOKENS), b: int = 2, seed: int = 0, drop: tuple[str, ...] = (), **extra):
+    g = torch.Generator().manual_seed(seed)
+    scores, idx, w = routing(b, p, g)
+    data = {
+        "blocks.0.mamba.hook_hidden_attn": torch.randn(b, H_MAMBA, p, p, generator=g).tril(),
+        "blocks.0.mamba.hook_state_norm": torch.rand(b, p, H_MAMBA, generator=g) * 5,
+        "blocks.1.attn.hook_pattern": causal_pattern(b, H_ATTN, p, g),
+        "blocks.3.moe.hook_router_scores": scores,
+        "blocks.3.moe.hook_topk_indices": idx,
+        "blocks.3.moe.hook_topk_weights": w,
+        "blocks.4.mamba.hook_hidden_attn": torch.randn(b, H_MAMBA, p, p, generator=g).tril(),
+        "blocks.4.mamba.hook_state_norm": torch.rand(b, p, H_MAMBA, generator=g),
+        "blocks.0.hook_resid_post": torch.randn(b, p, 8, generator=g),
+    }
+    data = {k: v for k, v in data.items() if not any(d in k for d in drop)}
+    tokens = (TOKENS * (p // len(TOKENS) + 1))[:p]
+    return ActivationCache(
+        {**data, **extra},
+        layer_types=TYPES,
+        str_tokens=[tokens, tokens[::-1]],
+        tokens=torch.ones(b, p).long(),
+    )
+
+
+def z(trace) -> np.ndarray:
+    """A heatmap's z as sent (nested lists, None for a gap) -> float array with NaN gaps."""
+    return np.array(trace.z, dtype=float)
+
+
+def click(fig, x, y, trace: int = 0) -> None:
+    """What the browser sends when a point is clicked."""
+    points = {"xs": [x], "ys": [y], "point_indexes": [0], "trace_indexes": [trace]}
+    fig._js2py_pointsCallback = {"event_type": "plotly_click", "points": points}
+
+
+def text(html: str) -> str:
+    return re.sub(r"<[^>]+>", "", html)
+
+
+def label(j: int, tok: str) -> str:
+    shown = tok.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+    return f"{j} {shown}".replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return make_cache()
+
+
+# ------------------------------------------------------------------ tokens and static pages
+def test_tokens_made_visible_and_escaped(cache):
+    assert visible(" a\n\tb\r\x00") == "␣a↵⇥b␍\\x00" and visible("") == "∅"
+    view = AttentionHeads(cache)
+    assert list(view.detail.data[0].x) == [label(j, t) for j, t in enumerate(TOKENS)]
+    assert "4 &lt;script&gt;" in view.detail.data[0].y and "7 &lt;!--" in view.detail.data[0].y
+    assert not any("<script>" in x or "<!--" in x for x in view.detail.data[0].x)
+
+
+def test_script_json_cannot_close_its_block():
+    value = {"t": "</script><script>alert(1)</script><!-- ]]> & \u2028"}
+    text = script_json(value)
+    assert not re.search(r"[<>&\u2028]", text)
+    assert json.loads(text) == value
+
+
+@pytest.mark.parametrize("make", [AttentionHeads, SSMStateNorms, MoERouting])
+def test_to_html_is_self_contained_and_escaped(cache, make):
+    page = make(cache).to_html()
+    head, body = page.split("</head>", 1)
+    assert head.count("<script>") == 1  # the inlined plotly.js, once
+    assert not re.search(r"<script[^>]*\bsrc=", page) and "<link" not in page
+    blocks = re.findall(r"<script>(.*?)</script>", body, flags=re.S)
+    assert len(blocks) == 2 and all(b.startswith("(function () { const f = {") for b in blocks)
+    for block in blocks:  # the figure JSON parses back, with the token text in it
+        spec = json.loads(block[block.index("{", 20) : block.rindex("};") + 1])
+        assert spec["data"] and spec["layout"]
+    assert "\\u0026lt;script\\u0026gt;" in body  # '&lt;script&gt;' inside JSON inside <script>
+    assert "<script>alert" not in page and "<!--" not in page
+
+
+def test_as_circuitsvis_is_inline_and_escaped(cache):
+    html = str(AttentionHeads(cache).as_circuitsvis())
+    assert "unpkg" not in html.split("CircuitsVis.render(")[1] and "CircuitsVis.render(" in html
+    assert 'from "http' not in html and "import {" not in html
+    props = html.split("CircuitsVis.AttentionHeads, ", 1)[1].rsplit(");", 1)[0]
+    assert "<" not in props
+    parsed = json.loads(props)
+    assert parsed["tokens"] == [visible(t) for t in TOKENS]
+    np.testing.assert_allclose(parsed["attention"], cache["blocks.1.attn.hook_pattern"][0].numpy(), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ AttentionHeads
+def test_attention_pattern_values(cache):
+    view = AttentionHeads(cache, head=2)
+    assert view.layer == 1 and view.head == 2
+    want = cache["blocks.1.attn.hook_pattern"][0, 2].numpy()
+    got = z(view.detail.data[0])
+    upper = np.triu(np.ones_like(want, dtype=bool), 1)
+    assert np.isnan(got[upper]).all()
+    np.testing.assert_array_equal(got[~upper], want[~upper].astype(np.float32))
+    # colour range: from 0 to the largest p below the first row (which is always 1)
+    assert view.detail.data[0].zmin == 0 and view.detail.data[0].zmax == pytest.approx(want[1:].max())
+
+
+def test_mamba_hidden_attention_signed_and_share(cache):
+    view = AttentionHeads(cache)
+    view.layer_select.value = 4
+    view.head_select.value = 5
+    view.layer_select.value = 1  # 4 heads: back to head 0
+    assert view.head == 0
+    view.select(layer=4, head=5)
+    M = cache["blocks.4.mamba.hook_hidden_attn"][0, 5].numpy()
+    trace = view.detail.data[0]
+    got = z(trace)
+    low = np.tril(np.ones_like(M, dtype=bool))
+    np.testing.assert_array_equal(got[low], M[low])
+    assert (got[low] < 0).any()  # signed: nothing clipped to look like a probability
+    assert trace.zmid == 0 and trace.zmin == -trace.zmax == pytest.approx(-np.abs(M).max())
+    assert "signed, unnormalised" in view.detail.layout.title.text
+    view.mode_select.value = "share"
+    share = np.abs(M) / np.abs(M).sum(1, keepdims=True)
+    np.testing.assert_allclose(z(view.detail.data[0])[low], share[low], rtol=1e-5)
+    assert "|M| ÷ row Σ|M|" in view.detail.layout.title.text and view.detail.data[0].zmin == 0
+
+
+def test_grid_tiles_and_click_select_a_head(cache):
+    view = AttentionHeads(cache, layer=0)
+    grid, p = z(view.grid.data[0]), len(TOKENS)
+    step = p + max(1, p // 8)
+    for k in range(H_MAMBA):
+        r, c = divmod(k, 4)
+        tile = grid[r * step : r * step + p, c * step : c * step + p]
+        M = cache["blocks.0.mamba.hook_hidden_attn"][0, k].numpy()
+        low = np.tril(np.ones((p, p), dtype=bool))
+        np.testing.assert_allclose(tile[low], (M / np.abs(M).max())[low], rtol=1e-6)
+        assert np.isnan(tile[~low]).all()
+    click(view.grid, x=step + 1, y=step + 1)  # row 1, column 1: head 5
+    assert view.head == 5
+    assert z(view.detail.data[0])[3, 1] == cache["blocks.0.mamba.hook_hidden_attn"][0, 5, 3, 1].item()
+
+
+def test_layer_menu_lists_both_kinds_and_batch_row(cache):
+    view = AttentionHeads(cache, batch=1)
+    assert view.layer_select.options == (
+        ("0 · mamba (hidden attention)", 0),
+        ("1 · attention", 1),
+        ("4 · mamba (hidden attention)", 4),
+    )
+    np.testing.assert_array_equal(
+        np.nan_to_num(z(view.detail.data[0])), cache["blocks.1.attn.hook_pattern"][1, 0].numpy()
+    )
+    assert view.detail.data[0].x[0] == label(0, TOKENS[-1])  # row 1's own tokens
+
+
+def test_padding_and_missing_tokenizer():
+    """A padded row shows its real tokens only; without a tokenizer the labels are the token ids."""
+    full = make_cache()
+    mask = torch.ones(2, len(TOKENS), dtype=torch.long)
+    mask[1, 8:] = 0
+    data = {k: full[k] for k in full}
+    padded = ActivationCache(
+        data, layer_types=TYPES, str_tokens=[TOKENS, TOKENS[:8]], tokens=torch.arange(24).view(2, 12),
+        attention_mask=mask,
+    )  # fmt: skip
+    view = AttentionHeads(padded, batch=1)
+    want = full["blocks.1.attn.hook_pattern"][1, 0, :8, :8].numpy()
+    np.testing.assert_array_equal(np.nan_to_num(z(view.detail.data[0])), want)
+    assert list(view.detail.data[0].x) == [label(j, t) for j, t in enumerate(TOKENS[:8])]
+    bare = ActivationCache(data, layer_types=TYPES, tokens=torch.arange(24).view(2, 12))
+    assert MoERouting(bare, batch=1).routing.data[0].x[:2] == ("0 #12", "1 #13")
+
+
+def test_long_input_is_windowed():
+    p = 700
+    cache = make_cache(p=p, b=1, drop=("mamba",))
+    view = AttentionHeads(cache)
+    pattern = cache["blocks.1.attn.hook_pattern"][0, 0].numpy()
+    assert z(view.detail.data[0]).shape == (512, 512) and len(view.detail.data[0].x) == 512
+    assert "Long input: showing positions 0–511 of 0–699" in text(view.note.value)
+    assert view.window_slider.layout.display is None and view.window_slider.max == p - 512
+    view.window_slider.value = 150
+    got = z(view.detail.data[0])
+    np.testing.assert_array_equal(np.nan_to_num(got), np.tril(pattern[150:662, 150:662]))
+    assert view.detail.data[0].y[0].startswith("150 ")
+    assert len(z(view.grid.data[0])) < 2 * 48  # 4 heads of 48×48 block means in one row
+    assert AttentionHeads(make_cache()).window_slider.layout.display == "none"
+
+
+def test_hidden_attention_for_a_window_of_query_rows():
+    full = make_cache()
+    rows = full["blocks.0.mamba.hook_hidden_attn"][:, :, 8:12]
+    cache = make_cache(
+        drop=("hook_hidden_attn", "attn.hook_pattern"), **{"blocks.0.mamba.hook_hidden_attn": rows}
+    )
+    with pytest.raises(ValueError, match=r"holds 4 query rows of 12 positions.*hidden_attn_window"):
+        AttentionHeads(cache)
+    view = AttentionHeads(cache, hidden_attn_window=(8, 12))
+    got = z(view.detail.data[0])
+    np.testing.assert_array_equal(
+        np.nan_to_num(got), np.tril(full["blocks.0.mamba.hook_hidden_attn"][0, 0, 8:, 8:])
+    )
+    assert view.detail.data[0].x[0] == label(8, TOKENS[8])
+
+
+def test_attention_errors(cache):
+    with pytest.raises(ValueError, match=r"no attention pattern or Mamba hidden attention.*names_filter"):
+        AttentionHeads(make_cache(drop=("hook_pattern", "hook_hidden_attn")))
+    with pytest.raises(ValueError, match="block 2 is a mlp layer; AttentionHeads shows attention and mamba"):
+        AttentionHeads(cache, layer=2)
+    with pytest.raises(IndexError, match=r"layer 9 does not exist: the model has 6 blocks"):
+        AttentionHeads(cache, layer=9)
+    with pytest.raises(
+        ValueError, match=r"needs blocks\.5\.attn\.hook_pattern.*cache it first.*run_with_cache"
+    ):
+        AttentionHeads(cache, layer=5)
+    with pytest.raises(IndexError, match="head 4 out of range: block 1 has 4 heads"):
+        AttentionHeads(cache, head=4)
+    with pytest.raises(ValueError, match="mode must be"):
+        AttentionHeads(cache, mode="softmax")
+    with pytest.raises(TypeError, match="takes an ActivationCache"):
+        AttentionHeads({"blocks.1.attn.hook_pattern": torch.ones(1, 1, 2, 2)})
+
+
+# ------------------------------------------------------------------ SSMStateNorms
+def test_state_norm_values_and_normalisations(cache):
+    view = SSMStateNorms(cache)
+    norms = cache["blocks.0.mamba.hook_state_norm"][0].numpy()  # p h
+    heads = view.heads.data[0]
+    np.testing.assert_array_equal(z(heads), norms.T)
+    np.testing.assert_array_equal(np.array(heads.customdata), norms.T)
+    assert list(heads.y) == [f"h{k}" for k in range(H_MAMBA)] and list(heads.x) == [
+        label(j, t) for j, t in enumerate(TOKENS)
+    ]
+    view.norm_select.value = "head"
+    np.testing.assert_allclose(z(view.heads.data[0]), (norms / norms.max(0)).T, rtol=1e-6)
+    np.testing.assert_array_equal(np.array(view.heads.data[0].customdata), norms.T)  # hover: raw values
+    view.norm_select.value = "token"
+    np.testing.assert_allclose(z(view.heads.data[0]), (norms / norms.max(1, keepdims=True)).T, rtol=1e-6)
+    other = cache["blocks.4.mamba.hook_state_norm"][0].numpy()
+    overview = np.stack([(n / n.max(1, keepdims=True)).mean(1) for n in (norms, other)])
+    np.testing.assert_allclose(z(view.overview.data[0]), overview, rtol=1e-6)
+    assert list(view.overview.data[0].y) == ["0 mamba", "4 mamba"]
+
+
+def test_state_norm_layer_switch_click_and_horizons(cache):
+    horizons = {0: torch.arange(H_MAMBA) + 1.0, 4: torch.arange(H_MAMBA) * 2.0}
+    view = SSMStateNorms(cache, horizons=horizons)
+    np.testing.assert_array_equal(view.heads.data[1].x, horizons[0].numpy())
+    click(view.overview, x=label(3, TOKENS[3]), y="4 mamba")
+    assert view.layer == 4
+    np.testing.assert_array_equal(z(view.heads.data[0]), cache["blocks.4.mamba.hook_state_norm"][0].numpy().T)
+    np.testing.assert_array_equal(view.heads.data[1].x, horizons[4].numpy())
+    with pytest.raises(ValueError, match=r"horizons\[0\] must have one value per head \(6\)"):
+        SSMStateNorms(cache, horizons={0: torch.ones(3)})
+    with pytest.raises(ValueError, match="block 1 is a attention layer; SSMStateNorms shows mamba layers: "):
+        SSMStateNorms(cache, layer=1)
+    with pytest.raises(ValueError, match=r"no Mamba state norms.*hook_state_norm"):
+        SSMStateNorms(make_cache(drop=("hook_state_norm",)))
+
+
+def test_state_norms_long_input_window():
+    cache = make_cache(p=2100, b=1, drop=("hook_hidden_attn", "hook_pattern", "moe"))
+    view = SSMStateNorms(cache, window=60)
+    norms = cache["blocks.0.mamba.hook_state_norm"][0].numpy()
+    np.testing.assert_array_equal(z(view.heads.data[0]), norms[52:2100].T)  # clamped: at most 2048
+    assert "showing positions 52–2099 of 0–2099" in text(view.note.value)
+
+
+# ------------------------------------------------------------------ MoERouting
+def test_routing_weights_marks_and_load(cache):
+    view = MoERouting(cache)
+    idx = cache["blocks.3.moe.hook_topk_indices"][0]
+    w = cache["blocks.3.moe.hook_topk_weights"][0]
+    dense = np.zeros((E, len(TOKENS)), dtype=np.float32)
+    for j in range(len(TOKENS)):
+        for r in range(K):
+            dense[idx[j, r], j] = w[j, r]
+    np.testing.assert_array_equal(z(view.routing.data[0]), dense)
+    marks = view.routing.data[1]
+    got = Counter(zip(marks.x, marks.y, strict=True))
+    want = Counter((label(j, TOKENS[j]), f"e{int(e)}") for j in range(len(TOKENS)) for e in idx[j])
+    assert got == want
+    weights = {(x, y): cd[1] for x, y, cd in zip(marks.x, marks.y, marks.customdata, strict=True)}
+    assert weights[(label(4, TOKENS[4]), f"e{int(idx[4, 1])}")] == pytest.approx(float(w[4, 1]))
+    load = Counter(int(e) for e in idx.flatten())
+    assert list(view.load.data[0].y) == [load[e] for e in range(E)]
+    assert view.expert == max(range(E), key=lambda e: (load[e], -e))
+    assert (view.routing.data[0].zmin, view.routing.data[0].zmax) == (0, pytest.approx(float(w.max())))
+    view.values_select.value = "score"
+    assert (view.routing.data[0].zmin, view.routing.data[0].zmax) == (0, 1)
+    np.testing.assert_array_equal(
+        z(view.routing.data[0]), cache["blocks.3.moe.hook_router_scores"][0].numpy().T
+    )
+
+
+def test_tokens_of_an_expert(cache):
+    view = MoERouting(cache)
+    idx = cache["blocks.3.moe.hook_topk_indices"][0]
+    click(view.load, x="e3", y=1)
+    assert view.expert == 3
+    html = view.tokens.value
+    chips = re.findall(r'<span class="ne-tok" title="([^"]*)"( style="[^"]*")?>([^<]*)</span>', html)
+    assert [c[2] for c in chips] == [
+        visible(t).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") for t in TOKENS
+    ]
+    routed = [j for j in range(len(TOKENS)) if 3 in idx[j].tolist()]
+    assert [j for j, c in enumerate(chips) if c[1]] == routed
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert all("expert 3, choice" in chips[j][0] for j in routed)
+
+
+def test_moe_errors_and_window(cache):
+    with pytest.raises(ValueError, match=r"needs blocks\.3\.moe\.hook_topk_weights.*cache it first"):
+        MoERouting(make_cache(drop=("hook_topk_weights",)))
+    with pytest.raises(ValueError, match="no MoE routing in this cache"):
+        MoERouting(make_cache(drop=("moe",)))
+    with pytest.raises(ValueError, match="block 0 is a mamba layer; MoERouting shows moe layers: "):
+        MoERouting(cache, layer=0)
+    with pytest.raises(IndexError, match="expert 8 out of range"):
+        MoERouting(cache, expert=8)
+    long = make_cache(p=2300, b=1, drop=("hook_hidden_attn", "hook_pattern"))
+    view = MoERouting(long)
+    assert z(view.routing.data[0]).shape == (E, 2048) and sum(view.load.data[0].y) == 2300 * K
+    assert "Long input" in view.note.value
+
+
+# ------------------------------------------------------------------ Explorer
+@pytest.fixture(scope="module")
+def model():
+    return demo_model()
+
+
+TEXT = "The cat sat. <script>alert(1)</script>\nThe cat"
+
+
+def test_explorer_runs_views_and_links(model):
+    ex = Explorer(model, TEXT)
+    assert list(ex.views) == ["attention", "ssm", "moe"]
+    assert ex.cache.str_tokens == model.to_str_tokens(TEXT)
+    per_token = {"mamba.hook_state_norm", "mamba.hook_dt", "moe.hook_router_scores", "moe.hook_topk_indices",
+                 "moe.hook_topk_weights"}  # fmt: skip
+    held = sorted(ex.cache)
+    assert {n.split(".", 2)[2] for n in held} == per_token | {"attn.hook_pattern"}
+    assert [n for n in held if "pattern" in n] == ["blocks.1.attn.hook_pattern"]  # the view's first layer
+    assert [c.style.button_color for c in ex.cells] == [
+        {"mamba": "#17a398", "attention": "#f28e2b", "mlp": "#9aa0a6", "moe": "#8e5fc2"}[t]
+        for t in model.layer_types
+    ]
+    _, ref = model.run_with_cache(TEXT, names_filter="blocks.6.attn.hook_pattern")
+    ex.cells[6].click()
+    assert ex.tabs.selected_index == 0 and ex.views["attention"].layer == 6
+    want = ref["blocks.6.attn.hook_pattern"][0, 0].numpy()
+    np.testing.assert_array_equal(np.nan_to_num(z(ex.views["attention"].detail.data[0])), want)
+    ex.cells[7].click()
+    assert ex.tabs.selected_index == 2 and ex.views["moe"].layer == 7
+    ex.tabs.selected_index = 1
+    ex.cells[5].click()  # a Mamba block while its SSM tab is open: stays there, both views follow
+    assert ex.tabs.selected_index == 1 and ex.views["ssm"].layer == 5 and ex.views["attention"].layer == 5
+    ex.cells[4].click()
+    assert "Block 4 is a dense MLP" in ex.status.value
+    for i in (0, 1, 2, 5, 6):  # p × p maps are computed a layer at a time, and only 4 are kept
+        ex.select_layer(i)
+    pairwise = [n for n in ex.cache if n.endswith(("hook_pattern", "hook_hidden_attn"))]
+    assert pairwise == ["blocks.1.attn.hook_pattern", "blocks.2.mamba.hook_hidden_attn",
+                        "blocks.5.mamba.hook_hidden_attn", "blocks.6.attn.hook_pattern"]  # fmt: skip
+    with pytest.raises(IndexError):
+        ex.select_layer(8)
+
+
+def test_explorer_new_prompt_keeps_layer_and_reports_errors(model):
+    ex = Explorer(model, TEXT)
+    ex.select_layer(2)
+    ex.prompt.value = "A new <!-- prompt"
+    ex.run_button.click()
+    assert ex.cache.str_tokens == model.to_str_tokens("A new <!-- prompt")
+    assert ex.views["attention"].layer == 2 and ex.views["moe"].layer == 3
+    assert f"Ran {len(ex.cache.str_tokens)} tokens" in ex.status.value
+    ex.prompt.value = ""
+    ex.run_button.click()  # an error in a button callback is shown, not lost
+    assert "ValueError" in ex.status.value and "non-empty prompt" in ex.status.value
+    with pytest.raises(TypeError, match="takes a nemo_explore model"):
+        Explorer(object(), TEXT)
+
+
+def test_explorer_horizons_and_static_page(model):
+    ex = Explorer(model, TEXT)
+    ssm = ex.views["ssm"]
+    for i in model.layers("mamba"):
+        dt = ex.cache[f"blocks.{i}.mamba.hook_dt"][0]  # p h
+        rate = dt * torch.exp(model.blocks[i].mixer.A_log.detach())
+        want = math.log(2) / rate.mean(0)
+        torch.testing.assert_close(ssm._horizons[i], want, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(ssm.heads.data[1].x, ssm._horizons[0].numpy())
+    page = ex.to_html()
+    assert page.count('title="block ') == len(model.layer_types)
+    assert "Hello" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert" not in page
+    assert len(re.findall(r"Plotly\.newPlot", page)) == 6
+
+
+def test_explorer_long_prompt_windows_hidden_attention(model):
+    text = "abcdefghij" * 110  # 1,100 tokens: hidden attention only for the last 512 query rows
+    ex = Explorer(model, text)
+    M = ex.cache["blocks.0.mamba.hook_hidden_attn"]
+    assert M.shape[-2:] == (512, 1100) and "last 512 query rows" in ex.status.value
+    ex.select_layer(0)
+    view = ex.views["attention"]
+    assert view.window_slider.min == 588 and view.detail.data[0].y[0].startswith("588 ")
+    np.testing.assert_array_equal(np.nan_to_num(z(view.detail.data[0])), np.tril(M[0, 0, :, 588:].numpy()))
+
+
+def test_nemo_explore_imports_without_ipywidgets():
+    code = (
+        "import sys; sys.modules['ipywidgets'] = None\n"
+        "import nemo_explore\n"
+        "try:\n    import nemo_explore.widgets\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'nemo-explore[widgets]'" in out.stdout
