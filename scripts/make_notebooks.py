@@ -147,7 +147,7 @@ scores.figure()""",
     (
         "code",
         """
-tokens = analysis.repeated_tokens(model, seq_len=16, batch=1)
+tokens, prefix = analysis.repeated_tokens(model, seq_len=16, batch=1)
 _, cache = model.run_with_cache(tokens)
 AttentionHeads(cache, layer=model.layers("attention")[0])""",
     ),
