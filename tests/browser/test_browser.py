@@ -28,7 +28,7 @@ def titles(page, scope: str) -> list[str]:
     return page.evaluate(f"() => [...document.querySelectorAll('.{scope} .gtitle')].map(t => t.textContent)")
 
 
-def wait_title(page, scope: str, text: str, timeout: float = 20_000) -> None:
+def wait_title(page, scope: str, text: str, timeout: float = 60_000) -> None:
     page.wait_for_function(
         "([scope, text]) => [...document.querySelectorAll('.' + scope + ' .gtitle')]"
         ".some(t => t.textContent.includes(text))",
@@ -93,7 +93,7 @@ def session(tmp_path_factory):
             for i in range(outputs.count()):
                 try:
                     outputs.nth(i).scroll_into_view_if_needed(timeout=5_000)
-                    outputs.nth(i).screenshot(path=str(SHOTS / f"cell{i}.png"), timeout=10_000)
+                    outputs.nth(i).screenshot(path=str(SHOTS / f"cell{i}.png"), timeout=30_000)
                 except Exception as err:  # a screenshot is a by-product: never hide the real failure
                     print(f"screenshot of cell {i} failed: {err}")
             browser.close()
@@ -137,7 +137,7 @@ def test_hover_details(session):
     detail.scroll_into_view_if_needed()
     box = detail.bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.8)
-    page.wait_for_selector(".t-attn .hoverlayer .hovertext", timeout=10_000)
+    page.wait_for_selector(".t-attn .hoverlayer .hovertext", timeout=30_000)
     text = page.locator(".t-attn .hoverlayer .hovertext").first.text_content()
     assert "query" in text and "key" in text and "p =" in text, text
 
@@ -150,7 +150,7 @@ def test_switching_layer_and_head_redraws(session):
     x, y = point_on_page(page.locator(".t-attn .js-plotly-plot").first, 78, 24)
     page.mouse.move(x - 5, y)
     page.mouse.move(x, y)  # plotly reports a click on a point it has hovered
-    page.wait_for_selector(".t-attn .hoverlayer .hovertext >> text=head 1", timeout=10_000)
+    page.wait_for_selector(".t-attn .hoverlayer .hovertext >> text=head 1", timeout=30_000)
     page.mouse.click(x, y)
     wait_title(page, "t-attn", "block 0 · mamba · head 1")
     page.locator(".t-attn .widget-toggle-buttons button", has_text="row Σ").click()
@@ -168,16 +168,16 @@ def test_explorer_links_layer_map_to_views(session):
     page, _, _, _ = session
     current = ".t-explorer .lm-TabBar-tab.lm-mod-current"
     page.locator(".t-explorer button.ne-cell", has_text=re.compile(r"^7$")).click()
-    page.wait_for_selector(f"{current} >> text=MoE routing", timeout=10_000)
+    page.wait_for_selector(f"{current} >> text=MoE routing", timeout=30_000)
     wait_title(page, "t-explorer", "block 7 · moe")
     page.locator(".t-explorer button.ne-cell", has_text=re.compile(r"^5$")).click()
-    page.wait_for_selector(f"{current} >> text=Attention heads", timeout=10_000)
+    page.wait_for_selector(f"{current} >> text=Attention heads", timeout=30_000)
     wait_title(page, "t-explorer", "block 5 · mamba · head 0")
     prompt = "A new prompt <!-- here"
     page.locator(".t-explorer input[type=text]").fill(prompt)
     page.locator(".t-explorer button", has_text="Run").click()
     n = len(prompt) - len("<!--") + 1  # a token per character; "<!--" is one token (demo_model.WORDS)
-    page.wait_for_selector(f".t-explorer >> text=Ran {n} tokens", timeout=20_000)
+    page.wait_for_selector(f".t-explorer >> text=Ran {n} tokens", timeout=60_000)
     wait_title(page, "t-explorer", "block 5 · mamba · head 0")  # the chosen block survives a new run
 
 
@@ -207,7 +207,7 @@ def test_static_page_offline(session):
     static.on("dialog", lambda d: (errors.append("dialog " + d.message), d.dismiss()))
     shutil.copy(root / "explorer_static.html", SHOTS / "explorer_static.html")
     static.goto((SHOTS / "explorer_static.html").as_uri())
-    static.wait_for_selector(".js-plotly-plot .heatmaplayer image", timeout=20_000)
+    static.wait_for_selector(".js-plotly-plot .heatmaplayer image", timeout=60_000)
     assert static.locator(".js-plotly-plot").count() == 6
     assert "<script>" in static.locator(".ne-toks").first.inner_text()
     static.screenshot(path=str(SHOTS / "explorer_static.png"), full_page=True)
