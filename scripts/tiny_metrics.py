@@ -1,0 +1,243 @@
+"""What the tiny checkpoint learned, measured with plain PyTorch forward hooks on the HF model.
+
+Four measurements, each on fixed inputs so that anyone (and ``tests/test_tiny_checkpoint.py``, which
+recomputes them its own way) gets the same numbers:
+
+- **induction**: on ``[bos] S S`` with ``S`` 24 uniformly random tokens (16 rows, ``torch`` seed 0), the mean
+  attention probability from each query of the second copy to the token after the first occurrence of its
+  own token, per attention head; probabilities computed from the ``q_proj``/``k_proj`` outputs.
+- **prose loss**: mean next-token cross-entropy (nats) on the held-out Bierce entries, cut into windows of
+  256 tokens each starting with ``<s>``; against uniform (ln vocab) and a unigram model of the training text.
+- **Mamba horizons**: per Mamba head, the mean over held-out tokens of the decay rate ``dt * |A|``
+  (dt = softplus(raw + dt_bias) clamped at ``time_step_min``, as HF's full-sequence path uses it);
+  half-life ``ln 2 / rate`` in tokens.
+- **MoE specialisation**: each held-out token's top-1 expert (argmax of sigmoid score + correction bias)
+  against its token class; mutual information in bits, and each expert's share of every class.
+
+Run ``python scripts/tiny_metrics.py [checkpoint_dir]`` to print them for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+INDUCTION_ROWS, INDUCTION_LEN, INDUCTION_SEED = 16, 24, 0
+WINDOW = 256
+CLASSES = ("space", "word start", "word piece", "digit", "punct")
+
+
+@contextmanager
+def capture(modules: dict[str, torch.nn.Module]):
+    """Record each module's forward output (the first element when it returns a tuple) under its key."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        m.register_forward_hook(
+            lambda _m, _i, out, k=k: seen.__setitem__(k, out[0] if isinstance(out, tuple) else out)
+        )
+        for k, m in modules.items()
+    ]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def blocks_of(model, kind: str) -> list[int]:
+    return [i for i, t in enumerate(model.config.layers_block_type) if t == kind]
+
+
+def induction_tokens(
+    vocab_size: int, bos: int, first_id: int = 4, seed: int = INDUCTION_SEED
+) -> torch.Tensor:
+    """(rows, 1 + 2L): ``[bos] S S`` with S uniform over the non-special ids."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(first_id, vocab_size, (INDUCTION_ROWS, INDUCTION_LEN), generator=g)
+    return torch.cat([torch.full((INDUCTION_ROWS, 1), bos), s, s], dim=1)
+
+
+@torch.no_grad()
+def induction_scores(model, tokens: torch.Tensor, length: int = INDUCTION_LEN) -> dict[int, torch.Tensor]:
+    """Block index -> (heads,) mean attention from second-copy queries to the token after the first one."""
+    cfg = model.config
+    layers = blocks_of(model, "full_attention")
+    mods = {}
+    for i in layers:
+        attn = model.model.layers[i].mixer
+        mods[f"{i}.q"], mods[f"{i}.k"] = attn.q_proj, attn.k_proj
+    with capture(mods) as seen:
+        model(tokens)
+    b, p = tokens.shape
+    d = cfg.head_dim
+    out = {}
+    for i in layers:
+        q = seen[f"{i}.q"].view(b, p, -1, d).transpose(1, 2)  # b h p d
+        k = seen[f"{i}.k"].view(b, p, -1, d).transpose(1, 2)  # b h_kv p d
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        scores = (q @ k.transpose(-1, -2)) * d**-0.5
+        scores = scores.masked_fill(torch.ones(p, p, dtype=torch.bool).triu(1), float("-inf"))
+        pattern = scores.softmax(-1)  # b h q k
+        queries = torch.arange(1 + length, 1 + 2 * length)
+        out[i] = pattern[:, :, queries, queries - length + 1].mean(dim=(0, 2))
+    return out
+
+
+def heldout_windows(tokenizer, text: str, window: int = WINDOW) -> torch.Tensor:
+    """(n, window) token ids: the text's tokens in consecutive pieces, each led by ``<s>``."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n = len(ids) // (window - 1)
+    body = torch.tensor(ids[: n * (window - 1)]).view(n, window - 1)
+    return torch.cat([torch.full((n, 1), tokenizer.bos_token_id), body], dim=1)
+
+
+@torch.no_grad()
+def prose_loss(model, windows: torch.Tensor) -> float:
+    """Mean next-token cross-entropy in nats over every predicted token of every window."""
+    logits = model(windows).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)).item()
+
+
+def unigram_loss(train_ids: torch.Tensor, windows: torch.Tensor, vocab_size: int) -> float:
+    """Cross-entropy of an add-one unigram model of the training tokens on the same predicted tokens."""
+    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1
+    logp = (counts / counts.sum()).log()
+    return -logp[windows[:, 1:].reshape(-1)].mean().item()
+
+
+@torch.no_grad()
+def mamba_rates(model, windows: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Block index -> (heads,) mean over tokens of dt * |A| (the per-token log-decay of the state)."""
+    cfg = model.config
+    layers = blocks_of(model, "linear_attention")
+    with capture({str(i): model.model.layers[i].mixer.in_proj for i in layers}) as seen:
+        model(windows)
+    out = {}
+    for i in layers:
+        mixer = model.model.layers[i].mixer
+        raw = seen[str(i)][..., -mixer.num_heads :]  # b p h
+        dt = F.softplus(raw + mixer.dt_bias).clamp(min=cfg.time_step_min)
+        out[i] = (dt * mixer.A_log.exp()).mean(dim=(0, 1))
+    return out
+
+
+def token_classes(tokenizer) -> torch.Tensor:
+    """(vocab,) class index into CLASSES of every token id, from its decoded text."""
+    classes = []
+    for i in range(len(tokenizer)):
+        s = tokenizer.decode([i], clean_up_tokenization_spaces=False)
+        t = s.lstrip(" ")
+        if not s.strip():
+            c = 0
+        elif t[:1].isalpha():
+            c = 1 if t != s else 2
+        elif t[:1].isdigit():
+            c = 3
+        else:
+            c = 4
+        classes.append(c)
+    return torch.tensor(classes)
+
+
+@torch.no_grad()
+def top1_experts(model, windows: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Block index -> (n_tokens,) each token's top-1 expert: argmax of sigmoid(logit) + correction bias."""
+    layers = blocks_of(model, "moe")
+    with capture({str(i): model.model.layers[i].mixer.gate for i in layers}) as seen:
+        model(windows)
+    out = {}
+    for i in layers:
+        gate = model.model.layers[i].mixer.gate
+        out[i] = (seen[str(i)].sigmoid() + gate.e_score_correction_bias).argmax(-1)
+    return out
+
+
+def mutual_information(a: torch.Tensor, b: torch.Tensor) -> float:
+    """I(a; b) in bits from paired samples of two small non-negative integer variables."""
+    joint = torch.zeros(int(a.max()) + 1, int(b.max()) + 1, dtype=torch.float64)
+    joint.index_put_((a, b), torch.ones(len(a), dtype=torch.float64), accumulate=True)
+    joint /= joint.sum()
+    pa, pb = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    nz = joint > 0
+    return (joint[nz] * (joint[nz] / (pa @ pb)[nz]).log2()).sum().item()
+
+
+def entropy_bits(a: torch.Tensor) -> float:
+    p = torch.bincount(a).double()
+    p = p[p > 0] / p.sum()
+    return -(p * p.log2()).sum().item()
+
+
+def measure(model, tokenizer, heldout: str, train_ids: torch.Tensor | None = None) -> dict:
+    """All four measurements as a JSON-ready dict."""
+    model.eval()
+    cfg = model.config
+    ind = induction_scores(model, induction_tokens(cfg.vocab_size, tokenizer.bos_token_id))
+    windows = heldout_windows(tokenizer, heldout)
+    best_layer, best = max(((i, s) for i, s in ind.items()), key=lambda kv: kv[1].max().item())
+    result = {
+        "induction": {
+            "protocol": f"[bos] S S, |S|={INDUCTION_LEN}, {INDUCTION_ROWS} rows, torch seed {INDUCTION_SEED}",
+            "per_head": {str(i): [round(x, 4) for x in s.tolist()] for i, s in ind.items()},
+            "best": {"block": best_layer, "head": int(best.argmax()), "score": round(best.max().item(), 4)},
+            "uniform_attention": round(
+                sum(1 / (2 + INDUCTION_LEN + i) for i in range(INDUCTION_LEN)) / INDUCTION_LEN, 4
+            ),
+        },
+        "prose": {
+            "tokens": int(windows[:, 1:].numel()),
+            "loss": round(prose_loss(model, windows), 4),
+            "uniform": round(math.log(cfg.vocab_size), 4),
+        },
+    }
+    if train_ids is not None:
+        result["prose"]["unigram"] = round(unigram_loss(train_ids, windows, cfg.vocab_size), 4)
+
+    rates = mamba_rates(model, windows)
+    all_rates = torch.cat(list(rates.values()))
+    result["mamba"] = {
+        "half_life_tokens": {
+            str(i): [round(math.log(2) / r, 2) for r in v.tolist()] for i, v in rates.items()
+        },
+        "min_half_life": round(math.log(2) / all_rates.max().item(), 3),
+        "max_half_life": round(math.log(2) / all_rates.min().item(), 1),
+        "rate_ratio": round((all_rates.max() / all_rates.min()).item(), 1),
+        "min_rate_ratio_within_layer": round(min((v.max() / v.min()).item() for v in rates.values()), 1),
+    }
+
+    cls = token_classes(tokenizer)[windows.reshape(-1)]
+    result["moe"] = {}
+    for i, top1 in top1_experts(model, windows).items():
+        n_exp = cfg.n_routed_experts
+        share = torch.zeros(n_exp, len(CLASSES))
+        share.index_put_((top1, cls), torch.ones(len(cls)), accumulate=True)
+        load = share.sum(1)
+        result["moe"][str(i)] = {
+            "mi_bits": round(mutual_information(cls, top1), 4),
+            "class_entropy_bits": round(entropy_bits(cls), 4),
+            "expert_load": [round(x, 4) for x in (load / load.sum()).tolist()],
+            "class_share_per_expert": [
+                [round(x, 3) for x in row] for row in (share / load.clamp_min(1)[:, None]).tolist()
+            ],
+            "class_names": list(CLASSES),
+        }
+    return result
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    from transformers import AutoTokenizer, NemotronHForCausalLM
+
+    torch.set_num_threads(1)
+    where = Path(
+        sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parents[1] / "nemo_explore/checkpoints/tiny"
+    )
+    model = NemotronHForCausalLM.from_pretrained(where)
+    tok = AutoTokenizer.from_pretrained(where)
+    print(json.dumps(measure(model, tok, (where / "heldout.txt").read_text()), indent=1))
