@@ -1,7 +1,8 @@
 """One hook mechanism: a registry of hook functions by point name, and ``fire`` to run them.
 
 A hook function is ``fn(tensor, hook) -> tensor | None``. Returning None, or the very tensor it was
-given, observes; returning anything else replaces the value downstream (a write).
+given untouched, observes; returning anything else, or editing the tensor in place, replaces the value
+downstream (a write).
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ class HookRegistry:
     def fire(self, point: HookPoint, value: torch.Tensor) -> torch.Tensor:
         """Run every hook function of ``point`` on ``value``; return the value that flows on."""
         for _, fn in self._fns.get(point.name, ()):
+            before = _version(value)
             out = fn(value, point)
             if out is None or out is value:
-                continue
+                if before is None or _version(value) == before:
+                    continue
+                out = value.clone()  # edited in place: a write, made visible as a new tensor
             if point.short in READ_ONLY:
                 raise ReadOnlyHookError(
                     f"{point.name} is read-only: it describes the computation and is not part of it. "
@@ -88,6 +92,14 @@ class HookRegistry:
                 raise TypeError(f"hook on {point.name} returned {out.dtype} for a {value.dtype} point")
             value = out
         return value
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter (None under inference mode, which does not track it)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 class Fire:

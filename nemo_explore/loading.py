@@ -81,9 +81,18 @@ def load(
     elif device is not None:
         kwargs["device_map"] = {"": torch.device(device)}
     kwargs.update(from_pretrained_kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*falling back to its reference PyTorch.*")
-        model = NemotronHForCausalLM.from_pretrained(str(where), **kwargs)
+    from transformers.utils import logging as hf_logging
+
+    quiet = source == TINY and hf_logging.is_progress_bar_enabled()  # a 1 s load needs no progress bar
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*falling back to its reference PyTorch.*")
+            model = NemotronHForCausalLM.from_pretrained(str(where), **kwargs)
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
     return HookedNemotronH(model, tokenizer if tokenizer is not None else _tokenizer(where))
 
 

@@ -293,3 +293,23 @@ def test_routing_weights_helper_matches_hf_router(pair):
     h = torch.randn(7, 32)
     logits, w, idx = router(h)
     torch.testing.assert_close(routing_weights(router, logits.sigmoid(), idx), w, rtol=0, atol=0)
+
+
+def test_in_place_edit_is_a_write_even_for_side_computed_points(pair):
+    hf, model = pair
+    x = ids()
+
+    def uniform_in_place(t, hook):
+        p = t.shape[-1]
+        t.copy_((torch.tril(torch.ones(p, p)) / torch.arange(1, p + 1)[:, None]).expand_as(t))
+
+    def uniform_new(t, hook):
+        p = t.shape[-1]
+        return (torch.tril(torch.ones(p, p)) / torch.arange(1, p + 1)[:, None]).expand_as(t).clone()
+
+    with torch.no_grad():
+        in_place = model.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_pattern", uniform_in_place)])
+        new = model.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_pattern", uniform_new)])
+        assert torch.equal(in_place, new) and not torch.allclose(new, hf(x).logits)
+        with pytest.raises(ne.ReadOnlyHookError):
+            model.run_with_hooks(x, fwd_hooks=[("blocks.0.mamba.hook_state_norm", lambda t, h: t.mul_(2))])
