@@ -22,6 +22,11 @@ class CacheView(widgets.VBox):
 
     title = "view"
 
+    @property
+    def layer(self) -> int:
+        """The block shown (each view's ``layer_select`` dropdown holds it)."""
+        return self.layer_select.value
+
     def __init__(self, cache, batch: int = 0) -> None:
         super().__init__(layout=widgets.Layout(width="100%"))
         self.add_class("ne-view")

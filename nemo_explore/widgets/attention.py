@@ -126,10 +126,6 @@ class AttentionHeads(CacheView):
 
     # -------------------------------------------------------------- state
     @property
-    def layer(self) -> int:
-        return self.layer_select.value
-
-    @property
     def head(self) -> int:
         return self.head_select.value
 

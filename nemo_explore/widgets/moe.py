@@ -100,10 +100,6 @@ class MoERouting(CacheView):
         self._load(layer, expert, window)
 
     @property
-    def layer(self) -> int:
-        return self.layer_select.value
-
-    @property
     def expert(self) -> int:
         return self.expert_select.value
 

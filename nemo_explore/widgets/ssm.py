@@ -115,10 +115,6 @@ class SSMStateNorms(CacheView):
         self._redraw()
 
     @property
-    def layer(self) -> int:
-        return self.layer_select.value
-
-    @property
     def norm(self) -> str:
         return self.norm_select.value
 
