@@ -119,8 +119,16 @@ class CacheView(widgets.VBox):
             self._redraw()
 
     def _on_control(self, change) -> None:
-        if not self._hold:
+        if self._hold:
+            return
+        if change["owner"] is getattr(self, "layer_select", None):
+            self._on_layer(change["new"])
+        else:
             self._redraw()
+
+    def _on_layer(self, layer: int) -> None:
+        """A new layer was picked in the dropdown; views whose other controls depend on it reload."""
+        self._redraw()
 
     def _redraw(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

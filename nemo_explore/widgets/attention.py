@@ -180,13 +180,8 @@ class AttentionHeads(CacheView):
         self._hold = held
         self._redraw()
 
-    def _on_control(self, change) -> None:
-        if self._hold:
-            return
-        if change["owner"] is self.layer_select:
-            self._load(change["new"], None, None)
-        else:
-            self._redraw()
+    def _on_layer(self, layer: int) -> None:
+        self._load(layer, None, None)  # the head/expert controls depend on the layer
 
     def _on_grid_click(self, trace, points, state) -> None:
         if points.xs:
