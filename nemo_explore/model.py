@@ -19,6 +19,7 @@ from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
 from .hooks import Fire, HookFn, HookPoint, HookRegistry
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, canonical, parse_pattern
 from .mixers import attention_forward, mamba_forward, mlp_forward, moe_forward
+from .mixers.mamba import state_positions
 
 _MIXER_FORWARD = {ATTENTION: attention_forward, MAMBA: mamba_forward, MLP: mlp_forward, MOE: moe_forward}
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -240,11 +241,7 @@ class HookedNemotronH:
         cache.hidden_attn_heads = options.get("hidden_attn_heads")
         cache.hidden_attn_window = options.get("hidden_attn_window")
         if any(n.endswith("hook_state") for n in ordered):
-            from .mixers.mamba import _state_positions
-
-            cache.state_positions = _state_positions(
-                Fire(self._registry, 0, MAMBA, "", options), ids.shape[1]
-            )
+            cache.state_positions = state_positions(options, ids.shape[1])
         return out, cache
 
     @torch.no_grad()
