@@ -21,10 +21,12 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["hidden_attention", "state_norms", "states_at"]
 
 _BLOCK_ELEMENTS = 1 << 21  # hidden attention is built this many entries (8 MiB) at a time
+_NORMS_GPU_BLOCK_ELEMENTS = 1 << 24  # state norms on a GPU: chunk matrices (b h c L L) per block, 64 MiB
 _LOG_FLOOR = -86.0  # decays below exp(_LOG_FLOOR) ≈ 4e-38 are 0
 
 
@@ -39,48 +41,80 @@ def state_norms(
 ) -> torch.Tensor:
     """Frobenius norm of each head's state after each token: (b, p, h).
 
-    The states themselves (b p h d n) are never built. Tokens are taken ``chunk`` at a time; the state is
-    carried from one chunk to the next, and inside a chunk the squared norm of S_t = λ_t S_0 + Σ_s W[t,s]
-    x_s B_sᵀ is expanded into the decayed carried norm λ_t² |S_0|², the cross term 2 λ_t Σ_s W[t,s]
-    x_sᵀ S_0 B_s and the Gram term Σ_{s,s'} W[t,s] W[t,s'] (x_s·x_s')(B_s·B_s'). Time and memory: linear
-    in p, memory bounded by one chunk. ``initial_state`` (b h d n) is the state before the first token.
-    Read-only: computed without autograd.
+    The states themselves (b p h d n) are never built. Tokens are cut into chunks of ``chunk``; inside a
+    chunk the squared norm of S_t = λ_t S_0 + Σ_s W[t,s] x_s B_sᵀ (S_0 the state the chunk starts from) is
+    expanded into the decayed carried norm λ_t² |S_0|², the cross term 2 λ_t Σ_s W[t,s] x_sᵀ S_0 B_s and
+    the Gram term Σ_{s,s'} W[t,s] W[t,s'] (x_s·x_s')(B_s·B_s'). A GPU takes many chunks at once (a handful
+    of large kernels, not thousands of small ones), a CPU one; only the chunk-start states are carried
+    from one chunk to the next. Time linear in p, memory bounded by one
+    block of chunks. ``initial_state`` (b h d n) is the state before the first token. Read-only: computed
+    without autograd.
     """
     b, p, h, d, g, n = _check(x, dt, A, B)
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    k = h // g
     x, dt, B = x.float(), dt.float(), B.float()
     state = _initial(initial_state, b, h, d, n, x)
     hi, lo = _split(_log_decay_cumsum(dt, A))  # b h p+1; index i = before token i
-    ones = dt.new_ones(b, h, 1)
+    per_block = _chunks_per_block(x, chunk)
     norms = x.new_empty(b, p, h)
-    for c0 in range(0, p, chunk):
-        c1 = min(c0 + chunk, p)
-        L = c1 - c0
-        xs, Bs, dts = x[:, c0:c1], B[:, c0:c1], dt[:, c0:c1].transpose(1, 2)
-        # b h L+1 L+1, row/column 0 the chunk start: W[t, s] the weight of token s's input in S_t and
-        # lam[t] what is left of the carried state at t
-        span = slice(c0, c1 + 1)
-        decay = _causal_decay(hi[..., span], lo[..., span], 0, L + 1, torch.cat([ones, dts], dim=-1))
-        lam, W = decay[..., 1:, 0], decay[..., 1:, 1:]
-
-        xx = torch.einsum("bshd,bthd->bhst", xs, xs)
-        bb = torch.einsum("bsgn,btgn->bgst", Bs, Bs)  # per group, shared by its k heads
-        gram = (xx.view(b, g, k, L, L) * bb[:, :, None]).view(b, h, L, L)
-        fresh = ((W @ gram) * W).sum(-1)
-
-        SB = torch.einsum("bgkdn,bsgn->bgksd", state.view(b, g, k, d, n), Bs).reshape(b, h, L, d)
-        cross = (W @ (SB * xs.transpose(1, 2)).sum(-1, keepdim=True)).squeeze(-1)
-        carried = state.square().sum((-2, -1))[..., None]
-
-        sq = lam.square() * carried + 2 * lam * cross + fresh
-        norms[:, c0:c1] = sq.clamp_min_(0).sqrt_().transpose(1, 2)  # cancellation may leave -ε
-
-        xw = (xs * W[..., -1, :].transpose(1, 2)[..., None]).view(b, L, g, k, d)
-        update = torch.einsum("bsgkd,bsgn->bgkdn", xw, Bs).reshape(b, h, d, n)
-        state = lam[..., -1, None, None] * state + update
+    for t0 in range(0, p, per_block * chunk):
+        t1 = min(t0 + per_block * chunk, p)
+        sq, state = _block_norms(x[:, t0:t1], dt[:, t0:t1], B[:, t0:t1], hi, lo, t0, state, chunk)
+        norms[:, t0:t1] = sq.clamp_min_(0).sqrt_()  # cancellation may leave -ε
     return norms
+
+
+def _chunks_per_block(x: torch.Tensor, chunk: int) -> int:
+    """How many chunks ``state_norms`` takes at once: one on a CPU (its L×L matrices stay in cache; measured
+    fastest), as many as fit 64 MiB of b×h×c×L×L matrices on a GPU (a few large kernels, not thousands)."""
+    if not x.is_cuda:
+        return 1
+    b, _, h, _ = x.shape
+    return max(1, _NORMS_GPU_BLOCK_ELEMENTS // (b * h * chunk * chunk))
+
+
+def _block_norms(x, dt, B, hi, lo, t0, state, L):
+    """Squared state norms (b m h) of the m tokens x/dt/B (starting at token t0), cut into chunks of L
+    tokens, from the carried ``state`` (b h d n); also returns the state after the last token."""
+    b, m, h, d = x.shape
+    g, n = B.shape[2:]
+    k = h // g
+    c = -(-m // L)  # chunks; the last one is padded with tokens of dt = 0 and x = 0, which change nothing
+    pad = c * L - m
+    x = F.pad(x, (0, 0, 0, 0, 0, pad)).view(b, c, L, h, d)
+    B = F.pad(B, (0, 0, 0, 0, 0, pad)).view(b, c, L, g, n)
+    dts = F.pad(dt.transpose(1, 2), (0, pad)).view(b, h, c, L)
+
+    # b h c L+1 L+1, row/column 0 the chunk start: W[t, s] the weight of token s's input in S_t and lam[t]
+    # what is left of the chunk-start state at t
+    def spans(v):  # b h p+1 -> b h c L+1: the running log decay over each chunk, chunk start included
+        return F.pad(v[..., t0 : t0 + m + 1], (0, pad), mode="replicate").unfold(-1, L + 1, L)
+
+    weight = torch.cat([dts.new_ones(b, h, c, 1), dts], dim=-1)
+    decay = _causal_decay(spans(hi), spans(lo), 0, L + 1, weight)
+    lam, W = decay[..., 1:, 0], decay[..., 1:, 1:]
+
+    xx = torch.einsum("bcshd,bcthd->bhcst", x, x)
+    bb = torch.einsum("bcsgn,bctgn->bgcst", B, B)  # per group, shared by its k heads
+    gram = (xx.view(b, g, k, c, L, L) * bb[:, :, None]).view(b, h, c, L, L)
+    fresh = ((W @ gram) * W).sum(-1)
+
+    # what each chunk adds to the state, then the state each chunk starts from: S[c+1] = lam_c S[c] + U_c
+    xw = x * W[..., -1, :].permute(0, 2, 3, 1)[..., None]  # b c L h d
+    U = torch.einsum("bcsgkd,bcsgn->bcgkdn", xw.view(b, c, L, g, k, d), B).reshape(b, c, h, d, n)
+    S = x.new_empty(b, c + 1, h, d, n)
+    S[:, 0] = state
+    ends = lam[..., -1].transpose(1, 2)[..., None, None]  # b c h 1 1
+    for j in range(c):
+        torch.addcmul(U[:, j], ends[:, j], S[:, j], out=S[:, j + 1])
+    starts = S[:, :c]
+
+    SB = torch.einsum("bcgkdn,bcsgn->bgkcsd", starts.view(b, c, g, k, d, n), B).reshape(b, h, c, L, d)
+    cross = (W @ (SB * x.permute(0, 3, 1, 2, 4)).sum(-1, keepdim=True)).squeeze(-1)
+    carried = starts.square().sum((-2, -1)).transpose(1, 2)[..., None]  # b h c 1
+    sq = lam.square() * carried + 2 * lam * cross + fresh  # b h c L
+    return sq.view(b, h, c * L)[..., :m].transpose(1, 2), S[:, c]
 
 
 @torch.no_grad()

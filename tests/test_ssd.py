@@ -81,6 +81,19 @@ def test_state_norms_match_naive_recurrence(with_initial, chunk):
     torch.testing.assert_close(got.double(), ref, rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("per_block", [2, 100])
+def test_state_norms_same_whatever_the_block_of_chunks(monkeypatch, per_block):
+    # A CPU takes one chunk at a time, a GPU many: two per block (a partial last block) and all in one
+    # block give what one at a time gives.
+    x, dt, A, B, _, _, S0 = make_inputs()
+    whole = ssd.state_norms(x, dt, A, B, initial_state=S0, chunk=16)
+    monkeypatch.setattr(ssd, "_chunks_per_block", lambda x, chunk: per_block)
+    torch.testing.assert_close(ssd.state_norms(x, dt, A, B, initial_state=S0, chunk=16), whole)
+    ref = naive_states(x, dt, A, B, S0).flatten(3).norm(dim=-1)
+    torch.testing.assert_close(ssd.state_norms(x, dt, A, B, initial_state=S0, chunk=5).double(), ref,
+                               rtol=2e-6, atol=1e-7)
+
+
 def test_state_norms_long_sequence_strong_and_weak_decay():
     # 601 tokens, decay per token from ~1 (dt·A ≈ -0.001) to ~0 (dt·A ≈ -12): the running log decay reaches
     # thousands, which must not cost accuracy.
