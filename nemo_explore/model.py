@@ -219,16 +219,25 @@ class HookedNemotronH:
         """
         names = self._resolve(names_filter)
         store: dict[str, torch.Tensor] = {}
+        to_host = device is not None and torch.device(device).type == "cpu"
+        copying = []  # GPU -> host copies still in flight
 
         def keep(tensor: torch.Tensor, hook: HookPoint) -> None:
             t = tensor.detach()
             if device is not None or (dtype is not None and t.is_floating_point()):
-                t = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+                # GPU -> host: into pinned memory, asynchronously, overlapping the rest of the forward
+                async_copy = to_host and t.is_cuda
+                cast = dtype if t.is_floating_point() else None
+                t = t.to(device=device, dtype=cast, non_blocking=async_copy)
+                if async_copy:
+                    copying.append(t)
             store[hook.name] = t
 
         ids, mask = self.to_inputs(input, attention_mask)
         with self.hooks([(n, keep) for n in names], **options):
             out = self(ids, attention_mask=mask, return_type=return_type)
+        if copying:
+            torch.cuda.synchronize()  # the cache is read on the host: every copy has landed
         ordered = {n: store[n] for n in self._names if n in store}
         cache = ActivationCache(
             ordered,
