@@ -224,11 +224,12 @@ class HookedNemotronH:
 
         def keep(tensor: torch.Tensor, hook: HookPoint) -> None:
             t = tensor.detach()
-            if device is not None or (dtype is not None and t.is_floating_point()):
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)  # where it was computed (a GPU casts faster than the host)
+            if device is not None:
                 # GPU -> host: into pinned memory, asynchronously, overlapping the rest of the forward
                 async_copy = to_host and t.is_cuda
-                cast = dtype if t.is_floating_point() else None
-                t = t.to(device=device, dtype=cast, non_blocking=async_copy)
+                t = t.to(device, non_blocking=async_copy)
                 if async_copy:
                     copying.append(t)
             store[hook.name] = t

@@ -38,9 +38,11 @@ def test_observing_every_point_leaves_logits_bit_identical(pair):
     assert {t.device.type for t in cache.values()} == {hf.device.type}
     floats = {t.dtype for t in cache.values() if t.is_floating_point()}
     assert hf.dtype in floats  # computed in the model's dtype (router scores etc. may be float32 in HF)
-    _, host = model.run_with_cache(ids, names_filter=["blocks.1.attn.hook_pattern"], device="cpu")
-    assert host["blocks.1.attn.hook_pattern"].device.type == "cpu"
-    assert torch.equal(host["blocks.1.attn.hook_pattern"], cache["blocks.1.attn.hook_pattern"].cpu())
+    name = "blocks.1.attn.hook_pattern"
+    _, host = model.run_with_cache(ids, names_filter=[name], device="cpu")
+    assert host[name].device.type == "cpu" and torch.equal(host[name], cache[name].cpu())
+    _, host32 = model.run_with_cache(ids, names_filter=[name], device="cpu", dtype=torch.float32)
+    assert host32[name].dtype == torch.float32 and torch.equal(host32[name], cache[name].float().cpu())
 
 
 def test_greedy_generation_with_every_point_hooked(pair):
