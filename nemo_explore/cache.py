@@ -14,7 +14,9 @@ class ActivationCache(Mapping):
 
     Besides the mapping it carries what a view needs to label its axes:
     ``tokens`` (b p), ``str_tokens`` (one list of strings per row, as the tokenizer produced them),
-    ``layer_types`` (one of ``mamba``/``attention``/``mlp``/``moe`` per block) and ``config``.
+    ``layer_types`` (one of ``mamba``/``attention``/``mlp``/``moe`` per block) and ``config``; and the
+    options it was run with that shape the derived points: ``state_positions`` (the positions ``hook_state``
+    holds), ``hidden_attn_heads`` / ``hidden_attn_window`` and ``pattern_window`` (None: all).
     """
 
     def __init__(
@@ -33,6 +35,8 @@ class ActivationCache(Mapping):
         self._str_tokens = str_tokens
         self.attention_mask = attention_mask
         self.config = config
+        self.state_positions: list[int] | None = None
+        self.hidden_attn_heads = self.hidden_attn_window = self.pattern_window = None
 
     # Mapping protocol
     def __getitem__(self, name: str) -> torch.Tensor:

@@ -199,17 +199,17 @@ class ModelDescription:
         state_positions: int | Iterable[int] | None = None,
         hidden_attn_heads: int | Iterable[int] | None = None,
         hidden_attn_window: tuple[int, int] | None = None,
+        pattern_window: tuple[int, int] | None = None,
     ) -> dict[str, tuple[int, ...]]:
         """Name -> shape of each selected hook value for ``batch`` sequences of ``seq_len`` tokens.
 
         The options mean what they mean for ``run_with_cache``: which positions ``hook_state`` keeps
-        (default: all of an input of at most 64 tokens, else the last), and which heads / query rows
-        ``hook_hidden_attn`` keeps.
+        (default: all of an input of at most 64 tokens, else the last), which heads / query rows
+        ``hook_hidden_attn`` keeps, which query rows ``hook_pattern`` / ``hook_attn_scores`` keep.
         """
         _check_positive(seq_len=seq_len, batch=batch)
-        sizes = _point_shapes(
-            self.config, batch, seq_len, state_positions, hidden_attn_heads, hidden_attn_window
-        )
+        windows = hidden_attn_heads, hidden_attn_window, pattern_window
+        sizes = _point_shapes(self.config, batch, seq_len, state_positions, *windows)
         out = {}
         for name in self.hook_names(hooks):
             point = name.rsplit(".", 1)[-1]
@@ -227,8 +227,9 @@ class ModelDescription:
         """Bytes ``run_with_cache(..., names_filter=hooks, dtype=dtype)`` keeps for ``batch`` × ``seq_len``.
 
         Floating values are counted in ``dtype`` (the cache dtype), ``hook_topk_indices`` as int64. For
-        scale, per block: the residual points are 4 × b·p·d, ``hook_pattern`` b·h·p², ``hook_hidden_attn``
-        b·h_mamba·p², ``hook_state_norm`` b·p·h_mamba. ``options``: as for ``hook_shapes``.
+        scale, per block: the residual points are 4 × b·p·d, ``hook_pattern`` b·h·p² (b·h·q·p for a
+        ``pattern_window`` of q rows), ``hook_hidden_attn`` b·h_mamba·p², ``hook_state_norm`` b·p·h_mamba.
+        ``options``: as for ``hook_shapes``.
         """
         size = _itemsize(dtype)
         total = 0
@@ -416,10 +417,12 @@ def _hf_ties_embeddings() -> bool:
 # ---------------------------------------------------------------------------------------- hook shapes
 
 
-def _point_shapes(c, b: int, p: int, state_positions, heads, window) -> dict[str, tuple[int, ...]]:
+def _point_shapes(
+    c, b: int, p: int, state_positions, heads, window, pattern_window
+) -> dict[str, tuple[int, ...]]:
     """Shape of every hook point of every layer kind (DESIGN.md's table), for b × p tokens."""
     from .mixers.mamba import STATES_ALL_POSITIONS_MAX
-    from .ssd import _heads, _window
+    from .ssd import _heads, query_rows
 
     d, h, kv, hd = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
     mh, md, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
@@ -433,7 +436,8 @@ def _point_shapes(c, b: int, p: int, state_positions, heads, window) -> dict[str
         if bad or not asked:
             raise IndexError(f"state_positions {state_positions} out of range for a sequence of {p} tokens")
         n_pos = len({q % p for q in asked})
-    start, stop = _window(window, p)
+    start, stop = query_rows(window, p, "hidden_attn_window")
+    q0, q1 = query_rows(pattern_window, p, "pattern_window")
     shapes = {
         "hook_embed": (b, p, d),
         "hook_normalized": (b, p, d),
@@ -442,8 +446,8 @@ def _point_shapes(c, b: int, p: int, state_positions, heads, window) -> dict[str
         "hook_q": (b, p, h, hd),
         "hook_k": (b, p, kv, hd),
         "hook_v": (b, p, kv, hd),
-        "hook_attn_scores": (b, h, p, p),
-        "hook_pattern": (b, h, p, p),
+        "hook_attn_scores": (b, h, q1 - q0, p),
+        "hook_pattern": (b, h, q1 - q0, p),
         "hook_z": (b, p, h, hd),
         # mamba
         "hook_in_proj": (b, p, inner + conv_dim + mh),

@@ -8,6 +8,7 @@ forward (``mixers/``) for points inside a mixer — and removing it takes exactl
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -24,6 +25,8 @@ from .mixers.mamba import state_positions
 _MIXER_FORWARD = {ATTENTION: attention_forward, MAMBA: mamba_forward, MLP: mlp_forward, MOE: moe_forward}
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 Input = str | Sequence[str] | torch.Tensor
+# what run_with_cache / run_with_hooks / hooks() accept besides hooks: which values the derived points carry
+OPTIONS = ("state_positions", "hidden_attn_heads", "hidden_attn_window", "pattern_window")
 
 
 class NotNemotronHError(TypeError):
@@ -196,7 +199,7 @@ class HookedNemotronH:
         **options,
     ) -> torch.Tensor:
         """Run once with ``fwd_hooks`` = ``[(name or predicate, fn)]``; ``fn(tensor, hook)`` may return a
-        replacement. Options: ``state_positions``, ``hidden_attn_heads``, ``hidden_attn_window``."""
+        replacement. Options: as for ``run_with_cache``."""
         with self.hooks(fwd_hooks, **options):
             return self(input, attention_mask=attention_mask, return_type=return_type)
 
@@ -215,7 +218,9 @@ class HookedNemotronH:
         ``names_filter``: a name, a list of names, a predicate on names, or None for every point.
         ``device`` / ``dtype``: where and how to keep the cached tensors (default: as computed).
         Options: ``state_positions`` (which positions ``hook_state`` keeps; default all of an input of at
-        most 64 tokens, else the last), ``hidden_attn_heads``, ``hidden_attn_window`` (query rows).
+        most 64 tokens, else the last), ``hidden_attn_heads``, ``hidden_attn_window`` (query rows of
+        ``hook_hidden_attn``), ``pattern_window`` (query rows ``(start, stop)`` of ``hook_pattern`` and
+        ``hook_attn_scores``: for long inputs, b·h·q·p instead of b·h·p²).
         """
         names = self._resolve(names_filter)
         store: dict[str, torch.Tensor] = {}
@@ -250,6 +255,7 @@ class HookedNemotronH:
         )
         cache.hidden_attn_heads = options.get("hidden_attn_heads")
         cache.hidden_attn_window = options.get("hidden_attn_window")
+        cache.pattern_window = options.get("pattern_window")
         if any(n.endswith("hook_state") for n in ordered):
             cache.state_positions = state_positions(options, ids.shape[1])
         return out, cache
@@ -274,6 +280,12 @@ class HookedNemotronH:
     ) -> Iterator[HookedNemotronH]:
         """Context in which ``fwd_hooks`` are active; they (and only they) are removed on exit, even on error.
         Contexts nest; options (``state_positions``...) apply inside this context."""
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            name = sorted(unknown)[0]
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unknown option {name!r}.{hint} Options: {', '.join(OPTIONS)}")
         handles: list[int] = []
         saved_options = dict(self._options)
         try:

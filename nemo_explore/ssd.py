@@ -140,7 +140,7 @@ def hidden_attention(
     g = B.shape[2]
     k = h // g
     idx = _heads(heads, h)
-    start, stop = _window(query_window, p)
+    start, stop = query_rows(query_window, p)
     dt = dt.float()
     hi, lo = _split(_log_decay_cumsum(dt[:, :, idx], A[idx])[..., 1:])  # b h' p; index i = after token i
     dt_cols = dt[:, :, idx].transpose(1, 2)
@@ -300,15 +300,17 @@ def _heads(heads, h) -> list[int]:
     return [j % h for j in idx]
 
 
-def _window(window, p) -> tuple[int, int]:
+def query_rows(window, p: int, name: str = "query_window") -> tuple[int, int]:
+    """A window of query rows ``(start, stop)`` (or None: all ``p``), checked; ``name`` is the option the
+    user passed it as, for the error message."""
     if window is None:
         return 0, p
     try:
         start, stop = (int(v) for v in window)
     except (TypeError, ValueError):
-        raise ValueError(f"query_window must be a pair (start, stop) of ints, got {window!r}") from None
+        raise ValueError(f"{name} must be a pair (start, stop) of ints, got {window!r}") from None
     if not 0 <= start < stop <= p:
-        raise IndexError(f"query_window {window!r} must satisfy 0 <= start < stop <= {p} (sequence length)")
+        raise IndexError(f"{name} {window!r} must satisfy 0 <= start < stop <= {p} (sequence length)")
     return start, stop
 
 

@@ -207,16 +207,24 @@ def test_repeated_tokens(rand):
         repeated_tokens(rand, seq_len=95)
 
 
+def test_repeated_tokens_skip_the_tokenizers_special_tokens():
+    tiny = ne.load("tiny")
+    unk = tiny.tokenizer.unk_token_id
+    assert unk not in {tiny.cfg.pad_token_id, tiny.cfg.bos_token_id, tiny.cfg.eos_token_id}
+    x, _ = repeated_tokens(tiny, seq_len=tiny.cfg.vocab_size - 4, batch=1)  # every ordinary token once
+    assert not set(x[0, 1:].tolist()) & set(tiny.tokenizer.all_special_ids)
+
+
 def test_scores_of_hand_set_attention_patterns(rand):
     L = 8
 
-    def hand(t, hook):
-        _, _, P, _ = t.shape
-        q = torch.arange(P)
+    def hand(t, hook):  # induction_scores asks for the second copy's query rows only: the last n_q
+        n_q, P = t.shape[-2:]
+        q, rows = torch.arange(P - n_q, P), torch.arange(n_q)
         new = torch.zeros_like(t)
         for h, back in enumerate((L - 1, L, 1)):  # induction, duplicate, previous-token heads
-            new[:, h, q, (q - back).clamp_min(0)] = 1
-        new[:, 3] = torch.tril(torch.ones(P, P)) / (q[:, None] + 1)  # uniform over the prefix
+            new[:, h, rows, (q - back).clamp_min(0)] = 1
+        new[:, 3] = torch.tril(torch.ones(P, P))[P - n_q :] / (q[:, None] + 1)  # uniform over the prefix
         return new
 
     with rand.hooks([("blocks.1.attn.hook_pattern", hand)]):

@@ -101,6 +101,7 @@ def test_activation_memory_of_a_selection_with_options(hooked):
         "blocks.3.moe.hook_topk_indices",
     ]
     options = dict(state_positions=[0, 5, -1], hidden_attn_heads=[1, 3], hidden_attn_window=(10, 30))
+    options["pattern_window"] = (70, 80)
     _, cache = hooked.run_with_cache(tokens, names_filter=names, **options)
     kept = sum(t.numel() * t.element_size() for t in cache.values())
     assert describe(hooked).activation_memory(80, 1, names, torch.float32, **options) == kept

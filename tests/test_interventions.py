@@ -106,6 +106,91 @@ def test_scores_write_flows_through_softmax(pair):
     torch.testing.assert_close(seen["p"].sum(-1), torch.ones_like(seen["p"].sum(-1)))
 
 
+def test_pattern_window_rows_equal_the_full_patterns_rows(pair):
+    hf, model = pair
+    x = ids(p=13)
+    names = ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_attn_scores"]
+    logits, full = model.run_with_cache(x, names_filter=names)
+    got_logits, part = model.run_with_cache(x, names_filter=names, pattern_window=(9, 13))
+    assert torch.equal(got_logits, logits) and part.pattern_window == (9, 13)
+    for n in names:
+        assert part[n].shape == (2, 4, 4, 13)
+        torch.testing.assert_close(part[n], full[n][:, :, 9:13], rtol=0, atol=1e-6)
+
+
+def test_pattern_window_write_changes_only_its_rows(pair):
+    """Zeroing the window's pattern rows equals HF with those query positions' z zeroed: the other rows
+    keep HF's own attention output."""
+    hf, model = pair
+    x = ids(p=13)
+    got = model.run_with_hooks(
+        x, fwd_hooks=[("blocks.1.attn.hook_pattern", lambda t, hook: t * 0)], pattern_window=(5, 9)
+    )
+
+    def zero_rows(m, args):
+        z = args[0].clone()
+        z[:, 5:9] = 0
+        return (z,)
+
+    assert torch.equal(got, run_edited(hf, x, hf.model.layers[1].mixer.o_proj, zero_rows, pre=True))
+    # a write through the scores: the same rows, via softmax, and nothing else
+    def mask_first_key(t, hook):
+        t = t.clone()
+        t[..., 0] = float("-inf")
+        return t
+
+    seen = {}
+    windowed = model.run_with_hooks(
+        x,
+        fwd_hooks=[
+            ("blocks.1.attn.hook_attn_scores", mask_first_key),
+            ("blocks.1.attn.hook_z", lambda t, hook: seen.update(z=t)),
+        ],
+        pattern_window=(5, 9),
+    )
+    full_rows = {}
+
+    def mask_rows(t, hook):
+        t = t.clone()
+        t[..., 5:9, 0] = float("-inf")
+        return t
+
+    everywhere = model.run_with_hooks(
+        x,
+        fwd_hooks=[
+            ("blocks.1.attn.hook_attn_scores", mask_rows),
+            ("blocks.1.attn.hook_z", lambda t, hook: full_rows.update(z=t)),
+        ],
+    )
+    torch.testing.assert_close(seen["z"], full_rows["z"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(windowed, everywhere, rtol=1e-5, atol=1e-5)
+
+
+def test_pattern_window_during_generation(pair):
+    """The window cuts the prompt's rows; a decoding step's one row is always given whole."""
+    hf, model = pair
+    x = ids(b=1, p=9, seed=2)
+    shapes = []
+    with model.hooks([("blocks.1.attn.hook_pattern", lambda t, hook: shapes.append(tuple(t.shape)))],
+                     pattern_window=(6, 9)):
+        out = model.generate(x, max_new_tokens=3)
+    assert torch.equal(out, hf.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=0))
+    assert shapes == [(1, 4, 3, 9), (1, 4, 1, 10), (1, 4, 1, 11)]
+
+
+def test_bad_options_are_named(pair):
+    _, model = pair
+    x = ids(p=13)
+    with pytest.raises(IndexError, match=r"pattern_window \(9, 20\) must satisfy 0 <= start < stop <= 13"):
+        model.run_with_cache(x, names_filter="blocks.1.attn.hook_pattern", pattern_window=(9, 20))
+    with pytest.raises(ValueError, match="pattern_window must be a pair"):
+        model.run_with_cache(x, names_filter="blocks.1.attn.hook_pattern", pattern_window=9)
+    with pytest.raises(TypeError, match="unknown option 'pattern_windw'. Did you mean 'pattern_window'"):
+        model.run_with_cache(x, pattern_windw=(0, 4))
+    with pytest.raises(TypeError, match="unknown option 'state_position'. Did you mean 'state_positions'"):
+        model.run_with_hooks(x, state_position=3)
+
+
 def test_forced_routing_equals_hf_router_edit(pair):
     hf, model = pair
     x = ids()

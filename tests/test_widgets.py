@@ -247,6 +247,22 @@ def test_hidden_attention_for_a_window_of_query_rows():
     assert view.detail.data[0].x[0] == label(8, TOKENS[8])
 
 
+def test_attention_pattern_for_a_window_of_query_rows(model):
+    x = "The cat sat on"[:12]
+    _, full = model.run_with_cache(x, names_filter="blocks.1.attn.hook_pattern")
+    _, cache = model.run_with_cache(x, names_filter="blocks.1.attn.hook_pattern", pattern_window=(7, 12))
+    view = AttentionHeads(cache)  # the cache says which rows it holds
+    got = z(view.detail.data[0])
+    np.testing.assert_allclose(
+        np.nan_to_num(got), np.tril(full["blocks.1.attn.hook_pattern"][0, 0, 7:, 7:].numpy()), atol=1e-6
+    )
+    assert view.window_slider.min == 7
+    cache.pattern_window = None
+    with pytest.raises(ValueError, match=r"holds 5 query rows of 12 positions.*pattern_window=\(start"):
+        AttentionHeads(cache)
+    assert AttentionHeads(cache, pattern_window=(7, 12)).window_slider.min == 7
+
+
 def test_attention_errors(cache):
     with pytest.raises(ValueError, match=r"no attention pattern or Mamba hidden attention.*names_filter"):
         AttentionHeads(make_cache(drop=("hook_pattern", "hook_hidden_attn")))
@@ -444,10 +460,11 @@ def test_explorer_horizons_and_static_page(model):
 
 
 def test_explorer_long_prompt_windows_hidden_attention(model):
-    text = "abcdefghij" * 110  # 1,100 tokens: hidden attention only for the last 512 query rows
+    text = "abcdefghij" * 110  # 1,100 tokens: attention maps only for the last 512 query rows
     ex = Explorer(model, text)
     M = ex.cache["blocks.0.mamba.hook_hidden_attn"]
     assert M.shape[-2:] == (512, 1100) and "last 512 query rows" in ex.status.value
+    assert ex.cache["blocks.1.attn.hook_pattern"].shape[-2:] == (512, 1100)
     ex.select_layer(0)
     view = ex.views["attention"]
     assert view.window_slider.min == 588 and view.detail.data[0].y[0].startswith("588 ")

@@ -103,9 +103,12 @@ def repeated_tokens(
     model, seq_len: int = 32, batch: int = 4, seed: int = 0, bos: bool = True
 ) -> tuple[torch.Tensor, int]:
     """``(tokens (b, prefix + 2L), prefix)``: each row a random sequence of L distinct ids (no special
-    tokens) repeated once, after the BOS token when ``bos`` and the model has one."""
+    tokens: the config's pad/BOS/EOS and every special token of the tokenizer, ``<unk>`` included) repeated
+    once, after the BOS token when ``bos`` and the model has one."""
     cfg = model.cfg
     special = {cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id} - {None}
+    if model.tokenizer is not None:
+        special |= set(model.tokenizer.all_special_ids)
     allowed = torch.tensor([i for i in range(cfg.vocab_size) if i not in special])
     if not 1 <= seq_len <= len(allowed):
         raise ValueError(f"seq_len must be between 1 and {len(allowed)} (distinct non-special tokens)")
@@ -165,15 +168,14 @@ def induction_scores(
         raise ValueError(f"this model has no attention or Mamba blocks (pattern {model.pattern})")
     found: dict[int, dict[str, torch.Tensor]] = {}
 
-    def read(t: torch.Tensor, hook) -> None:
-        if hook.layer_type == ATTENTION:
-            found[hook.layer] = score_rows(t[:, :, first:], first, seq_len)
-        else:  # the window option below already cut the rows to the second copy
-            found[hook.layer] = score_rows(normalised_abs(t), first, seq_len)
+    def read(t: torch.Tensor, hook) -> None:  # the window options below cut the rows to the second copy
+        weights = t if hook.layer_type == ATTENTION else normalised_abs(t)
+        found[hook.layer] = score_rows(weights, first, seq_len)
 
     point = {ATTENTION: "attn.hook_pattern", MAMBA: "mamba.hook_hidden_attn"}
     hooks = [(f"blocks.{i}.{point[model.layer_types[i]]}", read) for i in scored]
-    model.run_with_hooks(ids, fwd_hooks=hooks, hidden_attn_window=(first, ids.shape[1]))
+    window = (first, ids.shape[1])
+    model.run_with_hooks(ids, fwd_hooks=hooks, hidden_attn_window=window, pattern_window=window)
     width = max(len(found[i]["induction"]) for i in scored)
 
     def table(score: str) -> torch.Tensor:

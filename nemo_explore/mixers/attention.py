@@ -2,7 +2,8 @@
 
 HF runs SDPA, which never forms the pattern. Reading ``hook_attn_scores``/``hook_pattern`` computes them
 on the side from q and k (PITFALLS 3); the layer's output still comes from HF's own attention call, so
-observing is bit-exact. Only a hook that *replaces* scores or pattern makes z = pattern · v explicit.
+observing is bit-exact. Only a hook that *replaces* scores or pattern makes z = pattern · v explicit (for
+the rows of the ``pattern_window`` option when one is given: the other rows keep HF's output).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import torch
 
 from ..hooks import Fire
+from ..ssd import query_rows
 
 
 def keep_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device) -> torch.Tensor:
@@ -44,6 +46,22 @@ def softmax_pattern(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.nan_to_num(pattern, nan=0.0).to(dtype)
 
 
+def pattern_rows(window, q_len: int, kv_len: int) -> slice:
+    """The query rows ``hook_pattern`` / ``hook_attn_scores`` carry: the ``pattern_window=(start, stop)``
+    option's rows of a call that sees the whole sequence, else all (a decoding step's one row)."""
+    if window is None or q_len != kv_len:
+        return slice(None)
+    start, stop = query_rows(window, q_len, "pattern_window")
+    return slice(start, stop)
+
+
+def pattern_times_v(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``pattern`` (b h q k) · ``v`` (b h_kv k d), GQA-expanded -> z (b q h d), as HF's attention gives it."""
+    n_rep = pattern.shape[1] // v.shape[1]
+    v = v.repeat_interleave(n_rep, dim=1) if n_rep > 1 else v
+    return torch.matmul(pattern, v).transpose(1, 2).contiguous()
+
+
 def attention_forward(
     attn, fire: Fire, hidden_states: torch.Tensor, attention_mask=None, past_key_values=None, **kwargs
 ):
@@ -57,20 +75,19 @@ def attention_forward(
     if past_key_values is not None:
         k, v = past_key_values.update(k, v, attn.layer_idx)
 
-    written = False
+    written, rows = False, slice(None)
     if fire.wants("hook_attn_scores") or fire.wants("hook_pattern"):
+        rows = pattern_rows(fire.options.get("pattern_window"), q.shape[2], k.shape[2])
         keep = keep_mask(attention_mask, q.shape[2], k.shape[2], q.device)
-        scores, pattern = scores_and_pattern(q, k, keep, attn.scaling)
+        scores, pattern = scores_and_pattern(q[:, :, rows], k, keep[..., rows, :], attn.scaling)
         new_scores = fire("hook_attn_scores", scores)
         if new_scores is not scores:
             written, pattern = True, softmax_pattern(new_scores, q.dtype)
         new_pattern = fire("hook_pattern", pattern)
         written = written or new_pattern is not pattern
 
-    if written:
-        n_rep = q.shape[1] // v.shape[1]
-        v_full = v.repeat_interleave(n_rep, dim=1) if n_rep > 1 else v
-        z = torch.matmul(new_pattern, v_full).transpose(1, 2).contiguous()
+    if written and rows == slice(None):  # every row rewritten: z = pattern · v, explicitly
+        z = pattern_times_v(new_pattern, v)
     else:
         interface = hf.ALL_ATTENTION_FUNCTIONS.get_interface(
             attn.config._attn_implementation, hf.eager_attention_forward
@@ -85,5 +102,8 @@ def attention_forward(
             scaling=attn.scaling,
             **kwargs,
         )
+        if written:  # the window's rows rewritten: only they change
+            z = z.clone()
+            z[:, rows] = pattern_times_v(new_pattern, v)
     z = fire("hook_z", z)
     return attn.o_proj(z.reshape(*input_shape, -1).contiguous()), None

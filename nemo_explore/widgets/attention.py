@@ -54,8 +54,8 @@ class AttentionHeads(CacheView):
     (b h q k). ``layer``: the block shown first (default: the first attention layer cached, else the first
     Mamba layer); ``head``: the head in detail; ``mode``: for Mamba layers ``'signed'`` (M itself, diverging
     scale) or ``'share'`` (|M| ÷ row Σ|M|); ``batch``: the row of the batch; ``window``: first position of
-    the window on long inputs; ``hidden_attn_window``: the ``(start, stop)`` query rows the hidden
-    attention was computed for, if ``run_with_cache`` was given one.
+    the window on long inputs; ``pattern_window`` / ``hidden_attn_window``: the ``(start, stop)`` query
+    rows the patterns / hidden attention were computed for (default: what the cache says it was run with).
     """
 
     title = "Attention heads"
@@ -70,6 +70,7 @@ class AttentionHeads(CacheView):
         batch: int = 0,
         window: int | None = None,
         hidden_attn_window: tuple[int, int] | None = None,
+        pattern_window: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(cache, batch)
         types = cache.layer_types
@@ -88,7 +89,7 @@ class AttentionHeads(CacheView):
         self._check_layer(layer, EXPECTED, NAMES)
         if mode not in ("signed", "share"):
             raise ValueError(f"mode must be 'signed' or 'share' (|M| ÷ row Σ|M|), not {mode!r}")
-        self._query_window = hidden_attn_window
+        self._query_windows = {"pattern_window": pattern_window, "hidden_attn_window": hidden_attn_window}
 
         self.layer_select = widgets.Dropdown(
             options=[(self._layer_label(i), i) for i in self._sources], value=layer, description="layer"
@@ -150,11 +151,12 @@ class AttentionHeads(CacheView):
         h, q, p = maps.shape
         q0 = 0
         if q != p:
-            span = self._query_window or getattr(self.cache, "hidden_attn_window", None)
+            option = "pattern_window" if kind == "attention" else "hidden_attn_window"
+            span = self._query_windows[option] or getattr(self.cache, option, None)
             if span is None or span[1] - span[0] != q:
                 raise ValueError(
                     f"{self._sources[layer]} holds {q} query rows of {p} positions: pass the rows it was "
-                    f"computed for, AttentionHeads(cache, hidden_attn_window=(start, stop))"
+                    f"computed for, AttentionHeads(cache, {option}=(start, stop))"
                 )
             q0 = int(span[0])
         if head is None:

@@ -26,9 +26,9 @@ from .attention import PAIRWISE_WINDOW, AttentionHeads
 from .moe import MoERouting
 from .ssm import SSMStateNorms
 
-# Above this many tokens the hidden attention (h × p × p per Mamba layer) is computed for the last
+# Above this many tokens the p × p maps (attention patterns, hidden attention) are computed for the last
 # PAIRWISE_WINDOW query rows only.
-HIDDEN_ATTN_FULL = 1024
+FULL_MAPS_MAX = 1024
 PAIRWISE = ("attn.hook_pattern", "mamba.hook_hidden_attn")  # computed per layer, on demand
 KEEP_LAYERS = 4  # pairwise maps of this many layers are kept at a time
 POINTS = (
@@ -112,8 +112,8 @@ class Explorer(widgets.VBox):
         n = len(self.model.to_str_tokens(text))
         names = self.model.hook_names()
         options = {}
-        if n > HIDDEN_ATTN_FULL:
-            options["hidden_attn_window"] = (n - PAIRWISE_WINDOW, n)
+        if n > FULL_MAPS_MAX:  # p×p maps of a long input: only the query rows a view can show
+            options["hidden_attn_window"] = options["pattern_window"] = (n - PAIRWISE_WINDOW, n)
 
         def fetch(name: str) -> torch.Tensor:
             with torch.no_grad():
@@ -122,14 +122,14 @@ class Explorer(widgets.VBox):
         with torch.no_grad():
             _, cache = self.model.run_with_cache(text, names_filter=[n for n in names if n.endswith(POINTS)])
         cache = OnDemandCache(cache, [n for n in names if n.endswith(PAIRWISE)], fetch)
+        cache.hidden_attn_window = options.get("hidden_attn_window")
+        cache.pattern_window = options.get("pattern_window")
         seconds = time.perf_counter() - t0
         old = self.views
         layer = {key: getattr(view, "layer", None) for key, view in old.items()}
         views = {}
         if cache.layers("attention") or cache.layers("mamba"):
-            views["attention"] = AttentionHeads(
-                cache, layer=layer.get("attention"), hidden_attn_window=options.get("hidden_attn_window")
-            )
+            views["attention"] = AttentionHeads(cache, layer=layer.get("attention"))
         if cache.layers("mamba"):
             views["ssm"] = SSMStateNorms(cache, layer=layer.get("ssm"), horizons=self._horizons(cache))
         if cache.layers("moe"):
@@ -138,7 +138,7 @@ class Explorer(widgets.VBox):
         self.tabs.children = list(views.values())
         for k, key in enumerate(views):
             self.tabs.set_title(k, TABS[key])
-        long = f" (long input: hidden attention for the last {PAIRWISE_WINDOW} query rows)" if options else ""
+        long = f" (long input: attention maps for the last {PAIRWISE_WINDOW} query rows)" if options else ""
         self.status.value = (
             f'<div class="ne-note">Ran {n} tokens in {seconds:.2f} s{long}. '
             "Click a block above to see its view.</div>"
