@@ -6,6 +6,7 @@ state_norms / scan, and the growth of each from one length to the next (linear: 
 
     python bench/bench_state_norms.py
     python bench/bench_state_norms.py --lengths 512 2048 --rounds 9 --chunk 32
+    python bench/bench_state_norms.py --device cuda --lengths 1024 4096 16384
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from nemo_explore import ssd
 HEADS, HEAD_DIM, D_STATE, GROUPS, HF_CHUNK = 64, 64, 128, 8, 128
 
 
-def layer_inputs(p: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def layer_inputs(p: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random x, dt, A, B, C, D of one layer, with dt and A in the ranges trained models use."""
     gen = torch.Generator().manual_seed(seed)
     dt_raw = torch.randn(1, p, HEADS, generator=gen) - 4.0
-    return dict(
+    tensors = dict(
         x=torch.randn(1, p, HEADS, HEAD_DIM, generator=gen),
         dt=torch.nn.functional.softplus(dt_raw).clamp_min(1e-3),
         A=-torch.linspace(1.0, 16.0, HEADS),
@@ -35,6 +36,7 @@ def layer_inputs(p: int, seed: int = 0) -> dict[str, torch.Tensor]:
         C=torch.randn(1, p, GROUPS, D_STATE, generator=gen),
         D=torch.ones(HEADS),
     )
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 def hf_scan(t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,14 +50,18 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--chunk", type=int, default=64, help="state_norms chunk")
+    ap.add_argument("--device", default="cpu", help="cpu (one thread) or cuda")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    gpu = args.device.startswith("cuda")
 
-    inputs = {p: layer_inputs(p) for p in args.lengths}
+    inputs = {p: layer_inputs(p, args.device) for p in args.lengths}
     fns = {
         "state_norms": lambda t: ssd.state_norms(t["x"], t["dt"], t["A"], t["B"], chunk=args.chunk),
         "hf_scan": hf_scan,
     }
+    if gpu:  # timings wait for the GPU to finish
+        fns = {name: (lambda t, f=f: (f(t), torch.cuda.synchronize())) for name, f in fns.items()}
     jobs = [(p, name) for p in args.lengths for name in fns]
     times: dict[tuple[int, str], list[float]] = {job: [] for job in jobs}
     with torch.inference_mode():
@@ -69,7 +75,8 @@ def main() -> None:
                 times[p, name].append(time.perf_counter() - start)
     med = {job: statistics.median(ts) * 1e3 for job, ts in times.items()}
 
-    print(f"h={HEADS} head_dim={HEAD_DIM} d_state={D_STATE} groups={GROUPS}, batch 1, 1 thread, "
+    where = torch.cuda.get_device_name() if gpu else "CPU, 1 thread"
+    print(f"h={HEADS} head_dim={HEAD_DIM} d_state={D_STATE} groups={GROUPS}, batch 1, {where}, "
           f"state_norms chunk {args.chunk}, HF chunk {HF_CHUNK}, medians of {args.rounds} rounds (ms)")
     head = f"{'tokens':>7} {'state_norms':>12} {'hf_scan':>9} {'ratio':>6}"
     print(f"{head} {'norms growth':>13} {'scan growth':>12}")
