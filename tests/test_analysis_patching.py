@@ -41,8 +41,10 @@ def hf_run(hf, x, module, pre_hook=None, hook=None) -> torch.Tensor:
         h.remove()
 
 
-def naive_head_scores(hf, clean, corrupted, module, n_heads) -> torch.Tensor:
-    """Patch one head's slice of ``module``'s input (b p h·d) from the clean run, by hand."""
+def naive_head_scores(hf, clean, corrupted, module, n_heads, position=None) -> torch.Tensor:
+    """Patch one head's slice of ``module``'s input (b p h·d) from the clean run, by hand: at every
+    position, or only at ``position``."""
+    at = slice(None) if position is None else position
     seen = {}
     hf_run(hf, clean, module, pre_hook=lambda m, a: seen.update(x=a[0].clone()))
     m_clean, m_corr = metric(hf(clean).logits), metric(hf(corrupted).logits)
@@ -52,7 +54,7 @@ def naive_head_scores(hf, clean, corrupted, module, n_heads) -> torch.Tensor:
 
         def put(m, a, h=h):
             x = a[0].clone()
-            x[..., h * d : (h + 1) * d] = seen["x"][..., h * d : (h + 1) * d]
+            x[:, at, h * d : (h + 1) * d] = seen["x"][:, at, h * d : (h + 1) * d]
             return (x, *a[1:])
 
         out.append((metric(hf_run(hf, corrupted, module, pre_hook=put)) - m_corr) / (m_clean - m_corr))
@@ -117,6 +119,26 @@ def test_head_patching_equals_patching_hf_by_hand(rand, pair):
     for r, i in enumerate((0, 4)):
         ref = naive_head_scores(hf, clean, corrupted, hf.model.layers[i].mixer.norm, 8)
         torch.testing.assert_close(mamba.scores[r], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_head_by_position_patching_equals_patching_hf_by_hand(rand, pair):
+    clean, corrupted = pair
+    hf = rand.hf_model
+    attn = patch(rand, clean, corrupted, "attn_head_positions", answer=ANSWER, wrong=WRONG)
+    assert attn.scores.shape == (4, 10) and attn.axis == "position"
+    assert attn.row_layers == [1] * 4 and attn.row_heads == [0, 1, 2, 3]
+    assert torch.equal(attn.scores[:, :4], torch.zeros(4, 4))  # before the corrupted token nothing differs
+    for j in (4, 7, 9):
+        ref = naive_head_scores(hf, clean, corrupted, hf.model.layers[1].mixer.o_proj, 4, position=j)
+        torch.testing.assert_close(attn.scores[:, j], ref, rtol=1e-4, atol=1e-5)
+    assert attn.scores[:, 4:].abs().max() > 1e-3
+
+    mamba = patch(rand, clean, corrupted, "mamba_head_positions", answer=ANSWER, wrong=WRONG)
+    assert mamba.scores.shape == (16, 10) and mamba.row_heads == list(range(8)) * 2
+    assert mamba.row_layers == [0] * 8 + [4] * 8
+    ref = naive_head_scores(hf, clean, corrupted, hf.model.layers[4].mixer.norm, 8, position=9)
+    torch.testing.assert_close(mamba.scores[8:, 9], ref, rtol=1e-4, atol=1e-5)
+    assert "head 3" in mamba.figure().data[0].y[3]
 
 
 def test_routing_patching_equals_forcing_hf_router(rand, pair):

@@ -21,14 +21,17 @@ from .logit_lens import single_token
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
-# kind -> (point inside block i, layer type that has it (None: every block), what the columns are)
-POINTS: dict[str, tuple[str, str | None, str]] = {
-    "resid_pre": ("hook_resid_pre", None, "position"),
-    "resid_post": ("hook_resid_post", None, "position"),
-    "mixer_out": ("hook_mixer_out", None, "position"),
-    "attn_heads": ("attn.hook_z", ATTENTION, "head"),
-    "mamba_heads": ("mamba.hook_ssm_out", MAMBA, "head"),
-    "moe_routing": ("moe.hook_topk_indices", MOE, "position"),
+# kind -> (point inside block i, layer type that has it (None: every block), what the columns are,
+# whether each head of the block is a row of its own)
+POINTS: dict[str, tuple[str, str | None, str, bool]] = {
+    "resid_pre": ("hook_resid_pre", None, "position", False),
+    "resid_post": ("hook_resid_post", None, "position", False),
+    "mixer_out": ("hook_mixer_out", None, "position", False),
+    "attn_heads": ("attn.hook_z", ATTENTION, "head", False),
+    "mamba_heads": ("mamba.hook_ssm_out", MAMBA, "head", False),
+    "attn_head_positions": ("attn.hook_z", ATTENTION, "position", True),
+    "mamba_head_positions": ("mamba.hook_ssm_out", MAMBA, "position", True),
+    "moe_routing": ("moe.hook_topk_indices", MOE, "position", False),
 }
 _AXIS_DIM = {"position": 1, "head": 2}
 
@@ -57,7 +60,8 @@ class PatchResult:
     """Normalised patching scores on a grid of (hooked block, position or head).
 
     ``scores`` (rows, cols): 1 = clean behaviour restored, 0 = no effect;  ``metric`` (rows, cols): raw
-    ``rows``: the hook name patched per row; ``row_layers``, ``row_types``: its block and kind
+    ``rows``: the hook name patched per row; ``row_layers``, ``row_types``: its block and kind;
+    ``row_heads``: the head a row patches (per-position head patching), else None
     ``axis``: what a column is — ``'position'``, ``'head'`` or ``'all'`` (the whole tensor at once)
     """
 
@@ -72,15 +76,16 @@ class PatchResult:
     axis: str
     clean_str_tokens: list[str]
     corrupted_str_tokens: list[str]
+    row_heads: list[int | None]
 
     def figure(self):
         """Heatmap of the scores (diverging, 0 = no effect), rows labelled and coloured by layer type."""
         import plotly.graph_objects as go
 
-        y = [
-            _style.colored(_style.layer_label(i, k) if i is not None else name, k)
-            for name, i, k in zip(self.rows, self.row_layers, self.row_types, strict=True)
-        ]
+        y = []
+        for name, i, k, h in zip(self.rows, self.row_layers, self.row_types, self.row_heads, strict=True):
+            label = _style.layer_label(i, k) if i is not None else name
+            y.append(_style.colored(label if h is None else f"{label} · head {h}", k))
         if self.axis == "position":
             x = [
                 f"{j}: {_style.escape(c)}" if c == r else f"{j}: {_style.escape(c)} / {_style.escape(r)}"
@@ -113,16 +118,16 @@ class PatchResult:
         return fig
 
 
-def _rows(model, points: str | Sequence[str]) -> tuple[str, list[str], str]:
-    """-> (point label, hook names to patch, column axis)."""
+def _rows(model, points: str | Sequence[str]) -> tuple[str, list[str], str, bool]:
+    """-> (point label, hook names to patch, column axis, one row per head)."""
     if isinstance(points, str) and points in POINTS:
-        short, kind, axis = POINTS[points]
+        short, kind, axis, per_head = POINTS[points]
         blocks = range(model.n_layers) if kind is None else model.layers(kind)
         if not blocks:
             raise ValueError(
                 f"{points!r} patches {kind} layers, and this model has none (pattern {model.pattern})"
             )
-        return points, [f"blocks.{i}.{short}" for i in blocks], axis
+        return points, [f"blocks.{i}.{short}" for i in blocks], axis, per_head
     names = [points] if isinstance(points, str) else list(points)
     if not names:
         raise ValueError("points is empty")
@@ -134,7 +139,7 @@ def _rows(model, points: str | Sequence[str]) -> tuple[str, list[str], str]:
     ro = [n for n in names if parse(n)[2] in READ_ONLY]
     if ro:
         raise ValueError(f"{ro} are read-only descriptions of the computation and cannot be patched")
-    return "hooks", names, "all"
+    return "hooks", names, "all", False
 
 
 def _scalar(value: torch.Tensor) -> torch.Tensor:
@@ -172,6 +177,8 @@ def patch(
     - ``'resid_pre'`` / ``'resid_post'`` / ``'mixer_out'``: every block × position  -> (n_blocks, p)
     - ``'attn_heads'``: ``hook_z`` of each attention head, all positions             -> (n_attention, h)
     - ``'mamba_heads'``: ``hook_ssm_out`` of each Mamba head, all positions          -> (n_mamba, h_mamba)
+    - ``'attn_head_positions'`` / ``'mamba_head_positions'``: each head at each position
+      -> (n_blocks · h, p), rows block by block, head by head (``row_heads``)
     - ``'moe_routing'``: the experts chosen (``hook_topk_indices``) per MoE block × position -> (n_moe, p)
     - a list of hook names: each patched whole                                        -> (n_names, 1)
 
@@ -191,9 +198,9 @@ def patch(
         metric = logit_diff(
             _token_ids(model, answer), None if wrong is None else _token_ids(model, wrong), position
         )
-    label, rows, axis = _rows(model, points)
+    label, names, axis, per_head = _rows(model, points)
 
-    clean_logits, cache = model.run_with_cache(c_ids, names_filter=rows)
+    clean_logits, cache = model.run_with_cache(c_ids, names_filter=names)
     m_clean = float(_scalar(metric(clean_logits)))
     m_corr = float(_scalar(metric(model(x_ids))))
     if abs(m_clean - m_corr) <= 1e-6 * max(1.0, abs(m_clean)):
@@ -201,20 +208,22 @@ def patch(
             f"the metric is {m_clean:.6g} on both clean and corrupted prompts, so nothing can be restored: "
             "choose prompts or answer tokens that the model tells apart"
         )
-    raw = torch.stack([_patch_row(model, x_ids, name, cache[name], axis, metric, max_batch) for name in rows])
-    layers = [parse(n)[0] for n in rows]
+    rows = [(n, h) for n in names for h in (range(cache[n].shape[2]) if per_head else [None])]
+    raw = torch.stack([_patch_row(model, x_ids, n, h, cache[n], axis, metric, max_batch) for n, h in rows])
+    layers = [parse(n)[0] for n, _ in rows]
     return PatchResult(
         point=label,
         scores=(raw - m_corr) / (m_clean - m_corr),
         metric=raw,
         clean_metric=m_clean,
         corrupted_metric=m_corr,
-        rows=rows,
+        rows=[n for n, _ in rows],
         row_layers=layers,
         row_types=[None if i is None else model.layer_types[i] for i in layers],
         axis=axis,
         clean_str_tokens=_style.str_tokens(model, c_ids[:1])[0],
         corrupted_str_tokens=_style.str_tokens(model, x_ids[:1])[0],
+        row_heads=[h for _, h in rows],
     )
 
 
@@ -224,8 +233,11 @@ def _token_ids(model, tokens) -> int | torch.Tensor:
     return torch.tensor([single_token(model, t) for t in tokens])
 
 
-def _patch_row(model, ids, name: str, clean: torch.Tensor, axis: str, metric: Metric, max_batch: int):
-    """The metric with ``name`` patched at each column (``(cols,)``), several columns per forward."""
+def _patch_row(
+    model, ids, name: str, head: int | None, clean: torch.Tensor, axis: str, metric: Metric, max_batch: int
+):
+    """The metric with ``name`` (only its ``head``, if given) patched at each column (``(cols,)``), several
+    columns per forward."""
     b = ids.shape[0]
     n_cols = 1 if axis == "all" else clean.shape[_AXIS_DIM[axis]]
     per_run = max(1, max_batch // b)
@@ -241,7 +253,7 @@ def _patch_row(model, ids, name: str, clean: torch.Tensor, axis: str, metric: Me
                 if axis == "all":
                     copy.copy_(clean)
                 else:
-                    index = (slice(None),) * _AXIS_DIM[axis] + (col,)
+                    index = (slice(None),) * _AXIS_DIM[axis] + (col,) + (() if head is None else (head,))
                     copy[index] = clean[index]
             return t
 
