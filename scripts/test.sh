@@ -6,5 +6,5 @@ bash scripts/setup.sh
 bash scripts/install_browser.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 VENV="${NEMO_VENV:-.venv}"
-"$VENV/bin/python" -m ruff check nemo_explore tests bench scripts
+"$VENV/bin/python" -m ruff check nemo_explore tests bench scripts notebooks
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
