@@ -82,4 +82,4 @@ def test_notebook_02_conclusions_hold():
     clean_loss = model(clean, return_type="loss_per_token")[0]
     hooks = [(name, lambda s, hook: donor[name])]
     patched = model.run_with_hooks(clean, hooks, state_positions=[t], return_type="loss_per_token")[0]
-    assert abs(float(patched[t:].mean() - clean_loss[t:].mean())) < 0.01
+    assert abs(float((patched[t:].mean() - clean_loss[t:].mean()).detach())) < 0.01
