@@ -22,9 +22,9 @@ import nemo_explore as ne
 from nemo_explore.layer_types import to_hf
 
 try:
-    from peers import nnsight_residual_cache
+    from peers import nnsight_residual_cache, transformerlens_bridge
 except ImportError:  # run as a module from the repo root
-    from bench.peers import nnsight_residual_cache
+    from bench.peers import nnsight_residual_cache, transformerlens_bridge
 
 PATTERN = "M-M*M-MEM-M*MEM-"
 
@@ -59,6 +59,8 @@ def variants(hf, model: ne.HookedNemotronH, ids: torch.Tensor) -> dict:
         if n.split(".")[-1] in ("hook_resid_pre", "hook_resid_post", "hook_mixer_in", "hook_mixer_out")
     ]
     no_hidden = [n for n in model.hook_names() if not n.endswith("hook_hidden_attn")]
+    derived = ("hook_attn_scores", "hook_pattern", "hook_state_norm", "hook_hidden_attn", "hook_state")
+    computed = [n for n in model.hook_names() if not n.endswith(derived)]
     found = {
         "HF forward": lambda: hf(input_ids=ids, use_cache=False).logits,
         "no hooks": lambda: model(ids),
@@ -69,13 +71,23 @@ def variants(hf, model: ne.HookedNemotronH, ids: torch.Tensor) -> dict:
         "cache state norms": lambda: model.run_with_cache(
             ids, names_filter=lambda n: n.endswith("state_norm")
         ),
+        f"cache every HF value ({len(computed)} pts)": lambda: model.run_with_cache(
+            ids, names_filter=computed
+        ),
         "cache all but hidden attn": lambda: model.run_with_cache(ids, names_filter=no_hidden),
         "cache everything": lambda: model.run_with_cache(ids),
     }
-    peer = nnsight_residual_cache(hf, ids)
-    if peer is not None:
-        found["nnsight: residual stream"] = peer
-    return found
+    return found | nnsight_residual_cache(hf, ids) | transformerlens_bridge(hf, ids)
+
+
+def distance_to_hf(fn, ref: torch.Tensor) -> float | None:
+    """Largest |logit − HF's logit| of one variant (None if it returns no logits)."""
+    with torch.inference_mode():
+        out = fn()
+    logits = out[0] if isinstance(out, tuple) else out
+    if not isinstance(logits, torch.Tensor) or logits.shape != ref.shape:
+        return None
+    return float((logits.detach().float() - ref.float()).abs().max())
 
 
 def measure(fns: dict, rounds: int, warmup: int = 1) -> dict[str, float]:
@@ -110,11 +122,16 @@ def main() -> None:
         f"model: {model.pattern} ({n_params:.0f}M params), {args.tokens} tokens, "
         f"{args.threads} threads, median of {args.rounds} interleaved rounds"
     )
-    med = measure(variants(hf, model, ids), args.rounds)
+    fns = variants(hf, model, ids)
+    with torch.inference_mode():
+        ref = fns["HF forward"]()
+    off = {k: distance_to_hf(f, ref) for k, f in fns.items()}
+    med = measure(fns, args.rounds)
     base = med["HF forward"]
-    print(f"{'variant':<28}{'ms':>9}{'× HF':>8}")
+    print(f"{'variant':<34}{'ms':>9}{'× HF':>8}  max |logits − HF|")
     for k, v in med.items():
-        print(f"{k:<28}{v * 1e3:>9.1f}{v / base:>8.3f}")
+        dist = "" if off[k] is None else ("0 (bit-identical)" if off[k] == 0 else f"{off[k]:.1e}")
+        print(f"{k:<34}{v * 1e3:>9.1f}{v / base:>8.3f}  {dist}")
 
 
 if __name__ == "__main__":
