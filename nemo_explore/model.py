@@ -21,6 +21,7 @@ from .hooks import Fire, HookFn, HookPoint, HookRegistry
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, canonical, parse_pattern
 from .mixers import attention_forward, mamba_forward, mlp_forward, moe_forward
 from .mixers.mamba import state_positions
+from .token_text import token_text
 
 _MIXER_FORWARD = {ATTENTION: attention_forward, MAMBA: mamba_forward, MLP: mlp_forward, MOE: moe_forward}
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -127,10 +128,11 @@ class HookedNemotronH:
         return enc["input_ids"].to(self.device), (None if bool(mask.all()) else mask.to(self.device))
 
     def to_str_tokens(self, text: str | torch.Tensor) -> list[str]:
-        """One string per token, as the tokenizer produced it (spaces and newlines kept)."""
+        """One string per token, as the tokenizer produced it (spaces and newlines kept; a piece of a
+        multi-byte character as its bytes, ``'\\xe2'``)."""
         tok = self._need_tokenizer()
         ids = self.to_tokens(text)[0] if isinstance(text, str) else torch.as_tensor(text).reshape(-1)
-        return [tok.decode([i], clean_up_tokenization_spaces=False) for i in ids.tolist()]
+        return [token_text(tok, i) for i in ids.tolist()]
 
     def to_string(self, tokens: torch.Tensor) -> str | list[str]:
         tok = self._need_tokenizer()
@@ -167,7 +169,7 @@ class HookedNemotronH:
         rows = []
         for r, row in enumerate(ids.tolist()):
             n = int(mask[r].sum()) if mask is not None else len(row)
-            rows.append([self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in row[:n]])
+            rows.append([token_text(self.tokenizer, i) for i in row[:n]])
         return rows
 
     # ------------------------------------------------------------------ running

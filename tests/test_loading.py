@@ -187,3 +187,24 @@ def test_out_of_memory_risk_announced_before_loading(ckpt, monkeypatch):
     monkeypatch.setattr(loading, "_free_memory", lambda device: 2**40)
     with pytest.warns(UserWarning, match="float16 on the CPU is slow"):
         ne.load(ckpt, dtype=torch.float16)
+
+
+def test_token_pieces_of_multibyte_characters_show_their_bytes():
+    """A byte-level BPE token holding part of a UTF-8 character decodes alone to U+FFFD; views show its
+    bytes instead, so different pieces stay distinguishable, and whole characters stay text."""
+    from nemo_explore.token_text import _piece_bytes, token_text
+
+    tiny = ne.load("tiny")
+    tok = tiny.tokenizer
+    pieces = [i for i in range(tiny.cfg.vocab_size) if "\ufffd" in tok.decode([i])]
+    assert len(pieces) > 100  # the 128 continuation / lead bytes of the byte-level alphabet, at least
+    shown = [token_text(tok, i) for i in pieces]
+    assert not any("\ufffd" in s for s in shown) and len(set(shown)) == len(shown)
+    euro = tok.encode("€", add_special_tokens=False)  # 3 UTF-8 bytes
+    assert b"".join(_piece_bytes(tok.convert_ids_to_tokens(i)) for i in euro) == "€".encode()
+    assert "".join(tiny.to_str_tokens(torch.tensor(euro))) in ("€", "\\xe2\\x82\\xac")
+    text = "The cat sat."
+    assert "".join(tiny.to_str_tokens(text)) == tok.bos_token + text  # ordinary tokens untouched
+    assert _piece_bytes("<0xE2>") == b"\xe2" and _piece_bytes("日本") is None
+    decoded = {tok.decode([i]): i for i in range(tiny.cfg.vocab_size)}
+    assert token_text(tok, decoded["\x14"]) == "\\x14" and token_text(tok, decoded["\n"]) == "\n"

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from ..layer_types import ATTENTION, LAYER_COLORS, MAMBA, MLP, MOE
+from ..token_text import token_text
 
 EMBED_COLOR = "#4c5b6b"  # slate: the embedding row/bar of a figure
 SHORT_NAME = {MAMBA: "mamba", ATTENTION: "attn", MLP: "mlp", MOE: "moe"}
@@ -34,7 +35,7 @@ def token_texts(tokenizer, ids: Iterable[int]) -> dict[int, str]:
     unique = sorted({int(i) for i in ids})
     if tokenizer is None:
         return {i: f"#{i}" for i in unique}
-    return {i: tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in unique}
+    return {i: token_text(tokenizer, i) for i in unique}
 
 
 def str_tokens(model, ids: torch.Tensor) -> list[list[str]]:
