@@ -418,24 +418,17 @@ def _hf_ties_embeddings() -> bool:
 
 
 def _point_shapes(
-    c, b: int, p: int, state_positions, heads, window, pattern_window
+    c, b: int, p: int, positions, heads, window, pattern_window
 ) -> dict[str, tuple[int, ...]]:
     """Shape of every hook point of every layer kind (DESIGN.md's table), for b × p tokens."""
-    from .mixers.mamba import STATES_ALL_POSITIONS_MAX
-    from .ssd import _heads, query_rows
+    from .options import query_rows, state_positions
+    from .ssd import _heads
 
     d, h, kv, hd = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
     mh, md, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
     inner = mh * md
     conv_dim = inner + 2 * g * n
-    if state_positions is None:
-        n_pos = p if p <= STATES_ALL_POSITIONS_MAX else 1
-    else:
-        asked = [state_positions] if isinstance(state_positions, int) else list(state_positions)
-        bad = [q for q in asked if not -p <= q < p]
-        if bad or not asked:
-            raise IndexError(f"state_positions {state_positions} out of range for a sequence of {p} tokens")
-        n_pos = len({q % p for q in asked})
+    n_pos = len(state_positions(positions, p))
     start, stop = query_rows(window, p, "hidden_attn_window")
     q0, q1 = query_rows(pattern_window, p, "pattern_window")
     shapes = {

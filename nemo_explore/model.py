@@ -8,7 +8,6 @@ forward (``mixers/``) for points inside a mixer — and removing it takes exactl
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -20,14 +19,12 @@ from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
 from .hooks import Fire, HookFn, HookPoint, HookRegistry
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, canonical, parse_pattern
 from .mixers import attention_forward, mamba_forward, mlp_forward, moe_forward
-from .mixers.mamba import state_positions
+from .options import check_options, state_positions
 from .token_text import token_text
 
 _MIXER_FORWARD = {ATTENTION: attention_forward, MAMBA: mamba_forward, MLP: mlp_forward, MOE: moe_forward}
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 Input = str | Sequence[str] | torch.Tensor
-# what run_with_cache / run_with_hooks / hooks() accept besides hooks: which values the derived points carry
-OPTIONS = ("state_positions", "hidden_attn_heads", "hidden_attn_window", "pattern_window")
 
 
 class NotNemotronHError(TypeError):
@@ -259,7 +256,7 @@ class HookedNemotronH:
         cache.hidden_attn_window = options.get("hidden_attn_window")
         cache.pattern_window = options.get("pattern_window")
         if any(n.endswith("hook_state") for n in ordered):
-            cache.state_positions = state_positions(options, ids.shape[1])
+            cache.state_positions = state_positions(options.get("state_positions"), ids.shape[1])
         return out, cache
 
     @torch.no_grad()
@@ -282,12 +279,7 @@ class HookedNemotronH:
     ) -> Iterator[HookedNemotronH]:
         """Context in which ``fwd_hooks`` are active; they (and only they) are removed on exit, even on error.
         Contexts nest; options (``state_positions``...) apply inside this context."""
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            name = sorted(unknown)[0]
-            close = difflib.get_close_matches(name, OPTIONS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"unknown option {name!r}.{hint} Options: {', '.join(OPTIONS)}")
+        check_options(options)
         handles: list[int] = []
         saved_options = dict(self._options)
         try:

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .options import query_rows
+
 __all__ = ["hidden_attention", "state_norms", "states_at"]
 
 _BLOCK_ELEMENTS = 1 << 21  # hidden attention is built this many entries (8 MiB) at a time
@@ -298,20 +300,6 @@ def _heads(heads, h) -> list[int]:
     if bad or not idx:
         raise IndexError(f"heads {list(idx)} must be a non-empty list of head indices in [0, {h})")
     return [j % h for j in idx]
-
-
-def query_rows(window, p: int, name: str = "query_window") -> tuple[int, int]:
-    """A window of query rows ``(start, stop)`` (or None: all ``p``), checked; ``name`` is the option the
-    user passed it as, for the error message."""
-    if window is None:
-        return 0, p
-    try:
-        start, stop = (int(v) for v in window)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (start, stop) of ints, got {window!r}") from None
-    if not 0 <= start < stop <= p:
-        raise IndexError(f"{name} {window!r} must satisfy 0 <= start < stop <= {p} (sequence length)")
-    return start, stop
 
 
 def _positions(positions, p) -> list[int]:

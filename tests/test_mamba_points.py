@@ -100,8 +100,9 @@ def test_state_patching_equals_feeding_hf_that_state(pair):
 
 def test_state_positions_validation(pair):
     _, model = pair
-    with pytest.raises(IndexError, match="out of range"):
-        model.run_with_cache(ids(), names_filter=["blocks.0.mamba.hook_state"], state_positions=[40])
+    for bad in ([40], [], -14):
+        with pytest.raises(IndexError, match="out of range"):
+            model.run_with_cache(ids(), names_filter=["blocks.0.mamba.hook_state"], state_positions=bad)
     _, cache = model.run_with_cache(
         ids(), names_filter=["blocks.0.mamba.hook_state"], state_positions=[-1, 2]
     )

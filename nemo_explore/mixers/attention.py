@@ -13,7 +13,7 @@ import sys
 import torch
 
 from ..hooks import Fire
-from ..ssd import query_rows
+from ..options import query_rows
 
 
 def keep_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device) -> torch.Tensor:

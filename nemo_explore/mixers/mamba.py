@@ -16,23 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ..hooks import Fire
+from ..options import state_positions
 
 HIDDEN_ATTN_WARN_LEN = 2048
-STATES_ALL_POSITIONS_MAX = 64
 _warned_long = False
-
-
-def state_positions(options: dict, seq_len: int) -> list[int]:
-    """Positions whose state ``hook_state`` carries: the user's (``state_positions=``), else all of a short
-    input, else the last token."""
-    asked = options.get("state_positions")
-    if asked is None:
-        return list(range(seq_len)) if seq_len <= STATES_ALL_POSITIONS_MAX else [seq_len - 1]
-    positions = sorted({p + seq_len if p < 0 else p for p in ([asked] if isinstance(asked, int) else asked)})
-    bad = [p for p in positions if not 0 <= p < seq_len]
-    if bad:
-        raise IndexError(f"state_positions {asked} out of range for a sequence of {seq_len} tokens")
-    return positions
 
 
 def _segmented_scan(hf, mixer, x, dt, A, B, C, positions, states, initial):
@@ -97,7 +84,7 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
             hidden = ssd.hidden_attention(dt, A, B, C, heads=heads, query_window=window)
         fire("hook_hidden_attn", hidden)
     if fire.wants("hook_state"):
-        positions = state_positions(fire.options, seq_len)
+        positions = state_positions(fire.options.get("state_positions"), seq_len)
         states = ssd.states_at(x, dt, A, B, positions, initial_state=initial)
         new = fire("hook_state", states)
         if new is not states:
