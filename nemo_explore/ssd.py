@@ -48,9 +48,8 @@ def state_norms(
     expanded into the decayed carried norm λ_t² |S_0|², the cross term 2 λ_t Σ_s W[t,s] x_sᵀ S_0 B_s and
     the Gram term Σ_{s,s'} W[t,s] W[t,s'] (x_s·x_s')(B_s·B_s'). A GPU takes many chunks at once (a handful
     of large kernels, not thousands of small ones), a CPU one; only the chunk-start states are carried
-    from one chunk to the next. Time linear in p, memory bounded by one
-    block of chunks. ``initial_state`` (b h d n) is the state before the first token. Read-only: computed
-    without autograd.
+    from one chunk to the next. Time linear in p, memory bounded by one block of chunks.
+    ``initial_state`` (b h d n) is the state before the first token. Read-only: computed without autograd.
     """
     b, p, h, d, g, n = _check(x, dt, A, B)
     if not isinstance(chunk, int) or chunk < 1:
