@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator, Mapping
 
 import torch
 
-from .layer_types import HOOK_PREFIX, canonical
+from .describe import format_bytes
+from .layer_types import HOOK_PREFIX, LAYER_COLORS, canonical, to_pattern
 
 
 class ActivationCache(Mapping):
@@ -53,8 +55,31 @@ class ActivationCache(Mapping):
         return len(self._data)
 
     def __repr__(self) -> str:
-        kinds = "".join({"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}[t] for t in self.layer_types)
-        return f"ActivationCache({len(self)} tensors, layers {kinds})"
+        return f"ActivationCache({len(self)} tensors, layers {to_pattern(self.layer_types)})"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: what is cached, block by block, coloured by layer type, with shapes and sizes."""
+        rows: dict[str, list[str]] = {}
+        for name, t in self._data.items():
+            block, short = _block_and_point(name)
+            rows.setdefault(block, []).append(
+                f"<code>{html.escape(short)}</code> {html.escape(' × '.join(map(str, t.shape)))}"
+            )
+        cells = []
+        for block, points in rows.items():
+            label = html.escape(block)
+            if block.startswith("blocks."):
+                kind = self.layer_types[int(block.split(".")[1])]
+                label = f'<span style="color:{LAYER_COLORS[kind]}">{label} · {kind}</span>'
+            cells.append(
+                f'<tr><th style="text-align:left;vertical-align:top;white-space:nowrap">{label}</th>'
+                f'<td style="text-align:left">{" · ".join(points)}</td></tr>'
+            )
+        size = format_bytes(sum(t.numel() * t.element_size() for t in self._data.values()))
+        tokens = "" if self.tokens is None else f", {' × '.join(map(str, self.tokens.shape))} tokens"
+        layers = to_pattern(self.layer_types)
+        head = f"ActivationCache: {len(self)} tensors, {size}{tokens}, layers {layers}"
+        return f"<div><b>{html.escape(head)}</b><table>{''.join(cells)}</table></div>"
 
     @property
     def str_tokens(self) -> list[str]:
@@ -103,3 +128,11 @@ class ActivationCache(Mapping):
     def to(self, device: str | torch.device) -> ActivationCache:
         self._data = {k: v.to(device) for k, v in self._data.items()}
         return self
+
+
+def _block_and_point(name: str) -> tuple[str, str]:
+    """``'blocks.3.attn.hook_z'`` -> ``('blocks.3', 'attn.hook_z')``; model-level points under ``'model'``."""
+    if name.startswith("blocks."):
+        _, i, rest = name.split(".", 2)
+        return f"blocks.{i}", rest
+    return "model", name

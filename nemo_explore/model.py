@@ -15,6 +15,7 @@ import torch
 from transformers.integrations.accelerate import force_accelerate_hooks
 
 from .cache import ActivationCache
+from .describe import describe
 from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
 from .hooks import Fire, HookFn, HookPoint, HookRegistry
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, canonical, parse_pattern
@@ -104,6 +105,10 @@ class HookedNemotronH:
             f"{len(self.layers(t))} {t}" for t in (MAMBA, ATTENTION, MLP, MOE) if self.layers(t)
         )
         return f"HookedNemotronH({self.n_layers} layers: {counts}; pattern {self.pattern})"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the model's description (layer map in colour, parameters, memory)."""
+        return describe(self)._repr_html_()
 
     # ------------------------------------------------------------------ tokens
     def _need_tokenizer(self):

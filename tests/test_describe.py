@@ -11,7 +11,7 @@ from transformers import NemotronHConfig, NemotronHForCausalLM
 import nemo_explore as ne
 from nemo_explore import registry
 from nemo_explore.configs import small_config
-from nemo_explore.describe import describe
+from nemo_explore.describe import describe, format_bytes
 from nemo_explore.loading import CheckpointError
 
 GiB = 2**30
@@ -231,3 +231,20 @@ def test_repr_and_html():
     cfg._name_or_path = "<script>alert(1)</script>"
     page = describe(cfg)._repr_html_()
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_notebook_reprs_of_the_model_and_a_cache(hooked):
+    """What a notebook shows for ``model`` and ``cache``: the layer map in the layer colours, every cached
+    point with its shape, the total size."""
+    from nemo_explore.layer_types import LAYER_COLORS
+
+    page = hooked._repr_html_()
+    assert all(LAYER_COLORS[t] in page for t in set(hooked.layer_types))
+    tokens = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    names = ["hook_embed", "blocks.1.attn.hook_pattern", "blocks.0.mamba.hook_state_norm"]
+    _, cache = hooked.run_with_cache(tokens, names_filter=names)
+    page = cache._repr_html_()
+    assert "attn.hook_pattern</code> 2 × 4 × 9 × 9" in page and "hook_embed</code> 2 × 9 × " in page
+    assert f'color:{LAYER_COLORS["attention"]}">blocks.1 · attention' in page
+    size = sum(t.numel() * t.element_size() for t in cache.values())
+    assert f"3 tensors, {format_bytes(size)}, 2 × 9 tokens" in page
