@@ -44,8 +44,12 @@ import nemo_explore as ne
 model = ne.load("tiny")
 model""",
     ),
-    ("md", "What is this model? `describe` works before loading too (registry names, directories, hub ids)."),
-    ("code", "ne.describe(model)"),
+    (
+        "md",
+        "A model shows its description. `describe` gives the same before loading anything (registry names, "
+        "directories, hub ids), offline:",
+    ),
+    ("code", 'ne.describe("nvidia/Nemotron-H-8B-Base-8K")'),
     (
         "md",
         """
@@ -68,6 +72,8 @@ mamba = model.layers("mamba")[0]
 print(cache.str_tokens[:12])
 print(cache[f"blocks.{attn}.attn.hook_pattern"].shape, cache[f"blocks.{mamba}.mamba.hook_state_norm"].shape)""",
     ),
+    ("md", "A cache shows what it holds, block by block:"),
+    ("code", "cache"),
     (
         "md",
         """
