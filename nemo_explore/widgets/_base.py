@@ -113,6 +113,21 @@ class CacheView(widgets.VBox):
         slider.layout.display = None if window.active else "none"
         self._hold = held
 
+    def _set(self, controls: list[tuple[widgets.Widget, object]], window: int | None) -> None:
+        """Set several controls (those given a value that is not None) and the window position, then redraw
+        once: what ``select(...)`` does."""
+        self._hold = True
+        try:
+            for control, value in controls:
+                if value is not None:
+                    control.value = value
+            if window is not None:
+                self._window.move(window)
+                self._sync_slider(self.window_slider, self._window)
+        finally:
+            self._hold = False
+        self._redraw()
+
     def _on_window(self, change) -> None:
         if not self._hold:
             self._window.move(change["new"])

@@ -114,16 +114,7 @@ class MoERouting(CacheView):
             return
         if expert is not None:
             self._check_expert(expert)
-        self._hold = True
-        try:
-            if expert is not None:
-                self.expert_select.value = expert
-            if window is not None:
-                self._window.move(window)
-                self._sync_slider(self.window_slider, self._window)
-        finally:
-            self._hold = False
-        self._redraw()
+        self._set([(self.expert_select, expert)], window)
 
     def _check_expert(self, expert: int) -> None:
         if not 0 <= expert < self._n_experts:

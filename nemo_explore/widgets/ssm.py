@@ -124,18 +124,7 @@ class SSMStateNorms(CacheView):
             self._check_layer(layer, EXPECTED, NAMES)
         if norm is not None and norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, not {norm!r}")
-        self._hold = True
-        try:
-            if layer is not None:
-                self.layer_select.value = layer
-            if norm is not None:
-                self.norm_select.value = norm
-            if window is not None:
-                self._window.move(window)
-                self._sync_slider(self.window_slider, self._window)
-        finally:
-            self._hold = False
-        self._redraw()
+        self._set([(self.layer_select, layer), (self.norm_select, norm)], window)
 
     def _check_horizons(self, horizons) -> dict[int, torch.Tensor]:
         if horizons is None:
