@@ -128,6 +128,12 @@ class CacheView(widgets.VBox):
             self._hold = False
         self._redraw()
 
+    def _show_note(self, text: str, maps: str) -> None:
+        """The view's explanation (HTML), followed by the window's warning when a long input is cut;
+        ``maps`` names what is windowed ('token maps', 'p×p maps')."""
+        warn = self._window.note(maps)
+        self.note.value = text + (f'<div class="ne-warn">{warn}</div>' if warn else "")
+
     def _on_window(self, change) -> None:
         if not self._hold:
             self._window.move(change["new"])

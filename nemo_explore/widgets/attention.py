@@ -224,8 +224,7 @@ class AttentionHeads(CacheView):
         self._draw_detail(z, labels(view["tokens"], view["start"]), mode, scale)
         self._draw_grid(maps, causal, skip, {**scale, "zmin": -1 if mode == "signed" else 0, "zmax": 1})
         note = ABOUT["attention" if mode == "pattern" else mode]
-        warn = self._window.note("p×p maps")
-        self.note.value = note + (f'<div class="ne-warn">{warn}</div>' if warn else "")
+        self._show_note(note, "p×p maps")
 
     def _draw_detail(self, z: np.ndarray, ticks: list[str], mode: str, scale: dict) -> None:
         layer, head = self.layer, self.head

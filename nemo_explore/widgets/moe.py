@@ -275,8 +275,7 @@ class MoERouting(CacheView):
             "<b>Routing</b>: each token goes to its top-k experts by router score; the routing weight is the "
             f"score normalised over the chosen experts and scaled. Shown: {escape(what)}."
         )
-        warn = self._window.note("token maps")
-        self.note.value = note + (f'<div class="ne-warn">{warn}</div>' if warn else "")
+        self._show_note(note, "token maps")
 
     def _static(self, page: Page) -> None:
         page.html(f'<p class="ne-note">{self.note.value}</p>')

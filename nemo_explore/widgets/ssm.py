@@ -230,8 +230,7 @@ class SSMStateNorms(CacheView):
         )
         if self._horizons:
             note += " Bars: each head's memory horizon, the tokens a contribution takes to halve."
-        warn = self._window.note("token maps")
-        self.note.value = note + (f'<div class="ne-warn">{warn}</div>' if warn else "")
+        self._show_note(note, "token maps")
 
     def _static(self, page: Page) -> None:
         page.html(f'<p class="ne-note">{self.note.value}</p>')
