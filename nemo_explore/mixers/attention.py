@@ -14,16 +14,20 @@ import torch
 
 from ..hooks import Fire
 from ..options import query_rows
+from ._call import check_keywords, take_cache
 
 
 def keep_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device) -> torch.Tensor:
     """Boolean ``(b|1, 1, q, k)`` mask of the key positions each query may see.
 
-    HF hands SDPA either nothing (pure causal) or a 4-D mask (bool: True = keep; float: 0 = keep);
-    with a KV cache the queries sit at the end, so the causal diagonal is offset by ``kv_len - q_len``.
+    HF hands the attention function a 4-D mask (bool: True = keep; float: 0 = keep) or, where SDPA's own
+    causal flag serves, nothing. SDPA then aligns the causal diagonal top-left (query i sees keys 0..i: a
+    prefill from position 0, whatever the length of a static cache) and lets a single query see every key.
     """
     if attention_mask is None:
-        q = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+        if q_len == 1:
+            return torch.ones(1, 1, 1, kv_len, dtype=torch.bool, device=device)
+        q = torch.arange(q_len, device=device)[:, None]
         return (torch.arange(kv_len, device=device)[None, :] <= q)[None, None]
     mask = attention_mask[..., -kv_len:]
     return mask if mask.dtype == torch.bool else mask == 0
@@ -46,10 +50,10 @@ def softmax_pattern(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.nan_to_num(pattern, nan=0.0).to(dtype)
 
 
-def pattern_rows(window, q_len: int, kv_len: int) -> slice:
+def pattern_rows(window, q_len: int) -> slice:
     """The query rows ``hook_pattern`` / ``hook_attn_scores`` carry: the ``pattern_window=(start, stop)``
-    option's rows of a call that sees the whole sequence, else all (a decoding step's one row)."""
-    if window is None or q_len != kv_len:
+    option's rows of this call's queries, all of them without a window or for a decoding step's one row."""
+    if window is None or q_len == 1:
         return slice(None)
     start, stop = query_rows(window, q_len, "pattern_window")
     return slice(start, stop)
@@ -63,8 +67,12 @@ def pattern_times_v(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def attention_forward(
-    attn, fire: Fire, hidden_states: torch.Tensor, attention_mask=None, past_key_values=None, **kwargs
-):
+    attn, fire: Fire, hidden_states: torch.Tensor, attention_mask=None, cache=None, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HF's ``NemotronHAttention.forward`` with the block's hook points; returns ``(output, weights)`` as HF
+    does (weights: what the attention function gives, e.g. eager's under ``output_attentions``)."""
+    cache = take_cache(fire, cache, kwargs)
+    check_keywords(fire, kwargs)
     hf = sys.modules[type(attn).__module__]
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, attn.head_dim)
@@ -72,12 +80,12 @@ def attention_forward(
     q = fire("hook_q", attn.q_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
     k = fire("hook_k", attn.k_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
     v = fire("hook_v", attn.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
-    if past_key_values is not None:
-        k, v = past_key_values.update(k, v, attn.layer_idx)
+    if cache is not None:
+        k, v = cache.update(k, v, attn.layer_idx, kwargs=kwargs)
 
     written, rows = False, slice(None)
     if fire.wants("hook_attn_scores") or fire.wants("hook_pattern"):
-        rows = pattern_rows(fire.options.get("pattern_window"), q.shape[2], k.shape[2])
+        rows = pattern_rows(fire.options.get("pattern_window"), q.shape[2])
         keep = keep_mask(attention_mask, q.shape[2], k.shape[2], q.device)
         scores, pattern = scores_and_pattern(q[:, :, rows], k, keep[..., rows, :], attn.scaling)
         new_scores = fire("hook_attn_scores", scores)
@@ -88,11 +96,12 @@ def attention_forward(
 
     if written and rows == slice(None):  # every row rewritten: z = pattern · v, explicitly
         z = pattern_times_v(new_pattern, v)
+        weights = new_pattern if attn.config._attn_implementation == "eager" else None
     else:
         interface = hf.ALL_ATTENTION_FUNCTIONS.get_interface(
             attn.config._attn_implementation, hf.eager_attention_forward
         )
-        z, _ = interface(
+        z, weights = interface(
             attn,
             q,
             k,
@@ -105,5 +114,8 @@ def attention_forward(
         if written:  # the window's rows rewritten: only they change
             z = z.clone()
             z[:, rows] = pattern_times_v(new_pattern, v)
+            if weights is not None:
+                weights = weights.clone()
+                weights[:, :, rows] = new_pattern
     z = fire("hook_z", z)
-    return attn.o_proj(z.reshape(*input_shape, -1).contiguous()), None
+    return attn.o_proj(z.reshape(*input_shape, -1).contiguous()), weights

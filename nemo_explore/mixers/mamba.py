@@ -17,12 +17,13 @@ import torch.nn.functional as F
 
 from ..hooks import Fire
 from ..options import state_positions
+from ._call import check_keywords, take_cache
 
 HIDDEN_ATTN_WARN_LEN = 2048
 _warned_long = False
 
 
-def _segmented_scan(hf, mixer, x, dt, A, B, C, positions, states, initial):
+def _segmented_scan(hf, mixer, x, dt, A, B, C, positions, states, initial, kwargs):
     """The scan, cut after each position in ``positions`` where the state is replaced by ``states[:, j]``.
 
     Equivalent to running HF on the prefix up to t, overwriting the recurrent state in its cache and
@@ -44,12 +45,27 @@ def _segmented_scan(hf, mixer, x, dt, A, B, C, positions, states, initial):
                 initial_states=state,
                 return_final_states=True,
                 dt_limit=(0.0, float("inf")),
+                **kwargs,
             )
             outs.append(y)
         if j < len(positions):
             state = states[:, j]
         start = stop + 1
     return torch.cat(outs, dim=1), state
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` for the caller's ``warnings.warn`` that points at the first frame outside
+    nemo_explore, torch, transformers and accelerate: the user's line, not the library's."""
+    import os  # noqa: PLC0415 (only when warning)
+
+    packages = [sys.modules.get(p) for p in ("nemo_explore", "torch", "transformers", "accelerate")]
+    dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in packages if getattr(m, "__file__", None))
+    skip = (*dirs, sys.modules["contextlib"].__file__)  # `with model.hooks(...)` inside the library
+    frame, level = sys._getframe(1), 1  # level 1: the function that calls warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
@@ -77,7 +93,7 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
             warnings.warn(
                 f"hook_hidden_attn at {seq_len} tokens is a b×h×p×p tensor per Mamba layer; restrict it with "
                 "hidden_attn_heads=[...] or hidden_attn_window=(start, stop) (query rows)",
-                stacklevel=2,
+                stacklevel=_user_stacklevel(),
             )
         heads, window = fire.options.get("hidden_attn_heads"), fire.options.get("hidden_attn_window")
         with torch.no_grad():
@@ -94,15 +110,19 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
 
 
 def mamba_forward(
-    mixer, fire: Fire, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs
+    mixer, fire: Fire, hidden_states: torch.Tensor, cache=None, attention_mask=None, **kwargs
 ) -> torch.Tensor:
+    """HF's ``NemotronHMamba2Mixer.forward`` (eval mode) with the block's hook points fired between its ops.
+    ``kwargs``: only those HF passes on to its kernels (``_call.PASSED_ON``), passed on where HF does."""
+    cache = take_cache(fire, cache, kwargs)
+    check_keywords(fire, kwargs)
     hf = sys.modules[type(mixer).__module__]
     batch, seq_len, _ = hidden_states.shape
     heads, head_dim, groups, d_state = mixer.num_heads, mixer.head_dim, mixer.n_groups, mixer.ssm_state_size
     dtype = hidden_states.dtype
-    if cache_params is not None:
-        conv_state = cache_params.get_conv_state(mixer.layer_idx, state_idx=0)
-        recurrent_state = cache_params.get_recurrent_state(mixer.layer_idx, state_idx=0)
+    if cache is not None:
+        conv_state = cache.get_conv_state(mixer.layer_idx, state_idx=0)
+        recurrent_state = cache.get_recurrent_state(mixer.layer_idx, state_idx=0)
     else:
         conv_state, recurrent_state = None, None
 
@@ -115,15 +135,13 @@ def mamba_forward(
     # Causal conv1d (+ activation), exactly HF's two paths.
     xBC = xBC.transpose(1, 2)
     weight = mixer.conv1d.weight.squeeze(1)
-    if conv_state is not None and seq_len == 1 and not cache_params.is_recording_past(mixer.layer_idx):
+    if conv_state is not None and seq_len == 1 and not cache.is_recording_past(mixer.layer_idx):
         xBC = hf.causal_conv1d_update(xBC, conv_state, weight, mixer.conv1d.bias, activation=mixer.activation)
     else:
-        if cache_params is not None:
-            xBC = cache_params.update_conv_state(
-                xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size
-            )
+        if cache is not None:
+            xBC = cache.update_conv_state(xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size)
         xBC = hf.causal_conv1d_fn(xBC, weight, mixer.conv1d.bias, activation=mixer.activation, **kwargs)
-        if cache_params is not None:
+        if cache is not None:
             xBC = xBC[:, :, -seq_len:]
     xBC = fire("hook_conv_out", hf.apply_mask_to_padding_states(xBC.transpose(1, 2), attention_mask))
     x, B, C = torch.split(xBC, [mixer.intermediate_size, groups * d_state, groups * d_state], dim=-1)
@@ -132,38 +150,38 @@ def mamba_forward(
     C = fire("hook_C", C.view(batch, seq_len, groups, d_state))
 
     if recurrent_state is not None and seq_len == 1:
-        y = _decode_step(hf, mixer, fire, x, dt_raw, A, B, C, recurrent_state)
+        y = _decode_step(hf, mixer, fire, x, dt_raw, A, B, C, recurrent_state, kwargs)
     else:
-        y, final_state = _chunked(hf, mixer, fire, x, dt_raw, A, B, C, recurrent_state)
-        if cache_params is not None:
-            cache_params.update_recurrent_state(final_state, layer_idx=mixer.layer_idx)
+        y, final_state = _chunked(hf, mixer, fire, x, dt_raw, A, B, C, recurrent_state, kwargs)
+        if cache is not None:
+            cache.update_recurrent_state(final_state, layer_idx=mixer.layer_idx)
     y = fire("hook_ssm_out", y)
     y = mixer.norm(y.reshape(batch, seq_len, -1), gate)
     return mixer.out_proj(y.to(dtype))
 
 
-def _chunked(hf, mixer, fire: Fire, x, dt_raw, A, B, C, initial):
+def _chunked(hf, mixer, fire: Fire, x, dt_raw, A, B, C, initial, kwargs):
     """The full-sequence path. Returns (y (b p h d), final state or None)."""
     limit = mixer.time_step_limit
     derived = ("hook_dt", "hook_state_norm", "hook_hidden_attn", "hook_state")
     if not any(fire.wants(p) for p in derived):
-        return _hf_chunk_scan(hf, mixer, x, dt_raw, A, B, C, initial, dt_done=False)
+        return _hf_chunk_scan(hf, mixer, x, dt_raw, A, B, C, initial, kwargs, dt_done=False)
 
     dt = torch.clamp(F.softplus(dt_raw + mixer.dt_bias.to(dt_raw.dtype)), min=limit[0], max=limit[1])
     new_dt = fire("hook_dt", dt)
     new_states = _fire_derived(fire, x.float(), new_dt, A, B, C, initial)
     if new_states is not None:
         positions = fire.options.pop("_state_cut")
-        return _segmented_scan(hf, mixer, x, new_dt, A, B, C, positions, new_states, initial)
+        return _segmented_scan(hf, mixer, x, new_dt, A, B, C, positions, new_states, initial, kwargs)
     if new_dt is not dt:
-        return _hf_chunk_scan(hf, mixer, x, new_dt, A, B, C, initial, dt_done=True)
-    return _hf_chunk_scan(hf, mixer, x, dt_raw, A, B, C, initial, dt_done=False)
+        return _hf_chunk_scan(hf, mixer, x, new_dt, A, B, C, initial, kwargs, dt_done=True)
+    return _hf_chunk_scan(hf, mixer, x, dt_raw, A, B, C, initial, kwargs, dt_done=False)
 
 
-def _hf_chunk_scan(hf, mixer, x, dt, A, B, C, initial, *, dt_done: bool):
+def _hf_chunk_scan(hf, mixer, x, dt, A, B, C, initial, kwargs, *, dt_done: bool):
     """HF's chunked scan, called as HF calls it (``dt_done=False``: raw dt, HF adds bias, softplus, clamp)
     or with a dt that is already final (``dt_done=True``)."""
-    out = hf.mamba2_chunk_scan(
+    return hf.mamba2_chunk_scan(
         x,
         dt,
         A,
@@ -177,11 +195,11 @@ def _hf_chunk_scan(hf, mixer, x, dt, A, B, C, initial, *, dt_done: bool):
         dt_softplus=not dt_done,
         initial_states=initial,
         dt_limit=(0.0, math.inf) if dt_done else mixer.time_step_limit,
+        **kwargs,
     )
-    return out
 
 
-def _decode_step(hf, mixer, fire: Fire, x, dt_raw, A, B, C, state):
+def _decode_step(hf, mixer, fire: Fire, x, dt_raw, A, B, C, state, kwargs):
     """One-token recurrent update (state mutated in place, as HF does). Returns y (b 1 h d)."""
     batch, _, heads, head_dim = x.shape
     dt_exp = dt_raw.transpose(1, 2).expand(-1, -1, head_dim)
@@ -203,6 +221,7 @@ def _decode_step(hf, mixer, fire: Fire, x, dt_raw, A, B, C, state):
         z=None,
         dt_bias=None if dt_done else bias_exp,
         dt_softplus=not dt_done,
+        **kwargs,
     )
     if fire.wants("hook_state_norm"):
         fire("hook_state_norm", state.float().flatten(2).norm(dim=-1).view(batch, 1, heads))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..hooks import Fire
+from ._call import check_keywords
 
 
 def choose_experts(router, scores: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,8 @@ def check_expert_ids(indices: torch.Tensor, n_experts: int) -> None:
         )
 
 
-def moe_forward(moe, fire: Fire, hidden_states: torch.Tensor) -> torch.Tensor:
+def moe_forward(moe, fire: Fire, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    check_keywords(fire, kwargs, known=frozenset())  # HF's block hands an MoE the hidden states alone
     router = moe.gate
     shape = hidden_states.shape  # b p d
     per_token = (*shape[:-1], -1)

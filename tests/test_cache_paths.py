@@ -1,0 +1,163 @@
+"""Exact wherever HF runs: static and dynamic caches, chunked prefill, left padding, no cache, and HF's own
+``output_attentions`` — every point observed, compared with the plain HF model (and hook_pattern with HF's
+eager attention weights, an independent computation of the same probabilities)."""
+
+import copy
+import inspect
+
+import pytest
+import torch
+from models import random_model
+from transformers import DynamicCache, StaticCache
+
+import nemo_explore as ne
+
+SHAPES = {
+    "gqa_groups": ("M*-EM", {}),
+    "attention_first": ("*M-ME", dict(chunk_size=5, mamba_num_heads=4, n_groups=4)),
+}
+EVERYTHING_BUT_HIDDEN_ATTN = lambda n: not n.endswith("hook_hidden_attn")  # noqa: E731
+
+
+@pytest.fixture(params=list(SHAPES), scope="module")
+def pair(request):
+    pattern, overrides = SHAPES[request.param]
+    hf = random_model(pattern, seed=4, **overrides)
+    return hf, ne.HookedNemotronH(hf)
+
+
+def ids(b=2, p=9, seed=0, vocab=97):
+    return torch.randint(3, vocab, (b, p), generator=torch.Generator().manual_seed(seed))
+
+
+def left_padded(b=2, p=9, pad=3, seed=0):
+    x = ids(b, p, seed)
+    mask = torch.ones_like(x)
+    mask[1, :pad] = 0
+    x[1, :pad] = 0
+    return x, mask
+
+
+def cache_kw(hf) -> str:
+    """The keyword HF's forward takes its cache under: ``cache`` (5.24) or ``past_key_values`` (5.21-5.23)."""
+    return "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
+
+
+def eager(hf):
+    twin = copy.deepcopy(hf)
+    twin.set_attn_implementation("eager")
+    return twin
+
+
+def observe_all(model):
+    return model.hooks([(EVERYTHING_BUT_HIDDEN_ATTN, lambda t, hook: None)])
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_generation_with_every_point_observed(pair, cache_implementation, padded):
+    hf, model = pair
+    x, mask = left_padded() if padded else (ids(), None)
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation=cache_implementation)
+    ref = hf.generate(x, attention_mask=mask, **kw)
+    with observe_all(model):
+        got = model.generate(x, attention_mask=mask, **kw)
+    assert torch.equal(got, ref)
+
+
+def test_generation_without_a_cache(pair):
+    hf, model = pair
+    x = ids(b=1, p=7, seed=2)
+    ref = hf.generate(x, max_new_tokens=5, do_sample=False, pad_token_id=0, use_cache=False)
+    with observe_all(model):
+        assert torch.equal(model.generate(x, max_new_tokens=5, use_cache=False), ref)
+
+
+def test_chunked_prefill_on_a_cache_equals_hf(pair):
+    """A multi-token forward on an existing cache (HF's decoder-with-past path), every point observed:
+    logits and every cache tensor equal HF's."""
+    hf, model = pair
+    x = ids(b=2, p=13, seed=5)
+    kw = cache_kw(hf)
+
+    def run():
+        cache = DynamicCache(config=hf.config)
+        first = hf(x[:, :8], use_cache=True, **{kw: cache}).logits
+        second = hf(x[:, 8:], use_cache=True, **{kw: cache}).logits
+        return first, second, cache
+
+    ref_first, ref_second, ref_cache = run()
+    with observe_all(model):
+        first, second, cache = run()
+    assert torch.equal(first, ref_first) and torch.equal(second, ref_second)
+    for i in model.layers("mamba"):
+        assert torch.equal(cache.get_recurrent_state(i), ref_cache.get_recurrent_state(i))
+        assert torch.equal(cache.get_conv_state(i), ref_cache.get_conv_state(i))
+
+
+def test_chunked_prefill_points_continue_the_full_forward(pair):
+    """On the cache, the second chunk's pattern rows and state norms are those of a forward over the whole."""
+    hf, model = pair
+    x = ids(b=1, p=13, seed=6)
+    attn, mamba = model.layers("attention")[0], model.layers("mamba")[0]
+    names = [f"blocks.{attn}.attn.hook_pattern", f"blocks.{mamba}.mamba.hook_state_norm"]
+    _, full = model.run_with_cache(x, names_filter=names)
+    seen = {}
+    cache, kw = DynamicCache(config=hf.config), cache_kw(hf)
+    with model.hooks([(n, lambda t, hook: seen.__setitem__(hook.name, t.clone())) for n in names]):
+        hf(x[:, :8], use_cache=True, **{kw: cache})
+        hf(x[:, 8:], use_cache=True, **{kw: cache})
+    torch.testing.assert_close(seen[names[0]], full[names[0]][:, :, 8:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen[names[1]], full[names[1]][:, 8:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_pattern_on_a_static_cache_equals_hf_eager_attentions(pair, padded):
+    """A static cache hands attention max_cache_len keys, the empty slots included; the pattern must put
+    weight exactly where HF's eager attention does (the prefill and each decoding step)."""
+    hf, model = pair
+    x, mask = left_padded(p=7, pad=2) if padded else (ids(p=7), None)
+    layer = model.layers("attention")[0]
+    twin, kw = eager(hf), cache_kw(hf)
+    steps = [x, x[:, -1:] * 0 + 5, x[:, -1:] * 0 + 7]
+
+    def run(m, capture):
+        cache = StaticCache(config=hf.config, max_cache_len=16)
+        out, full_mask = [], mask
+        for n, step in enumerate(steps):
+            if full_mask is not None and n:
+                full_mask = torch.cat([full_mask, torch.ones_like(step)], dim=1)
+            res = m(step, attention_mask=full_mask, use_cache=True, output_attentions=capture, **{kw: cache})
+            out.append(res.attentions[0] if capture else None)  # one entry per attention block
+        return out
+
+    ref = run(twin, capture=True)
+    got = []
+    with model.hooks([(f"blocks.{layer}.attn.hook_pattern", lambda t, hook: got.append(t.clone()))]):
+        run(hf, capture=False)
+    assert [g.shape for g in got] == [r.shape for r in ref]
+    if padded:  # padding queries see no key: all-zero rows here, HF's eager spreads them evenly
+        real = mask[1].bool()
+        got[0], ref[0] = got[0][1, :, real], ref[0][1, :, real]
+    for g, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_output_attentions_survive_hooks(pair):
+    """HF's ``output_attentions=True`` (eager) returns the same weights whether or not a point is hooked,
+    and they equal hook_pattern."""
+    hf, model = pair
+    twin = eager(hf)
+    hooked = ne.HookedNemotronH(twin)
+    x, mask = left_padded()
+    ref = twin(x, attention_mask=mask, output_attentions=True)
+    layer = model.layers("attention")[0]  # HF's attentions: one entry per attention block, this is the first
+    got = {}
+    with hooked.hooks([(f"blocks.{layer}.attn.hook_pattern", lambda t, hook: got.update(p=t.clone()))]):
+        out = twin(x, attention_mask=mask, output_attentions=True)
+    assert torch.equal(out.logits, ref.logits)
+    assert all(torch.equal(a, b) for a, b in zip(out.attentions, ref.attentions, strict=True))
+    rows = mask.bool()  # padding queries see no key: all-zero rows here, HF's eager spreads them evenly
+    want = ref.attentions[0]
+    torch.testing.assert_close(got["p"][0], want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["p"][1][:, rows[1]], want[1][:, rows[1]], rtol=1e-5, atol=1e-6)
