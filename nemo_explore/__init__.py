@@ -7,8 +7,9 @@ from .describe import ModelDescription, describe
 from .hook_names import HookNameError
 from .hooks import HookPoint, ReadOnlyHookError
 from .layer_types import LAYER_TYPES
-from .loading import CheckpointError, MemoryWarning, load
-from .model import HookedNemotronH, NotNemotronHError
+from .loading import MemoryWarning, load
+from .model import HookedNemotronH
+from .sources import CheckpointError, NotNemotronHError
 
 __all__ = [
     "MemoryWarning",

@@ -12,14 +12,22 @@ Counting conventions (each test-checked against transformers' own model):
 - ``n_active_params`` is what one token's forward pass uses: everything except the routed experts the
   router did not pick (MoE: router + shared expert + latent projections + top-k routed experts).
   Embedding and ``lm_head`` count in full.
-- ``load_bytes(dtype)``: parameters in ``dtype`` plus the router's ``e_score_correction_bias`` buffers,
-  which transformers keeps in float32. The forward pass's own working memory comes on top.
+- ``load_bytes(dtype)``: every parameter and buffer in ``dtype``, except those transformers keeps in
+  float32 when it loads in float16 or bfloat16. Those follow the installed transformers: the patterns
+  of ``NemotronHForCausalLM._keep_in_fp32_modules_strict`` (float16 and bfloat16) and
+  ``_keep_in_fp32_modules`` (float16 only), matched as transformers matches them — each a regular
+  expression, ``*`` read as ``.*``, searched anywhere in the full tensor name
+  (``model.layers.3.mixer.gate.weight``). transformers 5.21–5.23 keep the router's
+  ``e_score_correction_bias`` buffers in float32, 5.24 also the router weight ``gate.weight``. The
+  tensor names are generated from the config (nothing is built, so 120B configs stay instant). The
+  forward pass's own working memory comes on top.
 """
 
 from __future__ import annotations
 
 import html
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +35,10 @@ from typing import Any
 
 import torch
 
+from .formatting import format_bytes, format_count
 from .hook_names import BLOCK_POINTS, all_names, unknown_name_error
 from .layer_types import ATTENTION, LAYER_COLORS, LAYER_TYPES, MAMBA, MLP, MOE, PATTERN_CHAR, parse_pattern
+from .sources import TINY, CheckpointError, cached_config, is_hub_id, read_config, tiny_dir
 
 __all__ = ["ModelDescription", "describe", "format_bytes"]
 
@@ -71,7 +81,6 @@ def describe(source: Any, *, cache_dir: str | os.PathLike | None = None) -> Mode
 
 def _describe_name(source: str, cache_dir) -> ModelDescription:
     from . import registry
-    from .loading import TINY, CheckpointError, read_config
 
     path = Path(source).expanduser()
     if path.is_file() and path.name == "config.json":
@@ -90,13 +99,10 @@ def _describe_name(source: str, cache_dir) -> ModelDescription:
             notes=[found.notes] if found.notes else [],
         )
     if source == TINY:
-        try:
-            from .checkpoints import tiny_path
-        except ImportError:
-            raise CheckpointError("this installation has no bundled tiny checkpoint") from None
-        return ModelDescription(TINY, read_config(tiny_path()), origin=str(tiny_path()))
-    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        cached = _cached_config(source, cache_dir)
+        where = tiny_dir()
+        return ModelDescription(TINY, read_config(where), origin=str(where))
+    if is_hub_id(source):
+        cached = cached_config(source, cache_dir)
         if cached is not None:
             return ModelDescription(source, read_config(cached.parent), origin=str(cached))
         raise registry.unknown_error(
@@ -105,16 +111,6 @@ def _describe_name(source: str, cache_dir) -> ModelDescription:
             "download it where there is network, or pass a directory or a config)",
         )
     raise registry.unknown_error(source, why=", a checkpoint directory, or a hub id of the form 'org/name'")
-
-
-def _cached_config(repo_id: str, cache_dir) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        hit = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
-    except ValueError:  # not a valid repo id
-        return None
-    return Path(hit) if isinstance(hit, str) else None
 
 
 # ------------------------------------------------------------------------------------------ description
@@ -155,7 +151,7 @@ class ModelDescription:
         self.n_params = sum(self.params.values())
         unused = c.n_routed_experts - c.num_experts_per_tok
         self.n_active_params = self.n_params - self.counts[MOE] * unused * _expert_params(c)
-        self.n_buffers = self.counts[MOE] * c.n_routed_experts  # e_score_correction_bias, float32
+        self.n_buffers = self.counts[MOE] * c.n_routed_experts  # the routers' e_score_correction_bias
         if self.mtp_layers:
             kinds = "".join(PATTERN_CHAR[t] for t in parse_pattern(c.mtp_layers_block_type))
             self.notes.append(
@@ -170,8 +166,23 @@ class ModelDescription:
 
     # -------------------------------------------------------------------------------------------- memory
     def load_bytes(self, dtype: torch.dtype | str = torch.bfloat16) -> int:
-        """Bytes the weights take once loaded in ``dtype`` (the float32 router biases included)."""
-        return self.n_params * _itemsize(dtype) + self.n_buffers * 4
+        """Bytes the weights take once loaded in ``dtype``, counting in float32 the tensors the installed
+        transformers keeps in float32 (the MoE routers' bias buffers, and from 5.24 their weights)."""
+        return sum(self.tensor_bytes(dtype).values())
+
+    def tensor_bytes(self, dtype: torch.dtype | str = torch.bfloat16) -> dict[str, int]:
+        """Full name -> bytes of every parameter and buffer once loaded in ``dtype`` (see ``load_bytes``)."""
+        dtype = _dtype(dtype)
+        kept = _kept_in_float32(dtype)
+        return {
+            name: n * (4 if kept is not None and kept.search(name) else dtype.itemsize)
+            for name, n in self.tensor_sizes().items()
+        }
+
+    def tensor_sizes(self) -> dict[str, int]:
+        """Full name -> number of elements of every parameter and buffer of ``NemotronHForCausalLM(config)``
+        (``state_dict`` names, ``model.layers.3.mixer.gate.weight``), generated from the config."""
+        return dict(_named_sizes(self.config, self.layer_types))
 
     def hook_names(self, hooks: Any = "all") -> list[str]:
         """The hook names a selection means: ``"all"``, ``"residual"`` (each block's resid_pre, mixer_in,
@@ -311,9 +322,9 @@ class ModelDescription:
                 moe += f", latent {c.moe_latent_size}"
             widths.append(moe)
         widths.append(f"vocab {c.vocab_size}")
-        params = _count(self.n_params)
+        params = format_count(self.n_params)
         if self.counts[MOE]:
-            params += f" · active per token {_count(self.n_active_params)}"
+            params += f" · active per token {format_count(self.n_active_params)}"
         rows = [
             ("layers", f"{len(self.layer_types)}: {layers}"),
             ("pattern", self.pattern),
@@ -364,32 +375,51 @@ def _param_counts(c, counts: dict[str, int]) -> dict[str, int]:
         "embeddings": vocab * d,
         "lm_head": 0 if (c.tie_word_embeddings and _hf_ties_embeddings()) else vocab * d,
         "norms": d * (len(c.layers_block_type) + 1),  # one pre-norm per block, norm_f
-        MAMBA: counts[MAMBA] * _mamba_params(c),
-        ATTENTION: counts[ATTENTION] * _attention_params(c),
-        MLP: counts[MLP] * _mlp_params(d, c.intermediate_size, c.mlp_bias),
-        MOE: counts[MOE] * _moe_params(c),
+        **{kind: counts[kind] * sum(_MIXER_TENSORS[kind](c).values()) for kind in LAYER_TYPES},
     }
 
 
-def _mamba_params(c) -> int:
+def _named_sizes(c, layer_types: list[str]) -> Iterable[tuple[str, int]]:
+    """(state_dict name, elements) of every parameter and buffer of NemotronHForCausalLM(c)."""
+    d = c.hidden_size
+    yield "model.embeddings.weight", c.vocab_size * d
+    tables = {kind: {**_MIXER_TENSORS[kind](c), **_mixer_buffers(c, kind)} for kind in LAYER_TYPES}
+    for i, kind in enumerate(layer_types):
+        yield f"model.layers.{i}.norm.weight", d
+        for local, n in tables[kind].items():
+            yield f"model.layers.{i}.mixer.{local}", n
+    yield "model.norm_f.weight", d
+    if not (c.tie_word_embeddings and _hf_ties_embeddings()):
+        yield "lm_head.weight", c.vocab_size * d
+
+
+def _mamba_tensors(c) -> dict[str, int]:
     d, h = c.hidden_size, c.mamba_num_heads
     inner = h * c.mamba_head_dim
     conv_dim = inner + 2 * c.n_groups * c.ssm_state_size  # x, B, C go through the conv together
     proj = inner + conv_dim + h  # in_proj -> gate z, conv input, dt
-    n = d * proj + (proj if c.use_bias else 0)
-    n += conv_dim * c.conv_kernel + (conv_dim if c.use_conv_bias else 0)  # depthwise conv1d
-    n += 3 * h  # dt_bias, A_log, D
-    n += inner  # gated RMSNorm
-    n += inner * d + (d if c.use_bias else 0)  # out_proj
-    return n
+    t = {"dt_bias": h, "A_log": h, "D": h, "in_proj.weight": d * proj}
+    t["conv1d.weight"] = conv_dim * c.conv_kernel  # depthwise
+    if c.use_conv_bias:
+        t["conv1d.bias"] = conv_dim
+    t["norm.weight"] = inner  # gated RMSNorm
+    t["out_proj.weight"] = inner * d
+    if c.use_bias:
+        t["in_proj.bias"], t["out_proj.bias"] = proj, d
+    return t
 
 
-def _attention_params(c) -> int:  # q, k, v, o; NemotronHAttention has no biases
-    return 2 * c.hidden_size * c.head_dim * (c.num_attention_heads + c.num_key_value_heads)
+def _attention_tensors(c) -> dict[str, int]:  # NemotronHAttention has no biases
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    d = c.hidden_size
+    return {"q_proj.weight": q * d, "k_proj.weight": kv * d, "v_proj.weight": kv * d, "o_proj.weight": d * q}
 
 
-def _mlp_params(d: int, width: int, bias: bool) -> int:
-    return 2 * d * width + ((width + d) if bias else 0)
+def _mlp_tensors(d: int, width: int, bias: bool, prefix: str = "") -> dict[str, int]:
+    t = {f"{prefix}up_proj.weight": width * d, f"{prefix}down_proj.weight": d * width}
+    if bias:
+        t[f"{prefix}up_proj.bias"], t[f"{prefix}down_proj.bias"] = width, d
+    return t
 
 
 def _expert_params(c) -> int:
@@ -397,14 +427,54 @@ def _expert_params(c) -> int:
     return 2 * width * c.moe_intermediate_size  # up and down, no gate (ReLU²)
 
 
-def _moe_params(c) -> int:
-    d = c.hidden_size
-    n = c.n_routed_experts * _expert_params(c)
-    n += c.n_routed_experts * d  # router
-    n += _mlp_params(d, c.moe_shared_expert_intermediate_size, c.mlp_bias)
-    if c.moe_latent_size is not None:  # fc1 / fc2 latent projections
-        n += 2 * d * c.moe_latent_size + ((c.moe_latent_size + d) if c.mlp_bias else 0)
-    return n
+def _moe_tensors(c) -> dict[str, int]:
+    d, experts = c.hidden_size, c.n_routed_experts
+    t = {  # the routed experts are two fused 3-d tensors
+        "experts.up_proj": experts * _expert_params(c) // 2,
+        "experts.down_proj": experts * _expert_params(c) // 2,
+        "gate.weight": experts * d,  # the router
+        **_mlp_tensors(d, c.moe_shared_expert_intermediate_size, c.mlp_bias, "shared_experts."),
+    }
+    latent = c.moe_latent_size
+    if latent is not None:  # fc1 / fc2 latent projections
+        t["fc1_latent_proj.weight"], t["fc2_latent_proj.weight"] = latent * d, d * latent
+        if c.mlp_bias:
+            t["fc1_latent_proj.bias"], t["fc2_latent_proj.bias"] = latent, d
+    return t
+
+
+_MIXER_TENSORS = {
+    MAMBA: _mamba_tensors,
+    ATTENTION: _attention_tensors,
+    MLP: lambda c: _mlp_tensors(c.hidden_size, c.intermediate_size, c.mlp_bias),
+    MOE: _moe_tensors,
+}
+
+
+def _mixer_buffers(c, kind: str) -> dict[str, int]:
+    return {"gate.e_score_correction_bias": c.n_routed_experts} if kind == MOE else {}
+
+
+def _kept_in_float32(dtype: torch.dtype) -> re.Pattern | None:
+    """What the installed transformers keeps in float32 when it loads NemotronHForCausalLM in ``dtype``.
+
+    Mirrors ``PreTrainedModel._get_dtype_plan`` (the ``_strict`` patterns for float16 and bfloat16, the
+    others for float16 only; a model collects those of its PreTrainedModel submodules) and
+    ``core_model_loading.build_glob_alternation``, which turns each pattern into a regular expression
+    (``*`` -> ``.*``) searched in the full name of each tensor it loads.
+    """
+    from transformers import NemotronHForCausalLM, NemotronHModel
+
+    if dtype not in (torch.float16, torch.bfloat16):
+        return None
+    patterns: set[str] = set()
+    for cls in (NemotronHForCausalLM, NemotronHModel):
+        patterns.update(getattr(cls, "_keep_in_fp32_modules_strict", None) or ())
+        if dtype == torch.float16:
+            patterns.update(getattr(cls, "_keep_in_fp32_modules", None) or ())
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p.replace('*', '.*')})" for p in sorted(patterns)))
 
 
 def _hf_ties_embeddings() -> bool:
@@ -494,20 +564,3 @@ def _check_positive(**values: int) -> None:
     for key, v in values.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{key} must be a positive int, not {v!r}")
-
-
-def format_bytes(n: float) -> str:
-    """1.5 GiB, 12.0 MiB, 512 B."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _count(n: int) -> str:
-    """8.10 B = 8,100,852,736"""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit} = {n:,}"
-    return str(n)

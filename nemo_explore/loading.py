@@ -15,16 +15,10 @@ from typing import Any
 
 import torch
 
-from .model import HookedNemotronH, NotNemotronHError
+from .model import HookedNemotronH
+from .sources import TINY, CheckpointError, read_config, resolve, weight_files
 
-TINY = "tiny"
-# Keys of remote-code configs that the native config spells differently or must not see.
-_LEGACY_RENAMES = {"attention_head_dim": "head_dim"}
-_DROP = ("auto_map", "architectures", "transformers_version", "_name_or_path")
-
-
-class CheckpointError(ValueError):
-    pass
+__all__ = ["TINY", "CheckpointError", "MemoryWarning", "announce_memory", "load", "read_config"]
 
 
 def load(
@@ -43,10 +37,12 @@ def load(
     ``source``: ``"tiny"`` (bundled, offline), a hub id (``"nvidia/Nemotron-H-8B-Base-8K"``; resolved
     through the normal HF cache, so ``HF_HUB_OFFLINE=1`` works for cached models), a local checkpoint
     directory, or a ``NemotronHForCausalLM`` already built. ``dtype`` (``torch.bfloat16`` or ``"bfloat16"``),
-    ``device`` and ``device_map`` (accelerate: ``"auto"``, ``{"model.layers.0": 0, ...}``) go to transformers.
+    ``device`` and ``device_map`` (accelerate: ``"auto"``, ``{"model.layers.0": 0, ...}``) go to transformers;
+    a CUDA device that this torch build or machine lacks is refused (``ValueError``) before anything loads.
     ``tokenizer``: a tokenizer to use instead of the checkpoint's own.
     """
     if isinstance(source, torch.nn.Module):
+        check_devices(device, None)
         model = source
         if dtype is not None:
             model = model.to(dtype=_dtype(dtype))
@@ -58,9 +54,10 @@ def load(
             f"load() takes 'tiny', a hub id, a directory or an HF model, not {type(source).__name__}"
         )
 
-    where = _resolve(str(source), revision)
+    check_devices(device, device_map)
+    where = resolve(str(source), revision)
     config = read_config(where)
-    files = _weight_files(where)
+    files = weight_files(where)
     if not any(f.endswith(".safetensors") for f in files):
         if not files:
             raise CheckpointError(f"{where} has no weights (*.safetensors or *.bin)")
@@ -125,6 +122,66 @@ def announce_memory(config, dtype, device, device_map) -> None:
         warnings.warn(message, MemoryWarning, stacklevel=3)
 
 
+_PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")  # device_map strategies, not devices
+
+
+def check_devices(device, device_map) -> None:
+    """Before anything loads: refuse a CUDA device (``device``, or a ``device_map`` entry) that this
+    torch build or this machine does not have, saying what to do instead (torch would fail later
+    with a bare ``AssertionError: Torch not compiled with CUDA enabled``)."""
+    asked = [("device", device)] if device is not None else []
+    if isinstance(device_map, dict):
+        asked += [(f"device_map[{key!r}]", value) for key, value in device_map.items()]
+    elif device_map is not None and not (isinstance(device_map, str) and device_map in _PLACEMENTS):
+        asked.append(("device_map", device_map))
+    for what, value in asked:
+        problem = _missing_cuda(value)
+        if problem:
+            raise ValueError(f"{what}={value!r} asks for a CUDA GPU, but {problem}")
+
+
+def _missing_cuda(value) -> str | None:
+    """Why the CUDA device ``value`` names cannot be used here, or None (also for non-CUDA devices)."""
+    if isinstance(value, int) and not isinstance(value, bool):  # an accelerator index, as accelerate reads it
+        if not torch.cuda.is_available() and _other_accelerator():
+            return None
+        index = value
+    else:
+        try:
+            dev = torch.device(value)
+        except (RuntimeError, TypeError, ValueError):
+            return None  # not a device name (e.g. "disk"): transformers / accelerate say what they accept
+        if dev.type != "cuda":
+            return None
+        index = dev.index or 0
+    cpu_instead = "Load on the CPU instead (device='cpu', or no device / device_map)"
+    if not torch.backends.cuda.is_built():
+        return (
+            f"this torch ({torch.__version__}) is a CPU-only build. {cpu_instead}, or run where there is an "
+            "NVIDIA GPU with a CUDA build of torch (https://pytorch.org/get-started/locally/)."
+        )
+    count = torch.cuda.device_count()
+    if count == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hidden = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        return (
+            f"torch {torch.__version__} sees no CUDA device on this machine{hidden}. {cpu_instead}, or check "
+            "the GPU driver (nvidia-smi)."
+        )
+    if index >= count:
+        return f"this machine has {count} CUDA device(s): use cuda:0 .. cuda:{count - 1}."
+    return None
+
+
+def _other_accelerator() -> bool:
+    """Whether torch has a non-CUDA accelerator (xpu, mps, ...) that an integer device index may mean."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is None or not accelerator.is_available():
+        return False
+    current = accelerator.current_accelerator()
+    return current is not None and current.type != "cuda"
+
+
 def _free_memory(device: torch.device) -> int | None:
     """Free bytes on a CUDA device, or available RAM for the CPU (None where it cannot be read)."""
     if device.type == "cuda":
@@ -142,61 +199,6 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     if not isinstance(value, torch.dtype):
         raise ValueError(f"unknown dtype {dtype!r}: use e.g. torch.bfloat16, 'bfloat16', 'float32'")
     return value
-
-
-def _resolve(source: str, revision: str | None) -> Path:
-    """'tiny' | directory | hub id -> a local directory holding config.json and the weights."""
-    if source == TINY:
-        from .checkpoints import tiny_path
-
-        return tiny_path()
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path} is a directory but has no config.json: is it a checkpoint?")
-        return path
-    if path.exists() or source.count("/") != 1 or source.startswith((".", "/", "~")):
-        raise CheckpointError(
-            f"{source!r} is neither 'tiny', a checkpoint directory, nor a hub id of the form 'org/name'"
-        )
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
-    try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
-    except LocalEntryNotFoundError as err:
-        raise CheckpointError(
-            f"{source!r} is not in the local Hugging Face cache and the hub cannot be reached "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Download it where there is network "
-            "(huggingface-cli download ...) or pass a local directory."
-        ) from err
-
-
-def read_config(where: Path):
-    """config.json -> a native NemotronHConfig, legacy spellings mapped, remote code ignored."""
-    from transformers import NemotronHConfig
-
-    raw = NemotronHConfig._dict_from_json_file(Path(where) / "config.json")  # decodes Infinity & co
-    model_type = raw.get("model_type")
-    if model_type != "nemotron_h":
-        arch = ", ".join(raw.get("architectures") or []) or "unknown architecture"
-        raise NotNemotronHError(
-            f"{where} holds a {model_type!r} model ({arch}), not Nemotron-H (model_type 'nemotron_h'); "
-            "nemo_explore only instruments Nemotron-H checkpoints."
-        )
-    cfg = {_LEGACY_RENAMES.get(k, k): v for k, v in raw.items() if k not in _DROP}
-    if "layers_block_type" in cfg and "hybrid_override_pattern" in cfg:
-        cfg.pop("hybrid_override_pattern")
-    if isinstance(cfg.get("layers_block_type"), list):
-        from .layer_types import to_hf
-
-        cfg["layers_block_type"] = to_hf(cfg["layers_block_type"])
-    return NemotronHConfig.from_dict(cfg)
-
-
-def _weight_files(where: Path) -> list[str]:
-    return [p.name for p in Path(where).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
 
 
 def _tokenizer(where: Path):

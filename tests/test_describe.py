@@ -11,24 +11,31 @@ from transformers import NemotronHConfig, NemotronHForCausalLM
 import nemo_explore as ne
 from nemo_explore import registry
 from nemo_explore.configs import small_config
-from nemo_explore.describe import describe, format_bytes
-from nemo_explore.loading import CheckpointError
+from nemo_explore.describe import describe
+from nemo_explore.formatting import format_bytes
+from nemo_explore.sources import CheckpointError
 
 GiB = 2**30
 
 
-def hf_counts(config):
-    """(parameters, buffer elements) of transformers' own model, built on the meta device."""
+def hf_counts(config, names=False):
+    """(parameters, buffer elements) of transformers' own model, built on the meta device; with
+    ``names``, also {name: elements} of every parameter and buffer."""
     with torch.device("meta"):
         model = NemotronHForCausalLM(config)
-    return sum(p.numel() for p in model.parameters()), sum(b.numel() for b in model.buffers())
+    counts = sum(p.numel() for p in model.parameters()), sum(b.numel() for b in model.buffers())
+    if not names:
+        return counts
+    return *counts, {n: t.numel() for n, t in [*model.named_parameters(), *model.named_buffers()]}
 
 
 @pytest.mark.parametrize("name", registry.names())
 def test_parameter_count_equals_transformers_for_every_registry_entry(name):
     d = describe(name)
-    assert (d.n_params, d.n_buffers) == hf_counts(registry.get(name))
+    n_params, n_buffers, sizes = hf_counts(registry.get(name), names=True)
+    assert (d.n_params, d.n_buffers) == (n_params, n_buffers)
     assert d.n_params == sum(d.params.values())
+    assert d.tensor_sizes() == sizes  # the names load_bytes matches transformers' float32 patterns against
 
 
 @pytest.mark.parametrize(
@@ -42,7 +49,8 @@ def test_parameter_count_equals_transformers_for_every_registry_entry(name):
 )
 def test_parameter_count_equals_transformers_for_every_bias_and_moe_option(overrides):
     cfg = small_config("all", **overrides)
-    assert describe(cfg).n_params == hf_counts(cfg)[0]
+    n_params, _, sizes = hf_counts(cfg, names=True)
+    assert describe(cfg).n_params == n_params and describe(cfg).tensor_sizes() == sizes
 
 
 def test_active_parameters_are_those_one_token_touches():
@@ -66,14 +74,41 @@ def test_active_parameters_are_those_one_token_touches():
     assert d.n_active_params == active < d.n_params
 
 
+def loaded_bytes(path, dtype):
+    """{name: bytes} of every parameter and buffer of the checkpoint at ``path`` loaded in ``dtype``."""
+    model = NemotronHForCausalLM.from_pretrained(path, dtype=dtype)
+    return {n: t.numel() * t.element_size() for n, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
 def test_load_bytes_equal_the_loaded_model(tmp_path):
+    """Tensor by tensor, whichever of them the installed transformers keeps in float32 (5.21-5.23: the
+    routers' e_score_correction_bias; 5.24: also the router weights gate.weight)."""
     random_model("M*-EM", moe_latent_size=12).save_pretrained(tmp_path)
     d = describe(tmp_path)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        model = NemotronHForCausalLM.from_pretrained(tmp_path, dtype=dtype)
-        tensors = [*model.parameters(), *model.buffers()]
-        assert d.load_bytes(dtype) == sum(t.numel() * t.element_size() for t in tensors)
+        loaded = loaded_bytes(tmp_path, dtype)
+        assert d.tensor_bytes(dtype) == loaded
+        assert d.load_bytes(dtype) == sum(loaded.values())
         assert d.load_bytes(str(dtype).removeprefix("torch.")) == d.load_bytes(dtype)
+
+
+def test_load_bytes_follow_the_float32_patterns_of_the_installed_transformers(tmp_path, monkeypatch):
+    """More patterns, matched as transformers matches them (a regex, ``*`` = ``.*``, searched in the full
+    name): the strict ones for float16 and bfloat16, ``_keep_in_fp32_modules`` for float16 only."""
+    from transformers.models.nemotron_h import modeling_nemotron_h
+
+    base = modeling_nemotron_h.NemotronHPreTrainedModel
+    strict = list(base._keep_in_fp32_modules_strict or [])
+    monkeypatch.setattr(base, "_keep_in_fp32_modules_strict", [*strict, "A_log", "layers.*.conv1d.bias"])
+    monkeypatch.setattr(base, "_keep_in_fp32_modules", ["norm_f"])
+    random_model("M*-EM").save_pretrained(tmp_path)
+    d = describe(tmp_path)
+    for dtype in (torch.bfloat16, torch.float16):
+        loaded = loaded_bytes(tmp_path, dtype)
+        assert d.tensor_bytes(dtype) == loaded
+        wide = {n for n, b in d.tensor_bytes(dtype).items() if b == 4 * d.tensor_sizes()[n]}
+        assert {"model.layers.0.mixer.A_log", "model.layers.4.mixer.conv1d.bias"} <= wide
+        assert ("model.norm_f.weight" in wide) == (dtype == torch.float16)
 
 
 @pytest.fixture(scope="module")

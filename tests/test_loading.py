@@ -103,8 +103,12 @@ def test_hub_id_through_offline_cache(hf, ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     model = ne.load("acme/tiny-nemotron-h")
     assert torch.equal(model(ids()), hf(ids()).logits)
-    with pytest.raises(ne.CheckpointError, match="not in the local Hugging Face cache"):
+    with pytest.raises(ne.CheckpointError, match="not in the local Hugging Face cache") as err:
         ne.load("acme/not-there")
+    assert "`hf download acme/not-there`" in str(err.value)  # the CLI huggingface_hub installs today
+    assert "huggingface-cli" not in str(err.value)
+    with pytest.raises(ne.CheckpointError, match="`hf download acme/not-there --revision v2`"):
+        ne.load("acme/not-there", revision="v2")
 
 
 def test_pickle_refused_unless_allowed(hf, tmp_path):
@@ -130,6 +134,46 @@ def test_not_nemotron_h_is_named(tmp_path):
         ne.load(tmp_path)
     with pytest.raises(ne.CheckpointError, match="neither 'tiny', a checkpoint directory"):
         ne.load("no/such/thing/here")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_cuda_is_refused_up_front(hf):
+    """A CUDA device this torch build or machine lacks: a clear error before anything loads, instead of
+    torch's bare AssertionError ("Torch not compiled with CUDA enabled") from deep inside the load."""
+    build = "a CPU-only build" if not torch.backends.cuda.is_built() else "sees no CUDA device"
+    asks = [
+        dict(device="cuda"),
+        dict(device=torch.device("cuda", 0)),
+        dict(device_map="cuda:0"),
+        dict(device_map={"": 0}),
+        dict(device_map={"model.embeddings": "cpu", "model.layers": "cuda:1", "lm_head": "cpu"}),
+    ]
+    for kwargs in asks:
+        with pytest.raises(ValueError, match=f"asks for a CUDA GPU, but .*{build}.*device='cpu'"):
+            ne.load("tiny", **kwargs)
+    with pytest.raises(ValueError, match="asks for a CUDA GPU"):
+        ne.load(hf, device="cuda")  # a model in memory, moved
+    assert next(hf.parameters()).device.type == "cpu"
+    from nemo_explore.loading import check_devices
+
+    check_devices("cpu", {"model.layers.0": "cpu", "model.layers.1": "disk"})  # no CUDA asked: fine
+    check_devices(None, "auto")
+
+
+def test_cuda_device_count_is_checked(monkeypatch):
+    from nemo_explore.loading import check_devices
+
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="sees no CUDA device on this machine.*nvidia-smi"):
+        check_devices("cuda", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_devices("cuda:1", {"": 0})
+    too_far = r"device_map\['lm_head'\]='cuda:2' .* 2 CUDA device\(s\): use cuda:0 .. cuda:1"
+    with pytest.raises(ValueError, match=too_far):
+        check_devices(None, {"model": 0, "lm_head": "cuda:2"})
 
 
 def test_bf16_hooks_within_tolerance(hf, ckpt):
