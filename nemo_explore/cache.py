@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from .describe import format_bytes
+from .formatting import format_bytes
 from .layer_types import HOOK_PREFIX, LAYER_COLORS, canonical, to_pattern
 
 
@@ -44,9 +44,15 @@ class ActivationCache(Mapping):
     def __getitem__(self, name: str) -> torch.Tensor:
         if name in self._data:
             return self._data[name]
-        from .hook_names import unknown_name_error
+        from .hook_names import HookNameError, all_names, unknown_name_error
 
-        raise unknown_name_error(name, list(self._data), where="this cache", layer_types=self.layer_types)
+        known = all_names(self.layer_types)
+        if name in known:
+            raise HookNameError(
+                f"{name!r} is a hook point of this model but was not cached: cache it with "
+                f"model.run_with_cache(input, names_filter=[{name!r}, ...]) (names_filter=None caches all)"
+            )
+        raise unknown_name_error(name, known, layer_types=self.layer_types)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -110,8 +116,22 @@ class ActivationCache(Mapping):
         names = [f"blocks.{i}.{point}" for i in idx]
         have = [n for n in names if n in self._data]
         if not have:
-            raise KeyError(f"no cached tensor matches blocks.*.{point}; cache it first (names_filter)")
+            raise self._stack_error(point, list(idx), layer_type)
         return torch.stack([self._data[n] for n in have])
+
+    def _stack_error(self, point: str, idx: list[int], layer_type: str | None) -> KeyError:
+        """``stack(point)`` found nothing: a real point that was not cached, or a name to correct."""
+        from .hook_names import HookNameError, block_point_names, unknown_name_error
+
+        have = {n.split(".", 2)[2] for i in idx for n in block_point_names(i, self.layer_types[i])}
+        if point in have:
+            return HookNameError(
+                f"{point!r} was not cached: cache it with model.run_with_cache(input, "
+                f"names_filter=lambda n: n.endswith({'.' + point!r})), then stack it"
+            )
+        blocks = f"the {canonical(layer_type)} blocks" if layer_type else "the blocks"
+        where = f"{blocks} of this model (stack takes names without 'blocks.{{i}}.')"
+        return unknown_name_error(point, sorted(have), where=where)
 
     def point(self, i: int, name: str) -> torch.Tensor:
         """``cache.point(3, 'hook_pattern')`` -> ``cache['blocks.3.attn.hook_pattern']``: the kind prefix is

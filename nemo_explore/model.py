@@ -8,28 +8,23 @@ forward (``mixers/``) for points inside a mixer — and removing it takes exactl
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
-from transformers.integrations.accelerate import force_accelerate_hooks
 
+from . import guard
 from .cache import ActivationCache
 from .describe import describe
 from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
 from .hooks import Fire, HookFn, HookPoint, HookRegistry
+from .instrument import instrument_mixer
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, canonical, parse_pattern
-from .mixers import attention_forward, mamba_forward, mlp_forward, moe_forward
 from .options import check_options, state_positions
+from .sources import NotNemotronHError
 from .token_text import token_text
 
-_MIXER_FORWARD = {ATTENTION: attention_forward, MAMBA: mamba_forward, MLP: mlp_forward, MOE: moe_forward}
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 Input = str | Sequence[str] | torch.Tensor
-
-
-class NotNemotronHError(TypeError):
-    pass
 
 
 def check_nemotron_h(hf_model) -> None:
@@ -129,12 +124,26 @@ class HookedNemotronH:
         mask = enc["attention_mask"]
         return enc["input_ids"].to(self.device), (None if bool(mask.all()) else mask.to(self.device))
 
-    def to_str_tokens(self, text: str | torch.Tensor) -> list[str]:
+    def to_str_tokens(self, input: Input | Sequence[int]) -> list[str] | list[list[str]]:
         """One string per token, as the tokenizer produced it (spaces and newlines kept; a piece of a
-        multi-byte character as its bytes, ``'\\xe2'``)."""
+        multi-byte character as its bytes, ``'\\xe2'``).
+
+        As in TransformerLens: a text, 1-D ids or ``(1, p)`` ids -> ``list[str]``; a list of texts or
+        ``(b, p)`` ids -> one ``list[str]`` per row (the padding of texts dropped).
+        """
         tok = self._need_tokenizer()
-        ids = self.to_tokens(text)[0] if isinstance(text, str) else torch.as_tensor(text).reshape(-1)
-        return [token_text(tok, i) for i in ids.tolist()]
+        if isinstance(input, str):
+            return [token_text(tok, i) for i in self.to_tokens(input)[0].tolist()]
+        if _is_texts(input):
+            return self._str_tokens_of(*self._encode(input))
+        ids = torch.as_tensor(input)
+        if ids.dim() == 2 and ids.shape[0] == 1:
+            ids = ids[0]  # one row of a batch, as to_tokens(text) gives it
+        if ids.dim() > 2:
+            raise ValueError(f"token ids must be (batch, pos) or (pos,), got shape {tuple(ids.shape)}")
+        if ids.dim() == 2:
+            return [[token_text(tok, i) for i in row] for row in ids.tolist()]
+        return [token_text(tok, i) for i in ids.reshape(-1).tolist()]
 
     def to_string(self, tokens: torch.Tensor) -> str | list[str]:
         tok = self._need_tokenizer()
@@ -146,18 +155,28 @@ class HookedNemotronH:
     def to_inputs(self, input: Input, attention_mask: torch.Tensor | None = None,
                   padding_side: str = "right"):
         """Text, texts or ids -> ``(input_ids (b p), attention_mask (b p) or None)`` on the model's device.
-        Texts are padded on ``padding_side``; ids are checked against the vocabulary."""
-        if isinstance(input, str) or (isinstance(input, Sequence) and input and isinstance(input[0], str)):
+        Texts are padded on ``padding_side``; ids (any integer dtype) are checked against the vocabulary."""
+        if isinstance(input, Sequence) and not isinstance(input, str) and len(input) == 0:
+            raise ValueError("the input has no tokens (an empty list): pass a text, texts or token ids")
+        if isinstance(input, str) or _is_texts(input):
             if attention_mask is not None:
                 raise ValueError("attention_mask is built from the texts; pass it only with token ids")
-            return self._encode(input, padding_side)
+            ids, mask = self._encode(input, padding_side)
+            if ids.shape[1] == 0:
+                raise ValueError("the input has no tokens (the tokenizer gave none): pass a non-empty text")
+            return ids, mask
         ids = torch.as_tensor(input)
-        if ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"token ids must be integers, got {ids.dtype}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"token ids must be integers, got {ids.dtype}: pass ids.long() or a text")
+        ids = ids.long()
         if ids.dim() == 1:
             ids = ids[None]
         if ids.dim() != 2:
             raise ValueError(f"token ids must be (batch, pos) or (pos,), got shape {tuple(ids.shape)}")
+        if ids.numel() == 0:
+            raise ValueError(
+                f"the input has no tokens (shape {tuple(ids.shape)}): pass at least one token id per row"
+            )
         vocab = self.cfg.vocab_size
         if ids.numel() and (int(ids.max()) >= vocab or int(ids.min()) < 0):
             raise ValueError(f"token ids must lie in [0, {vocab}); got {int(ids.min())}..{int(ids.max())}")
@@ -168,11 +187,11 @@ class HookedNemotronH:
     def _str_tokens_of(self, ids: torch.Tensor, mask: torch.Tensor | None) -> list[list[str]] | None:
         if self.tokenizer is None:
             return None
-        rows = []
-        for r, row in enumerate(ids.tolist()):
-            n = int(mask[r].sum()) if mask is not None else len(row)
-            rows.append([token_text(self.tokenizer, i) for i in row[:n]])
-        return rows
+        keep = mask.bool().tolist() if mask is not None else [[True] * ids.shape[1]] * ids.shape[0]
+        return [
+            [token_text(self.tokenizer, i) for i, k in zip(row, row_keep, strict=True) if k]
+            for row, row_keep in zip(ids.tolist(), keep, strict=True)
+        ]
 
     # ------------------------------------------------------------------ running
     def __call__(
@@ -180,17 +199,22 @@ class HookedNemotronH:
     ) -> torch.Tensor:
         """Logits ``(b, p, vocab)`` (``return_type='loss'``: mean next-token loss; ``'loss_per_token'``:
         ``(b, p-1)``), with whatever hooks are active."""
+        _check_return_type(return_type)
         ids, mask = self.to_inputs(input, attention_mask)
+        # a loss is counted where both the token and the one it is predicted from are real (not padding)
+        keep = None if mask is None else (mask[:, 1:] * mask[:, :-1]).bool()
+        if return_type != "logits" and (ids.shape[1] < 2 or (keep is not None and not keep.any())):
+            raise ValueError(
+                f"return_type={return_type!r} needs a next token to predict, and this input has a single "
+                "token per row: pass a longer input, or use return_type='logits'"
+            )
         logits = self.hf_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         if return_type == "logits":
             return logits
-        if return_type in ("loss", "loss_per_token"):
-            per_token = token_losses(logits, ids)
-            if return_type == "loss_per_token":
-                return per_token
-            keep = mask[:, 1:].bool() if mask is not None else torch.ones_like(per_token, dtype=torch.bool)
-            return per_token[keep].mean()
-        raise ValueError(f"return_type must be 'logits', 'loss' or 'loss_per_token', not {return_type!r}")
+        per_token = token_losses(logits, ids)
+        if return_type == "loss_per_token":
+            return per_token
+        return per_token.mean() if keep is None else per_token[keep].mean()
 
     forward = __call__
 
@@ -204,6 +228,7 @@ class HookedNemotronH:
     ) -> torch.Tensor:
         """Run once with ``fwd_hooks`` = ``[(name or predicate, fn)]``; ``fn(tensor, hook)`` may return a
         replacement. Options: as for ``run_with_cache``."""
+        _check_return_type(return_type)
         with self.hooks(fwd_hooks, **options):
             return self(input, attention_mask=attention_mask, return_type=return_type)
 
@@ -226,7 +251,16 @@ class HookedNemotronH:
         ``hook_hidden_attn``), ``pattern_window`` (query rows ``(start, stop)`` of ``hook_pattern`` and
         ``hook_attn_scores``: for long inputs, b·h·q·p instead of b·h·p²).
         """
+        _check_return_type(return_type)
         names = self._resolve(names_filter)
+        if not names:
+            if callable(names_filter):
+                examples = ", ".join(repr(n) for n in self._examples())
+                raise ValueError(
+                    f"names_filter matched no hook point of this model. Names look like {examples}; "
+                    "list them with model.hook_names() (or hook_names(layer_type='mamba'))"
+                )
+            raise ValueError("names_filter is empty: pass a name, names, a predicate, or None for all points")
         store: dict[str, torch.Tensor] = {}
         to_host = device is not None and torch.device(device).type == "cpu"
         copying = []  # GPU -> host copies still in flight
@@ -266,10 +300,27 @@ class HookedNemotronH:
 
     @torch.no_grad()
     def generate(self, input: Input, max_new_tokens: int = 20, fwd_hooks=(), **kwargs) -> torch.Tensor:
-        """HF's ``generate`` (greedy unless told otherwise) with any active hooks plus ``fwd_hooks``.
-        Texts are left-padded. Returns the token ids, prompt included ``(b, p + new)``."""
+        """HF's ``generate`` with any active hooks plus ``fwd_hooks``. Texts are left-padded. Returns the
+        token ids, prompt included ``(b, p + new)``.
+
+        Greedy by default; giving a sampling argument (``temperature``, ``top_k``, ``top_p``, ``typical_p``,
+        ``min_p``...) samples, as in TransformerLens (``do_sample=True`` is implied), except
+        ``temperature=0``, which means greedy. ``do_sample=False`` with a sampling argument is an error.
+        """
+        sampling = [k for k in SAMPLING_ARGS if kwargs.get(k) is not None]
+        if kwargs.get("temperature") == 0:  # TransformerLens' spelling of greedy
+            kwargs.pop("temperature")
+            sampling.remove("temperature")
+            if kwargs.get("do_sample"):
+                raise ValueError("temperature=0 means greedy: drop do_sample=True, or give a temperature > 0")
+            kwargs["do_sample"] = False
+        if sampling and kwargs.get("do_sample") is False:
+            raise ValueError(
+                f"do_sample=False decodes greedily and would ignore {', '.join(sampling)}: "
+                "drop do_sample=False to sample, or drop them for greedy decoding"
+            )
+        kwargs.setdefault("do_sample", bool(sampling))
         ids, mask = self.to_inputs(input, kwargs.pop("attention_mask", None), padding_side="left")
-        kwargs.setdefault("do_sample", False)
         if self.tokenizer is not None:
             kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with self.hooks(fwd_hooks):
@@ -318,6 +369,14 @@ class HookedNemotronH:
             if name not in self._name_set:
                 raise unknown_name_error(name, self._names, layer_types=self.layer_types)
         return names
+
+    def _examples(self) -> list[str]:
+        """A few hook names, the first of each kind of point (for error messages)."""
+        first: dict[str, str] = {}
+        for name in self._names:
+            i, sub, _ = parse(name)
+            first.setdefault("model" if i is None else sub or "block", name)
+        return list(first.values())
 
     def _sync(self) -> None:
         """Attach what the active hooks need and detach what they no longer need."""
@@ -370,32 +429,31 @@ class HookedNemotronH:
         raise AssertionError(name)
 
     def _attach_mixer(self, i: int) -> Callable[[], None]:
-        """Swap block i's mixer forward for the instrumented one (under accelerate's hook, if any)."""
+        """Swap block i's mixer forward for the instrumented one, once the mirror check of its kind passed."""
         kind = self.layer_types[i]
-        mixer = self.blocks[i].mixer
+        guard.ensure(kind)
         fire = Fire(self._registry, i, kind, f"blocks.{i}.{HOOK_PREFIX[kind]}.", self._options)
-        forward = _MIXER_FORWARD[kind]
-        attr = "_old_forward" if hasattr(mixer, "_hf_hook") and hasattr(mixer, "_old_forward") else "forward"
-        had = attr in mixer.__dict__
-        original = mixer.__dict__.get(attr)
+        return instrument_mixer(self.blocks[i].mixer, kind, fire)
 
-        def instrumented(module, *args, **kwargs):
-            return forward(module, fire, *args, **kwargs)
 
-        # Submodules whose weights the instrumented forward reads without calling them: fire their accelerate
-        # hooks (offloaded weights), as HF's own Mamba forward does for conv1d.
-        direct = {MAMBA: "conv1d", MOE: "gate"}.get(kind)
-        if direct:
-            instrumented = force_accelerate_hooks(direct)(instrumented)
-        setattr(mixer, attr, functools.partial(instrumented, mixer))
+RETURN_TYPES = ("logits", "loss", "loss_per_token")
+SAMPLING_ARGS = ("temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff")
 
-        def detach() -> None:
-            if had:
-                setattr(mixer, attr, original)
-            else:
-                delattr(mixer, attr)
 
-        return detach
+def _check_return_type(return_type: str) -> None:
+    if return_type not in RETURN_TYPES:
+        import difflib  # noqa: PLC0415 (only for the error message)
+
+        close = difflib.get_close_matches(str(return_type), RETURN_TYPES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"return_type must be one of {RETURN_TYPES}, not {return_type!r}.{hint}")
+
+
+def _is_texts(input) -> bool:
+    """A non-empty list (or tuple) of texts."""
+    if isinstance(input, str) or not isinstance(input, Sequence):
+        return False
+    return bool(input) and isinstance(input[0], str)
 
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,10 @@ class MirrorError(RuntimeError):
     """nemo_explore's instrumented forwards no longer mirror the installed transformers."""
 
 
+class MirrorWarning(UserWarning):
+    """The installed transformers' Nemotron-H code is not one that was verified (its self-check passed)."""
+
+
 def installed() -> str:
     import transformers
 
@@ -34,3 +38,65 @@ def drift_error(what: str) -> MirrorError:
         "ln_final.hook_normalized), which does not depend on the mirrored code. To run anyway at your own "
         "risk: nemo_explore.guard.accept_risk() or NEMO_EXPLORE_ACCEPT_DRIFT=1."
     )
+
+
+# ------------------------------------------------------------------------------- the code that was verified
+# HF code each kind's instrumented forward mirrors (the block's call into the mixer included).
+MIRRORED = {
+    "mamba": ("NemotronHBlock.forward", "NemotronHMamba2Mixer.forward"),
+    "attention": ("NemotronHBlock.forward", "NemotronHAttention.forward", "eager_attention_forward"),
+    "moe": ("NemotronHBlock.forward", "NemotronHMoE.forward", "NemotronHTopkRouter.forward"),
+    "mlp": ("NemotronHBlock.forward", "NemotronHMLP.forward"),
+}
+# kind -> fingerprint of that code -> the releases that ship it; the whole test suite ran on a release of
+# each (CI: OLDEST_VERIFIED and NEWEST_VERIFIED). Written by scripts/fingerprint_hf.py.
+VERIFIED_CODE: dict[str, dict[str, str]] = {
+    'mamba': {
+        '19a2082f4745ba28': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
+        'f8b39b13717fdf95': '5.24.0',
+    },
+    'attention': {
+        'bc468f4c5363517d': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
+        '7c7cde1aebbfa143': '5.24.0',
+    },
+    'moe': {
+        'a5eae9b08c5fe96e': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
+        '2cb11f5c2ceeb3be': '5.24.0',
+    },
+    'mlp': {
+        'e3e61d6702e42c2c': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
+        '4f9c335aa62bbf12': '5.24.0',
+    },
+}
+
+
+def code_fingerprints(source: str) -> dict[str, str]:
+    """The text of ``modeling_nemotron_h.py`` -> a short hash per kind of the code that kind mirrors
+    (``MIRRORED``), blind to comments and layout."""
+    import ast
+    import hashlib
+    import io
+    import textwrap
+    import tokenize
+
+    lines, defs = source.splitlines(), {}
+    for node in ast.parse(source).body:
+        members = node.body if isinstance(node, ast.ClassDef) else [node]
+        for item in members:
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                defs[f"{node.name}.{item.name}" if item is not node else item.name] = item
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+
+    def text(name: str) -> str:
+        node = defs.get(name)
+        if node is None:
+            return f"<{name} missing>"
+        start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+        code = textwrap.dedent("\n".join(lines[start - 1 : node.end_lineno]))
+        tokens = tokenize.generate_tokens(io.StringIO(code).readline)
+        return " ".join(t.string for t in tokens if t.type not in skip)
+
+    return {
+        kind: hashlib.sha256("\n".join(text(n) for n in names).encode()).hexdigest()[:16]
+        for kind, names in MIRRORED.items()
+    }

@@ -120,7 +120,8 @@ class Explorer(widgets.VBox):
                 return self.model.run_with_cache(text, names_filter=[name], **options)[1][name]
 
         with torch.no_grad():
-            _, cache = self.model.run_with_cache(text, names_filter=[n for n in names if n.endswith(POINTS)])
+            wanted = [n for n in names if n.endswith(POINTS)] or ["hook_embed"]  # no Mamba / MoE block
+            _, cache = self.model.run_with_cache(text, names_filter=wanted)
         cache = OnDemandCache(cache, [n for n in names if n.endswith(PAIRWISE)], fetch)
         cache.hidden_attn_window = options.get("hidden_attn_window")
         cache.pattern_window = options.get("pattern_window")
