@@ -8,13 +8,14 @@ rm -rf "$ENV"
 python3 -m venv "$ENV"
 PY="$ENV/bin/python"
 export PIP_RETRIES=0 PIP_TIMEOUT=5   # the CPU index is out of reach here; pip falls back to what it has
-"$PY" -m pip install -q --upgrade pip
+"$PY" -m pip install -q -c constraints/newest.txt pip
 "$PY" -m pip install -q -r binder/requirements.txt
 PATH="$ENV/bin:$PATH" bash binder/postBuild
-"$PY" -m pip install -q nbclient nbformat ipykernel
-if "$PY" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
+"$PY" -m pip install -q -c constraints/newest.txt nbclient nbformat ipykernel   # to run the notebook here
+if "$PY" -m pip list 2>/dev/null | grep -Eqi '^(nvidia-|cuda-|triton )'; then
     echo "binder: GPU packages were installed"; exit 1
 fi
+"$PY" -c 'import torch, transformers; print(f"binder: torch {torch.__version__}, transformers {transformers.__version__}")'
 HF_HUB_OFFLINE=1 "$PY" - <<'PY'
 import resource, nbformat
 from nbclient import NotebookClient
