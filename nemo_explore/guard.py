@@ -112,7 +112,8 @@ def check_all() -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------- the check
 def _check(kind: str) -> MirrorError | None:
-    start = time.perf_counter()
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small runs fastest on one thread, and never waits for a busy one
     try:
         ref = _hf_reference()
         registry, seen = _observe_everything(ref["layer_types"], kind)
@@ -135,6 +136,7 @@ def _check(kind: str) -> MirrorError | None:
         error.__cause__ = err
         return error
     finally:
+        torch.set_num_threads(threads)
         timings[kind] = time.perf_counter() - start
     if problem:
         return drift_error(f"The instrumented {kind} forward no longer reproduces HF's: {problem}")
