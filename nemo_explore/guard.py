@@ -90,7 +90,7 @@ def ensure(kind: str) -> None:
                 stacklevel=3,
             )
     if _checked[kind] is not None:
-        raise _checked[kind]
+        raise _checked[kind].with_traceback(None)  # the same error each time, not a growing traceback
 
 
 def _installed_fingerprints() -> dict[str, str]:
@@ -166,10 +166,11 @@ def _test_model():
     that dt, A, D, the norms and the router's bias all matter."""
     from transformers import NemotronHForCausalLM
 
-    with torch.random.fork_rng(devices=[]):  # leave the user's random state alone
+    # leave the user's random state alone, and build on the CPU in float32 whatever their defaults are
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(0)
         config = small_config("all", chunk_size=4, n_group=2, topk_group=1, moe_latent_size=16)
-        model = NemotronHForCausalLM(config).eval()
+        model = NemotronHForCausalLM(config).float().eval()
         with torch.no_grad():
             for name, p in [*model.named_parameters(), *model.named_buffers()]:
                 if name.endswith(("A_log", "D", "dt_bias", "norm.weight", "norm_f.weight")):
