@@ -28,3 +28,11 @@ def random_model(pattern: str = "M*-EM", seed: int = 0, **overrides) -> Nemotron
             if buf_name.endswith("e_score_correction_bias"):
                 b.normal_(0, 0.05)
     return model
+
+
+def hooked_pair(pattern: str, seed: int, **overrides):
+    """A random model and the HookedNemotronH wrapping it (the same object, nothing copied)."""
+    import nemo_explore as ne
+
+    hf = random_model(pattern, seed=seed, **overrides)
+    return hf, ne.HookedNemotronH(hf)

@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 import torch
-from models import random_model
+from models import hooked_pair
 from transformers import DynamicCache, StaticCache
 
 import nemo_explore as ne
@@ -22,8 +22,7 @@ EVERYTHING_BUT_HIDDEN_ATTN = lambda n: not n.endswith("hook_hidden_attn")  # noq
 @pytest.fixture(params=list(SHAPES), scope="module")
 def pair(request):
     pattern, overrides = SHAPES[request.param]
-    hf = random_model(pattern, seed=4, **overrides)
-    return hf, ne.HookedNemotronH(hf)
+    return hooked_pair(pattern, seed=4, **overrides)
 
 
 def ids(b=2, p=9, seed=0, vocab=97):

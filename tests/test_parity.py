@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from models import random_model
+from models import hooked_pair, random_model
 
 import nemo_explore as ne
 
@@ -33,8 +33,7 @@ CHEAP = lambda n: not n.endswith(("hook_state_norm", "hook_hidden_attn", "hook_s
 @pytest.fixture(params=list(SHAPES), scope="module")
 def pair(request):
     pattern, overrides = SHAPES[request.param]
-    hf = random_model(pattern, seed=1, **overrides)
-    return hf, ne.HookedNemotronH(hf)
+    return hooked_pair(pattern, seed=1, **overrides)
 
 
 def tokens(b=2, p=13, seed=0, vocab=97):
