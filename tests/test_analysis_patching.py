@@ -306,6 +306,16 @@ def test_scores_of_given_tokens(rand):
         induction_scores(rand, half[:, :1])
 
 
+def test_scores_of_a_text_repeat_it_after_bos():
+    model = ne.load("tiny")
+    text = "The little cat sat on the mat."
+    res = induction_scores(model, text)
+    half = model.to_tokens(text)[:, 1:]
+    assert res.prefix == 1 and res.seq_len == half.shape[1]
+    assert torch.equal(res.tokens, torch.cat([torch.tensor([[model.cfg.bos_token_id]]), half, half], 1))
+    assert res.tokens[0, 0] == model.cfg.bos_token_id and model.cfg.bos_token_id not in res.tokens[0, 1:]
+
+
 def test_patching_and_induction_figures(rand, pair):
     clean, corrupted = pair
     figs = [

@@ -443,6 +443,15 @@ def test_explorer_new_prompt_keeps_layer_and_reports_errors(model):
         Explorer(object(), TEXT)
 
 
+def test_explorer_default_prompt_is_a_sentence_said_twice(model):
+    from nemo_explore.widgets.explorer import DEFAULT_PROMPT
+
+    half, rest = DEFAULT_PROMPT.split(". ", 1)
+    assert rest == half + "."
+    ex = Explorer(model)
+    assert ex.prompt.value == DEFAULT_PROMPT and ex.cache.str_tokens == model.to_str_tokens(DEFAULT_PROMPT)
+
+
 def test_explorer_horizons_and_static_page(model):
     ex = Explorer(model, TEXT)
     ssm = ex.views["ssm"]

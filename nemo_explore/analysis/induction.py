@@ -146,16 +146,23 @@ def normalised_abs(M: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def induction_scores(
-    model, tokens: torch.Tensor | None = None, *, seq_len: int = 32, batch: int = 4, seed: int = 0
+    model, tokens: torch.Tensor | str | None = None, *, seq_len: int = 32, batch: int = 4, seed: int = 0
 ) -> InductionResult:
     """Induction, duplicate and previous-token scores of every attention and Mamba head.
 
-    ``tokens``: a sequence ``(b, L)`` (or ``(L,)``) to repeat; default :func:`repeated_tokens`'s random
-    one (``seq_len``, ``batch``, ``seed``; BOS first). Scores are reduced inside the hooks, so memory
-    stays at one layer's (b h L p) weights.
+    ``tokens``: a sequence ``(b, L)`` (or ``(L,)``) of ids to repeat, or a text (repeated as
+    ``[BOS] text text``); default :func:`repeated_tokens`'s random one (``seq_len``, ``batch``, ``seed``;
+    BOS first). Scores are reduced inside the hooks, so memory stays at one layer's (b h L p) weights.
     """
     if tokens is None:
         ids, prefix = repeated_tokens(model, seq_len, batch, seed)
+    elif isinstance(tokens, str):
+        half, _ = model.to_inputs(tokens, None, prepend_bos=False)
+        seq_len, prefix, parts = half.shape[1], 0, [half, half]
+        if model.cfg.bos_token_id is not None:
+            parts.insert(0, torch.full_like(half[:, :1], model.cfg.bos_token_id))
+            prefix = 1
+        ids = torch.cat(parts, dim=1)
     else:
         half, _ = model.to_inputs(tokens, None)
         seq_len, prefix = half.shape[1], 0

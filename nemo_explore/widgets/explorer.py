@@ -39,17 +39,21 @@ POINTS = (
     "moe.hook_topk_weights",
 )
 TABS = {"attention": "Attention heads", "ssm": "Mamba state norms", "moe": "MoE routing"}
+# A sentence said twice: on the tiny checkpoint the attention layer copies the second half (its induction head
+# lights up in the attention view), while the Mamba and MoE views show the same tokens through other eyes.
+DEFAULT_PROMPT = "The little cat sat on the mat by the door. The little cat sat on the mat by the door."
 
 
 class Explorer(widgets.VBox):
     """The hybrid layer map (a coloured cell per block, by type), a prompt box, and the attention, Mamba
     and MoE views of the prompt, linked: click a block to see its view.
 
-    ``model``: a ``HookedNemotronH`` (``nemo_explore.load(...)``) with a tokenizer; ``text``: the prompt.
+    ``model``: a ``HookedNemotronH`` (``nemo_explore.load(...)``) with a tokenizer; ``text``: the prompt
+    (default: a sentence said twice, which the tiny checkpoint copies).
     ``views`` maps ``'attention'``/``'ssm'``/``'moe'`` to the views of the last run; ``cache`` is its cache.
     """
 
-    def __init__(self, model, text: str) -> None:
+    def __init__(self, model, text: str = DEFAULT_PROMPT) -> None:
         super().__init__(layout=widgets.Layout(width="100%"))
         self.add_class("ne-view")
         for need in ("run_with_cache", "layer_types", "to_str_tokens"):
