@@ -9,9 +9,11 @@ import torch
 
 from .formatting import format_bytes
 from .layer_types import HOOK_PREFIX, LAYER_COLORS, canonical, to_pattern
+from .residual import ResidualStreamTools
+from .utils import get_act_name
 
 
-class ActivationCache(Mapping):
+class ActivationCache(ResidualStreamTools, Mapping):
     """Hook name -> tensor (batch-first, shapes as in DESIGN.md's hook table).
 
     Besides the mapping it carries what a view needs to label its axes:
@@ -19,6 +21,11 @@ class ActivationCache(Mapping):
     ``layer_types`` (one of ``mamba``/``attention``/``mlp``/``moe`` per block) and ``config``; and the
     options it was run with that shape the derived points: ``state_positions`` (the positions ``hook_state``
     holds), ``hidden_attn_heads`` / ``hidden_attn_window`` and ``pattern_window`` (None: all).
+
+    TransformerLens' keys and tools work too: ``cache['pattern', 3]``, ``cache['resid_post', -1]``,
+    ``accumulated_resid``, ``decompose_resid``, ``apply_ln_to_stack``, ``logit_attrs``, ``stack_activation``,
+    ``stack_head_results``, ``remove_batch_dim`` (the residual-stream tools need ``model``, which
+    ``run_with_cache`` sets).
     """
 
     def __init__(
@@ -30,6 +37,7 @@ class ActivationCache(Mapping):
         str_tokens: list[list[str]] | None = None,
         attention_mask: torch.Tensor | None = None,
         config=None,
+        model=None,
     ) -> None:
         self._data = dict(data)
         self.layer_types = [canonical(t) for t in layer_types]
@@ -37,11 +45,19 @@ class ActivationCache(Mapping):
         self._str_tokens = str_tokens
         self.attention_mask = attention_mask
         self.config = config
+        self.model = model
+        self.has_batch_dim = True
         self.state_positions: list[int] | None = None
         self.hidden_attn_heads = self.hidden_attn_window = self.pattern_window = None
 
     # Mapping protocol
-    def __getitem__(self, name: str) -> torch.Tensor:
+    def __getitem__(self, name: str | tuple) -> torch.Tensor:
+        """``cache['blocks.3.attn.hook_pattern']``, or TransformerLens' ``cache['pattern', 3]`` (negative
+        blocks count from the end; see ``utils.get_act_name`` for the short names)."""
+        if isinstance(name, tuple):
+            name = self._tl_name(*name)
+        elif isinstance(name, str) and name not in self._data and "." not in name:
+            name = _model_point(name)  # TL's cache['embed'], cache['normalized']
         if name in self._data:
             return self._data[name]
         from .hook_names import HookNameError, all_names, unknown_name_error
@@ -53,6 +69,11 @@ class ActivationCache(Mapping):
                 f"model.run_with_cache(input, names_filter=[{name!r}, ...]) (names_filter=None caches all)"
             )
         raise unknown_name_error(name, known, layer_types=self.layer_types)
+
+    def _tl_name(self, name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+        if layer is not None and isinstance(layer, int) and layer < 0:
+            layer += len(self.layer_types)
+        return get_act_name(name, layer, layer_type)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -148,6 +169,14 @@ class ActivationCache(Mapping):
     def to(self, device: str | torch.device) -> ActivationCache:
         self._data = {k: v.to(device) for k, v in self._data.items()}
         return self
+
+
+def _model_point(name: str) -> str:
+    """A model-level short name (``'embed'``, ``'normalized'``) -> its hook name; anything else unchanged."""
+    try:
+        return get_act_name(name)
+    except (KeyError, TypeError):
+        return name
 
 
 def _block_and_point(name: str) -> tuple[str, str]:

@@ -8,7 +8,7 @@ downstream (a write).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,13 +17,32 @@ from .hook_names import READ_ONLY, parse
 HookFn = Callable[..., "torch.Tensor | None"]
 
 
+class LayerIndex(int):
+    """A block index that may also be called: ``hook.layer`` and TransformerLens' ``hook.layer()``."""
+
+    def __call__(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
 @dataclass(frozen=True)
 class HookPoint:
-    """What a hook function receives as ``hook``: the point's full name, its block and the block's kind."""
+    """What a hook function receives as ``hook``: the point's full name, its block and the block's kind.
+
+    ``layer`` is an int that may also be called (``hook.layer()``, as in TransformerLens); ``ctx`` is a
+    dict that persists across calls for this point until ``model.reset_hooks()`` clears it.
+    """
 
     name: str
     layer: int | None
     layer_type: str | None
+    ctx: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.layer is not None and not isinstance(self.layer, LayerIndex):
+            object.__setattr__(self, "layer", LayerIndex(self.layer))
 
     @property
     def short(self) -> str:
@@ -44,6 +63,21 @@ class HookRegistry:
     def __init__(self) -> None:
         self._fns: dict[str, list[tuple[int, HookFn]]] = {}
         self._next = 0
+        self._points: dict[str, HookPoint] = {}
+
+    def point(self, name: str, layer: int | None, layer_type: str | None) -> HookPoint:
+        """The one ``HookPoint`` of ``name`` (so that its ``ctx`` persists from call to call)."""
+        if name not in self._points:
+            self._points[name] = HookPoint(name, layer, layer_type)
+        return self._points[name]
+
+    def clear_contexts(self) -> None:
+        for point in self._points.values():
+            point.ctx.clear()
+
+    def handles(self) -> list[int]:
+        """Every active hook's handle."""
+        return [h for fns in self._fns.values() for h, _ in fns]
 
     def add(self, name: str, fn: HookFn) -> int:
         self._next += 1
@@ -118,4 +152,4 @@ class Fire:
         name = f"{self.prefix}{point}"
         if name not in self.registry:
             return value
-        return self.registry.fire(HookPoint(name, self.layer, self.layer_type), value)
+        return self.registry.fire(self.registry.point(name, self.layer, self.layer_type), value)
