@@ -97,7 +97,8 @@ AttentionHeads(cache)""",
         """
 ## Writing a point
 A hook function gets the tensor and returns a replacement (or None to only look). Here: remove what the
-attention layers add to the residual stream and see the loss on the repeated half go up.""",
+attention layers add to the residual stream. The second copy of the sentence is cheap to predict only while
+the attention layer can look back at the first: remove it and the second copy costs about what the first did.""",
     ),
     (
         "code",
@@ -109,8 +110,9 @@ ablated = model.run_with_hooks(
     fwd_hooks=[(f"blocks.{i}.hook_mixer_out", lambda out, hook: torch.zeros_like(out)) for i in model.layers("attention")],
     return_type="loss_per_token",
 )[0]
-half = ids.shape[1] // 2
-print(f"loss on the second half: clean {clean[half:].mean():.3f}, attention removed {ablated[half:].mean():.3f}")""",
+half = ids.shape[1] // 2  # <s>, then two copies of the same number of tokens: half = tokens per copy
+print(f"first copy: {clean[:half].mean():.2f} nats/token; second copy: {clean[half:].mean():.2f}, "
+      f"and {ablated[half:].mean():.2f} with the attention layer's output removed")""",
     ),
 ]
 
@@ -122,7 +124,8 @@ ATTENTION_VS_SSM = [
 
 Nemotron-H is mostly Mamba-2. Here we take the tiny checkpoint and ask the hybrid question with the analysis
 tools: induction (copying a repeated sequence), layer-type ablation, the logit lens across the stack, direct
-logit attribution by layer type, and activation patching of attention heads against Mamba heads.""",
+logit attribution by layer type, and activation patching of attention heads against Mamba heads — on a
+sentence of ordinary English said twice, one the model never saw in training.""",
     ),
     (
         "code",
@@ -134,30 +137,35 @@ from nemo_explore import analysis
 from nemo_explore.widgets import AttentionHeads
 
 model = ne.load("tiny")
-print(model.pattern)""",
+# a held-out sentence (checkpoints/tiny/heldout_sentences.txt): the model never saw it in training
+sentence = "What if he had written this piece with lyrics, as a song to be sung?"
+tokens = model.to_tokens(sentence + " " + sentence)
+n = model.to_tokens(sentence).shape[1] - 1  # tokens per copy; the first copy is tokens[:, 1:n + 1]
+print(model.pattern, tokens.shape)""",
     ),
     (
         "md",
         """
-## Induction: a repeated random sequence
+## Induction: a repeated sentence, and repeated random ids
 After the first copy, predicting the second copy needs to look back at what followed the current token last
-time. An induction head attends from each token of the second copy to the token after its first occurrence.""",
+time. An induction head attends from each token of the second copy to the token after its first occurrence.
+First on our sentence, then on random token ids (no meaning to lean on, only the repeat):""",
     ),
     (
         "code",
         """
-scores = analysis.induction_scores(model, seq_len=24, batch=4)
+scores = analysis.induction_scores(model, sentence)
 scores.figure()""",
     ),
     ("code", "scores.top(5, 'induction')"),
+    ("code", "analysis.induction_scores(model, seq_len=24, batch=4).top(5, 'induction')"),
     (
         "md",
-        "Attention and Mamba's hidden attention on the same repeated sequence, side by side (switch layers):",
+        "Attention and Mamba's hidden attention on the same repeated sentence, side by side (switch layers):",
     ),
     (
         "code",
         """
-tokens, prefix = analysis.repeated_tokens(model, seq_len=16, batch=1)
 _, cache = model.run_with_cache(tokens)
 AttentionHeads(cache, layer=model.layers("attention")[0])""",
     ),
@@ -167,8 +175,8 @@ AttentionHeads(cache, layer=model.layers("attention")[0])""",
         """
 for kind in ("attention", "mamba", "mlp", "moe"):
     result = analysis.ablate_layers(model, tokens, layer_type=kind, mode="zero")
-    second = result.delta[0, tokens.shape[1] // 2:]
-    print(f"{kind:>9}: mean loss change {result.mean_delta:+.3f}, on the repeated half {second.mean():+.3f}")""",
+    first, second = result.delta[0, :n], result.delta[0, n:]
+    print(f"{kind:>9}: loss change on the first copy {first.mean():+.3f}, on the second copy {second.mean():+.3f}")""",
     ),
     (
         "code",
@@ -191,22 +199,22 @@ lens.figure()""",
         "code",
         """
 dla = analysis.direct_logit_attribution(model, tokens)
-print({k: round(float(v[0, tokens.shape[1] // 2:].mean()), 3) for k, v in dla.per_type.items()})
+print({k: round(float(v[0, n + 1:].mean()), 3) for k, v in dla.per_type.items()})
 dla.figure()""",
     ),
     (
         "md",
         """
 ## Activation patching: attention heads vs Mamba heads
-Clean: a repeated sequence. Corrupted: the same with the first copy changed. Which heads carry the answer?""",
+Clean: the sentence twice. Corrupted: the same with the first copy's words shuffled round by one. Which heads
+carry the answer (the last token, which the first copy predicts)?""",
     ),
     (
         "code",
         """
 clean = tokens.clone()
 corrupted = tokens.clone()
-half = tokens.shape[1] // 2
-corrupted[0, 1:half] = torch.roll(corrupted[0, 1:half], 1)
+corrupted[0, 1:n + 1] = torch.roll(corrupted[0, 1:n + 1], 1)
 answer = int(clean[0, -1])
 heads = analysis.patch(model, clean[:, :-1], corrupted[:, :-1], points="attn_heads", answer=answer)
 mamba_heads = analysis.patch(model, clean[:, :-1], corrupted[:, :-1], points="mamba_heads", answer=answer)
@@ -235,7 +243,7 @@ state another prompt left there, and see what changes downstream.""",
         "code",
         """
 layer = model.layers("mamba")[-1]
-t = half - 1
+t = n  # the state after the first copy's last token
 _, donor = model.run_with_cache(corrupted, names_filter=[f"blocks.{layer}.mamba.hook_state"], state_positions=[t])
 state = donor[f"blocks.{layer}.mamba.hook_state"]
 clean_loss = model(clean, return_type="loss_per_token")[0]
@@ -247,19 +255,22 @@ print(f"loss after the patch: clean {clean_loss[t:].mean():.3f}, patched {patche
         "md",
         """
 ## What this shows on the tiny checkpoint
-Measured on 2026-11-23 with the cells above (CPU, float32; the tokens are seeded, so a rerun gives the same):
+Measured on 2026-12-02 with the cells above (CPU, float32), on a held-out sentence said twice:
 
-- **Copying is the attention layer's job.** Its four heads score 0.82–0.84 as induction heads; the best Mamba
-  head scores 0.03. Zeroing the attention layer costs **+4.0 nats/token on the repeated half** and +0.1 on
-  the first half, where there is nothing to copy.
-- **It cannot copy without the Mamba layers.** Zeroing every Mamba layer costs +3.6 nats on the repeated half
-  too: the attention layer has no position embedding, so the previous-token information an induction head
-  keys on has to come from the Mamba layers below it (our reading; the ablation shows the dependence).
-- **The Mamba state does not carry the first copy.** Patching the last Mamba layer's state at the end of the
-  first copy with the corrupted prompt's state changes the loss of the repeated half by 0.001 nats
-  (5.805 → 5.806), while patching a single attention head restores 33–60% of the answer's logit (28–57%
-  from the final query position alone). The attention layer reads the first copy directly from its keys.
-- Zeroing the MLP layer costs +0.5 nats on the repeated half, the MoE layer nothing (−0.02).""",
+- **Copying is the attention layer's job.** Its four heads score 0.89–0.99 as induction heads on the
+  sentence (0.95–0.97 on random ids); the best Mamba head scores 0.04. Zeroing the attention layer costs
+  **+4.2 nats/token on the second copy** and +0.15 on the first, where there is nothing to copy.
+- **It cannot copy without the Mamba layers.** Zeroing every Mamba layer costs +8.8 nats on the second copy
+  (and +4.8 on the first: they are most of the model). The attention layer has no position embedding, so the
+  previous-token information an induction head keys on has to come from the Mamba layers below it (our
+  reading; the ablation shows the dependence).
+- **The MLP after the attention layer writes the copy into the logits.** Direct logit attribution on the
+  second copy: MLP 9.6, attention 1.3, Mamba and MoE about 0; zeroing the MLP costs +3.7 nats there.
+- **The Mamba state does not carry the first copy.** Patching the last Mamba layer's state after the first
+  copy with the corrupted prompt's state changes the second copy's loss by 0.006 nats (1.032 → 1.026), while
+  patching attention head 0 or 1 alone restores about 40% of the answer's logit difference (heads 2 and 3
+  about 10%), all of it at the final query position; no Mamba head restores more than 2%.
+- The MoE layer plays no part in copying: zeroing it changes the second copy by −0.05.""",
     ),
 ]
 
@@ -293,10 +304,50 @@ top1 = cache[f"blocks.{moe}.moe.hook_topk_indices"][0, :, 0]
 weights = cache[f"blocks.{moe}.moe.hook_topk_weights"][0]
 first = cache[f"blocks.{moe}.moe.hook_topk_indices"][0].gather(1, weights.argmax(-1, keepdim=True))[:, 0]
 def token_class(s):
-    s = s.strip()
-    return "digit" if s[:1].isdigit() else "letter" if s[:1].isalpha() else "space" if not s else "punct"
+    t = s.lstrip(" ")
+    if not s.strip():
+        return "space"
+    if t[:1].isalpha():
+        return "word" if t != s else "piece"  # a word's start (after a space), or a piece inside a word
+    return "digit" if t[:1].isdigit() else "punct"
 for tok, e in zip(cache.str_tokens, first.tolist(), strict=True):
     print(f"{tok!r:>12} {token_class(tok):>6} -> expert {e}")""",
+    ),
+    (
+        "md",
+        """
+One sentence is a small sample. Over a few thousand tokens of held-out text (prose the model never saw in
+training, shipped with the checkpoint), each expert's favourite class of token and how much more often it
+gets that class than the class's share of all tokens:""",
+    ),
+    (
+        "code",
+        """
+from collections import Counter
+
+from nemo_explore.checkpoints import tiny_path
+
+held = (tiny_path() / "heldout.txt").read_text()[:8000]
+_, c = model.run_with_cache(held, names_filter=lambda n: n.startswith(f"blocks.{moe}.moe.hook_topk"))
+w = c[f"blocks.{moe}.moe.hook_topk_weights"][0]
+top1 = c[f"blocks.{moe}.moe.hook_topk_indices"][0].gather(1, w.argmax(-1, keepdim=True))[:, 0].tolist()
+classes = [token_class(t) for t in c.str_tokens]
+pairs, base = Counter(zip(top1, classes, strict=True)), Counter(classes)
+for e in range(model.cfg.n_routed_experts):
+    n_e = sum(v for (x, _), v in pairs.items() if x == e)
+    lift = {k: pairs[e, k] / max(n_e, 1) / (base[k] / len(classes)) for k in base if base[k] >= 0.02 * len(classes)}
+    fav = max(lift, key=lift.get)  # among classes of at least 2% of all tokens
+    print(f"expert {e}: {n_e:5d} tokens, favourite {fav:>6}: {pairs[e, fav] / max(n_e, 1):.0%} of its tokens, "
+          f"{lift[fav]:.1f}x the base rate")""",
+    ),
+    (
+        "md",
+        """
+Measured on 2026-12-02 (CPU, float32): the router sends whitespace to expert 2 (3.6× its share of all
+tokens), punctuation to expert 7 (3.3×) and pieces inside words to expert 5 (2.4×); the untrained model's
+router, on the same text, separates classes far less (DATA.md: 0.33 bits of mutual information between token
+class and top-1 expert, against 0.04 untrained). Forcing every token onto two other experts changes the loss
+by at most 0.04 nats: in this model the MoE layer sorts tokens more than it changes predictions.""",
     ),
     (
         "md",
@@ -386,11 +437,265 @@ different GPUs or in host memory, and hooks follow them. Measured timings on an 
     ),
 ]
 
+TRANSFORMER_LENS = [
+    (
+        "md",
+        """
+# Coming from TransformerLens
+
+A classic TransformerLens analysis — induction heads, activation patching, direct logit attribution — written
+the TL way and run on the tiny Nemotron-H. Porting it changed two lines: the loader (`ne.load(...)` instead of
+`HookedTransformer.from_pretrained(...)`) and `from nemo_explore import utils`. (TL's demos use einops, which is
+not a dependency here, so these cells use plain torch.) After each TL step comes its counterpart for the Mamba
+and MoE layers, which TL has no words for. The README's "Coming from TransformerLens" lists every idiom.""",
+    ),
+    (
+        "code",
+        """
+from functools import partial
+
+import plotly.express as px
+import plotly.graph_objects as go
+import torch
+
+import nemo_explore as ne
+from nemo_explore import utils  # was: from transformer_lens import utils
+
+torch.set_grad_enabled(False)
+model = ne.load("tiny")  # was: model = HookedTransformer.from_pretrained("gpt2-small")
+print(model.cfg.n_layers, model.cfg.d_model, model.cfg.n_heads, model.cfg.d_head, model.cfg.d_vocab)
+print(model.pattern, model.layer_types)
+
+
+def imshow(tensor, **kwargs):
+    return px.imshow(utils.to_numpy(tensor), color_continuous_midpoint=0.0, color_continuous_scale="RdBu", **kwargs)""",
+    ),
+    (
+        "md",
+        """
+## Induction heads
+TL's cell as it is: a names filter on `pattern`, and `hook.layer()` as the row. Only attention blocks have a
+pattern, so the other rows stay zero: a `pattern` filter skips the Mamba blocks without a word.""",
+    ),
+    (
+        "code",
+        """
+seq_len, batch = 24, 4
+torch.manual_seed(0)
+random_tokens = torch.randint(100, model.cfg.d_vocab, (batch, seq_len))
+repeated_tokens = torch.cat([random_tokens, random_tokens], dim=1)
+induction_score_store = torch.zeros((model.cfg.n_layers, model.cfg.n_heads), device=model.cfg.device)
+
+def induction_score_hook(pattern, hook):
+    induction_stripe = pattern.diagonal(dim1=-2, dim2=-1, offset=1 - seq_len)
+    induction_score_store[hook.layer(), :] = induction_stripe.mean(dim=(0, 2))
+
+model.run_with_hooks(repeated_tokens, return_type=None,
+                     fwd_hooks=[(lambda name: name.endswith("pattern"), induction_score_hook)])
+imshow(induction_score_store, labels={"x": "head", "y": "layer"}, title="Induction score by head")""",
+    ),
+    (
+        "md",
+        """
+### The Mamba counterpart
+A Mamba-2 layer has no attention pattern, but it has an implicit one, `hook_hidden_attn`: the M in
+y_t = Σ_s M[t,s]·x_s + D·x_t, signed and unnormalised. Its absolute value normalised per row scores the same
+induction stripe. (It is O(p²) per head: on long inputs restrict it with `hidden_attn_heads=` and
+`hidden_attn_window=`.)""",
+    ),
+    (
+        "code",
+        """
+mamba_score_store = torch.zeros((model.cfg.n_layers, model.cfg.mamba_num_heads))
+
+def mamba_induction_hook(hidden_attn, hook):
+    weight = hidden_attn.abs()
+    weight = weight / weight.sum(-1, keepdim=True).clamp_min(1e-12)  # |M| row-normalised, like a pattern
+    mamba_score_store[hook.layer(), :] = weight.diagonal(dim1=-2, dim2=-1, offset=1 - seq_len).mean(dim=(0, 2))
+
+model.run_with_hooks(repeated_tokens, return_type=None,
+                     fwd_hooks=[(lambda name: name.endswith("hidden_attn"), mamba_induction_hook)])
+print(f"best attention head {induction_score_store.max():.3f}, best Mamba head {mamba_score_store.max():.3f}")
+imshow(mamba_score_store, labels={"x": "Mamba head", "y": "layer"}, title="Induction score of Mamba heads (|M| per row)")""",
+    ),
+    (
+        "md",
+        """
+## Activation patching
+Clean: a random sequence, then the start of its repeat, so the next token should be `seq[k]`. Corrupted: the
+same, but the first copy has another token at position k. The metric is TL's logit difference between the two
+answers; the patching loop is Main_Demo's, over every block (all four kinds: `blocks.i` numbers them all).""",
+    ),
+    (
+        "code",
+        """
+torch.manual_seed(1)
+seq = torch.randint(100, model.cfg.d_vocab, (1, 12))
+k = 6
+clean_tokens = torch.cat([seq, seq[:, :k]], dim=1)  # the second copy stops before seq[k]: the answer
+corrupted_tokens = clean_tokens.clone()
+corrupted_tokens[0, k] = 100 + (seq[0, k] - 99) % (model.cfg.d_vocab - 100)  # the first copy says otherwise
+answer, wrong = int(clean_tokens[0, k]), int(corrupted_tokens[0, k])
+
+def logits_to_logit_diff(logits, correct_index=answer, incorrect_index=wrong):
+    return logits[0, -1, correct_index] - logits[0, -1, incorrect_index]
+
+clean_logits, clean_cache = model.run_with_cache(clean_tokens)
+clean_logit_diff = logits_to_logit_diff(clean_logits)
+corrupted_logits = model(corrupted_tokens)
+corrupted_logit_diff = logits_to_logit_diff(corrupted_logits)
+print(f"clean logit diff {clean_logit_diff:.3f}, corrupted {corrupted_logit_diff:.3f}")""",
+    ),
+    (
+        "code",
+        """
+def residual_stream_patching_hook(resid_pre, hook, position):
+    clean_resid_pre = clean_cache[hook.name]
+    resid_pre[:, position, :] = clean_resid_pre[:, position, :]
+    return resid_pre
+
+num_positions = len(clean_tokens[0])
+patching_result = torch.zeros((model.cfg.n_layers, num_positions), device=model.cfg.device)
+for layer in range(model.cfg.n_layers):
+    for position in range(num_positions):
+        temp_hook_fn = partial(residual_stream_patching_hook, position=position)
+        patched_logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(utils.get_act_name("resid_pre", layer), temp_hook_fn)])
+        patched_logit_diff = logits_to_logit_diff(patched_logits)
+        patching_result[layer, position] = (patched_logit_diff - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+labels = [f"{i}: {tok}" for i, tok in enumerate(model.to_str_tokens(clean_tokens))]
+imshow(patching_result, x=labels, y=[f"{i} {t}" for i, t in enumerate(model.layer_types)],
+       labels={"x": "position", "y": "block"}, title="Patching resid_pre: fraction of the logit difference restored")""",
+    ),
+    (
+        "md",
+        """
+### The Mamba counterpart: state patching
+A Mamba layer carries the past in a recurrent state. Writing `hook_state` with the clean run's state after one
+position replaces the state the corrupted run carries on from there (the same as re-running HF from that state).""",
+    ),
+    (
+        "code",
+        """
+n_pos = num_positions
+state_names = [utils.get_act_name("state", layer) for layer in model.layers("mamba")]
+_, clean_states = model.run_with_cache(clean_tokens, names_filter=state_names)  # all positions (≤ 64 tokens)
+
+state_result = torch.zeros((len(state_names), n_pos))
+for row, name in enumerate(state_names):
+    for position in range(n_pos - 1):
+        clean_state = clean_states[name][:, position : position + 1]
+        patched_logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, lambda state, hook, clean=clean_state: clean)],
+                                              state_positions=[position])
+        state_result[row, position] = (logits_to_logit_diff(patched_logits) - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+imshow(state_result, x=labels, y=state_names, title="Patching one Mamba layer's recurrent state after each position")""",
+    ),
+    (
+        "md",
+        """
+### The MoE counterpart: routing patching
+`hook_topk_indices` is writable: giving the MoE block the clean run's choice of experts at one position forces
+that routing (the weights are recomputed from the router's scores).""",
+    ),
+    (
+        "code",
+        """
+moe = model.layers("moe")[0]
+route = utils.get_act_name("topk_indices", moe)
+routing_result = torch.zeros(n_pos)
+for position in range(n_pos):
+    def clean_route(indices, hook, position=position):
+        indices[:, position] = clean_cache[hook.name][:, position]
+        return indices
+    patched_logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(route, clean_route)])
+    routing_result[position] = (logits_to_logit_diff(patched_logits) - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+print("patching the MoE routing at each position:", [round(float(r), 3) for r in routing_result])""",
+    ),
+    (
+        "md",
+        """
+## Direct logit attribution
+TL's `decompose_resid` + `logit_attrs`. The final RMSNorm is applied at the scale the clean run used *with its
+weight* (TL folds that weight into `W_U`; here it stays in the norm), so the components sum to the model's own
+logit difference — the cell checks it. Each block is one component: `embed`, then `{i}_{kind}_out`.""",
+    ),
+    (
+        "code",
+        """
+per_layer_residual, labels = clean_cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
+per_layer_logit_diffs = clean_cache.logit_attrs(per_layer_residual, answer, incorrect_tokens=wrong, pos_slice=-1)
+torch.testing.assert_close(per_layer_logit_diffs.sum(0)[0], clean_logit_diff, rtol=1e-4, atol=1e-4)  # sums to the logit diff
+go.Figure(go.Bar(x=labels, y=utils.to_numpy(per_layer_logit_diffs[:, 0])), layout_title_text="Direct logit attribution per component")""",
+    ),
+    (
+        "md",
+        """
+The logit lens, TL-style: the accumulated residual stream entering each block, through the final norm; the last
+entry (`final_post`) is the model's output.""",
+    ),
+    (
+        "code",
+        """
+accumulated_residual, labels = clean_cache.accumulated_resid(layer=-1, incl_mid=False, pos_slice=-1, return_labels=True)
+logit_lens_logit_diffs = clean_cache.logit_attrs(accumulated_residual, answer, incorrect_tokens=wrong, pos_slice=-1)
+torch.testing.assert_close(logit_lens_logit_diffs[-1, 0], clean_logit_diff, rtol=1e-4, atol=1e-4)
+go.Figure(go.Scatter(x=labels, y=utils.to_numpy(logit_lens_logit_diffs[:, 0])), layout_title_text="Logit lens: logit difference entering each block")""",
+    ),
+    (
+        "md",
+        """
+Per attention head: `stack_head_results` splits the attention block's output into its heads,
+`z[:, :, h] @ W_O[h]`; they sum to the block's term.""",
+    ),
+    (
+        "code",
+        """
+per_head_residual, labels = clean_cache.stack_head_results(layer=-1, pos_slice=-1, return_labels=True)
+per_head_logit_diffs = clean_cache.logit_attrs(per_head_residual, answer, incorrect_tokens=wrong, pos_slice=-1)
+attn = model.layers("attention")[0]
+torch.testing.assert_close(per_head_logit_diffs.sum(0), per_layer_logit_diffs[1 + attn], rtol=1e-4, atol=1e-4)
+dict(zip(labels, [round(float(x), 3) for x in per_head_logit_diffs[:, 0]], strict=True))""",
+    ),
+    (
+        "md",
+        """
+### The Mamba and MoE counterparts
+Mamba heads are not attention heads: their outputs mix in the gated RMSNorm before `out_proj`, so a Mamba layer
+is attributed as a whole. An MoE block splits into its routed experts and its shared expert (`hook_routed_out` +
+`hook_shared_out` is its output), and the blocks add up by layer type:""",
+    ),
+    (
+        "code",
+        """
+parts = torch.stack([clean_cache["routed_out", moe][:, -1], clean_cache["shared_out", moe][:, -1]])
+moe_split = clean_cache.logit_attrs(parts, answer, incorrect_tokens=wrong, pos_slice=-1)
+torch.testing.assert_close(moe_split.sum(0), per_layer_logit_diffs[1 + moe], rtol=1e-4, atol=1e-4)
+by_kind = {kind: float(sum(per_layer_logit_diffs[1 + i, 0] for i in model.layers(kind))) for kind in ("mamba", "attention", "mlp", "moe")}
+print("routed experts", round(float(moe_split[0, 0]), 3), "shared expert", round(float(moe_split[1, 0]), 3))
+print("per layer type:", {k: round(v, 3) for k, v in by_kind.items()}, "embed", round(float(per_layer_logit_diffs[0, 0]), 3))""",
+    ),
+    (
+        "md",
+        """
+## What differs from TransformerLens
+- `hook_k` / `hook_v` carry the key-value heads (grouped-query attention): query head h reads KV head
+  `h // (n_heads // n_key_value_heads)`; `blocks[L].attn.W_K` / `W_V` are expanded per query head, `_W_K` / `_W_V`
+  are the KV heads.
+- The norms' weights are not folded: `hook_mixer_in` and `ln_final.hook_normalized` include them, and
+  `apply_ln_to_stack` applies them.
+- There is no positional embedding and no `resid_mid`; a block has one norm and one mixer, and its output is
+  `hook_mixer_out` (`attn_out` and `mlp_out` both name it).
+- `generate` returns token ids unless asked for text (`return_type="str"`, or TL's `"input"`).""",
+    ),
+]
+
+
 NOTEBOOKS = {
     "01_quickstart": QUICKSTART,
     "02_attention_vs_ssm": ATTENTION_VS_SSM,
     "03_moe_routing": MOE_ROUTING,
     "04_full_checkpoints": FULL_CHECKPOINTS,
+    "05_from_transformer_lens": TRANSFORMER_LENS,
 }
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """What the tiny checkpoint learned, measured with plain PyTorch forward hooks on the HF model.
 
-Four measurements, each on fixed inputs so that anyone (and ``tests/test_tiny_checkpoint.py``, which
-recomputes them its own way) gets the same numbers:
+Each on fixed inputs so that anyone (and ``tests/test_tiny_checkpoint.py``, which recomputes them its own
+way) gets the same numbers:
 
-- **induction**: on ``[bos] S S`` with ``S`` 24 uniformly random tokens (16 rows, ``torch`` seed 0), the mean
-  attention probability from each query of the second copy to the token after the first occurrence of its
-  own token, per attention head; probabilities computed from the ``q_proj``/``k_proj`` outputs.
-- **prose loss**: mean next-token cross-entropy (nats) on the held-out Bierce entries, cut into windows of
-  256 tokens each starting with ``<s>``; against uniform (ln vocab) and a unigram model of the training text.
+- **copying**: on ``[bos] S S`` for each held-out sentence S (``heldout_sentences.txt``), the mean loss (nats
+  per token) of the first copy and of the second copy (``" " + S``), and of the second copy again with every
+  attention block's mixer output zeroed.
+- **induction**: on ``[bos] S S`` the mean attention probability from each query of the second copy to the
+  token after the first occurrence of its own token, per attention head; probabilities computed from the
+  ``q_proj``/``k_proj`` outputs. Two kinds of S, 24 tokens, 16 rows: uniformly random ids (``torch`` seed 0),
+  and consecutive windows of held-out text (common text tokens).
+- **prose loss**: mean next-token cross-entropy (nats) on the held-out text, cut into windows of 256 tokens
+  each starting with ``<s>``; against uniform (ln vocab) and a unigram model of the training text; and the
+  same in bits per UTF-8 byte of the predicted tokens.
 - **Mamba horizons**: per Mamba head, the mean over held-out tokens of the decay rate ``dt * |A|``
   (dt = softplus(raw + dt_bias) clamped at ``time_step_min``, as HF's full-sequence path uses it);
   half-life ``ln 2 / rate`` in tokens.
@@ -87,6 +92,60 @@ def induction_scores(model, tokens: torch.Tensor, length: int = INDUCTION_LEN) -
     return out
 
 
+def text_induction_tokens(tokenizer, text: str) -> torch.Tensor:
+    """(rows, 1 + 2L): ``[bos] S S`` with S consecutive windows of ``text``'s tokens, evenly spaced."""
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    starts = torch.linspace(0, len(ids) - INDUCTION_LEN, INDUCTION_ROWS).long()
+    s = torch.stack([ids[i : i + INDUCTION_LEN] for i in starts.tolist()])
+    return torch.cat([torch.full((INDUCTION_ROWS, 1), tokenizer.bos_token_id), s, s], dim=1)
+
+
+@contextmanager
+def attention_zeroed(model):
+    """Every attention block's mixer output replaced by zeros (the block adds nothing to the residual)."""
+    mixers = [model.model.layers[i].mixer for i in blocks_of(model, "full_attention")]
+
+    def zero(_m, _i, out):
+        return (torch.zeros_like(out[0]), *out[1:]) if isinstance(out, tuple) else torch.zeros_like(out)
+
+    handles = [m.register_forward_hook(zero) for m in mixers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def copy_losses(model, tokenizer, sentences: list[str]) -> dict[str, float]:
+    """Mean loss (nats/token) of the first and second copy of ``[bos] S " " S``, and of the second copy with
+    the attention blocks zeroed; means over all tokens of all sentences."""
+    firsts, seconds, ablated = [], [], []
+    for s in sentences:
+        a = tokenizer(s, add_special_tokens=False)["input_ids"]
+        b = tokenizer(" " + s, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([[tokenizer.bos_token_id, *a, *b]])
+        per_token = F.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="none")
+        firsts.append(per_token[: len(a)])
+        seconds.append(per_token[len(a) :])
+        with attention_zeroed(model):
+            ablated.append(F.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="none")[len(a) :])
+    first, second, zeroed = (torch.cat(x).mean().item() for x in (firsts, seconds, ablated))
+    return {
+        "sentences": len(sentences),
+        "first_copy": round(first, 4),
+        "second_copy": round(second, 4),
+        "second_copy_attention_zeroed": round(zeroed, 4),
+    }
+
+
+def token_bytes(tokenizer) -> torch.Tensor:
+    """(vocab,) UTF-8 bytes each token stands for (a byte-level BPE piece has one character per byte)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    special = set(tokenizer.all_special_tokens)
+    return torch.tensor([0 if p in special else len(p) for p in pieces])
+
+
 def heldout_windows(tokenizer, text: str, window: int = WINDOW) -> torch.Tensor:
     """(n, window) token ids: the text's tokens in consecutive pieces, each led by ``<s>``."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -102,9 +161,10 @@ def prose_loss(model, windows: torch.Tensor) -> float:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)).item()
 
 
-def unigram_loss(train_ids: torch.Tensor, windows: torch.Tensor, vocab_size: int) -> float:
-    """Cross-entropy of an add-one unigram model of the training tokens on the same predicted tokens."""
-    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1
+def unigram_loss(counts: torch.Tensor, windows: torch.Tensor) -> float:
+    """Cross-entropy of an add-one unigram model (``counts``: (vocab,) training token counts) on the same
+    predicted tokens."""
+    counts = counts.double() + 1
     logp = (counts / counts.sum()).log()
     return -logp[windows[:, 1:].reshape(-1)].mean().item()
 
@@ -172,30 +232,48 @@ def entropy_bits(a: torch.Tensor) -> float:
     return -(p * p.log2()).sum().item()
 
 
-def measure(model, tokenizer, heldout: str, train_ids: torch.Tensor | None = None) -> dict:
-    """All four measurements as a JSON-ready dict."""
+def _best(scores: dict[int, torch.Tensor]) -> dict:
+    layer, best = max(scores.items(), key=lambda kv: kv[1].max().item())
+    return {"block": layer, "head": int(best.argmax()), "score": round(best.max().item(), 4)}
+
+
+def measure(
+    model, tokenizer, heldout: str, sentences: list[str], unigram_counts: torch.Tensor | None = None
+) -> dict:
+    """Every measurement as a JSON-ready dict. ``unigram_counts``: (vocab,) token counts of the training
+    text, for the unigram baseline."""
     model.eval()
     cfg = model.config
     ind = induction_scores(model, induction_tokens(cfg.vocab_size, tokenizer.bos_token_id))
+    text_ind = induction_scores(model, text_induction_tokens(tokenizer, heldout))
     windows = heldout_windows(tokenizer, heldout)
-    best_layer, best = max(((i, s) for i, s in ind.items()), key=lambda kv: kv[1].max().item())
+    loss = prose_loss(model, windows)
+    n_bytes = token_bytes(tokenizer)[windows[:, 1:]].sum().item()
     result = {
+        "copying": copy_losses(model, tokenizer, sentences),
+        "text_induction": {
+            "protocol": f"[bos] S S, S = {INDUCTION_LEN} consecutive held-out tokens, {INDUCTION_ROWS} rows",
+            "per_head": {str(i): [round(x, 4) for x in s.tolist()] for i, s in text_ind.items()},
+            "best": _best(text_ind),
+        },
         "induction": {
             "protocol": f"[bos] S S, |S|={INDUCTION_LEN}, {INDUCTION_ROWS} rows, torch seed {INDUCTION_SEED}",
             "per_head": {str(i): [round(x, 4) for x in s.tolist()] for i, s in ind.items()},
-            "best": {"block": best_layer, "head": int(best.argmax()), "score": round(best.max().item(), 4)},
+            "best": _best(ind),
             "uniform_attention": round(
                 sum(1 / (2 + INDUCTION_LEN + i) for i in range(INDUCTION_LEN)) / INDUCTION_LEN, 4
             ),
         },
         "prose": {
             "tokens": int(windows[:, 1:].numel()),
-            "loss": round(prose_loss(model, windows), 4),
+            "bytes": int(n_bytes),
+            "loss": round(loss, 4),
+            "bits_per_byte": round(loss * windows[:, 1:].numel() / math.log(2) / n_bytes, 4),
             "uniform": round(math.log(cfg.vocab_size), 4),
         },
     }
-    if train_ids is not None:
-        result["prose"]["unigram"] = round(unigram_loss(train_ids, windows, cfg.vocab_size), 4)
+    if unigram_counts is not None:
+        result["prose"]["unigram"] = round(unigram_loss(unigram_counts, windows), 4)
 
     rates = mamba_rates(model, windows)
     all_rates = torch.cat(list(rates.values()))
@@ -240,4 +318,5 @@ if __name__ == "__main__":
     )
     model = NemotronHForCausalLM.from_pretrained(where)
     tok = AutoTokenizer.from_pretrained(where)
-    print(json.dumps(measure(model, tok, (where / "heldout.txt").read_text()), indent=1))
+    sentences = (where / "heldout_sentences.txt").read_text().splitlines()
+    print(json.dumps(measure(model, tok, (where / "heldout.txt").read_text(), sentences), indent=1))

@@ -1,14 +1,21 @@
 """Train the tiny Nemotron-H bundled as ``nemo_explore/checkpoints/tiny`` (what ``load("tiny")`` returns).
 
-    python scripts/train_tiny.py                   # fetch data, train, measure, write the checkpoint
-    python scripts/train_tiny.py --steps 50 --out /tmp/tiny --threads 2
-    python scripts/train_tiny.py --phase1-max 3 --steps 3 --out /tmp/tiny   # a quick smoke run
-    python scripts/train_tiny.py --report-only     # re-render DATA.md from metrics.json
+    python scripts/train_tiny.py                    # fetch data, train, measure, write the checkpoint
+    python scripts/train_tiny.py --steps 50 --out /tmp/tiny
+    python scripts/train_tiny.py --corpus-text some.txt --phase1-max 2 --steps 3 --out /tmp/tiny  # smoke run
+    python scripts/train_tiny.py --measure-only     # re-measure the checkpoint, rewrite metrics.json, DATA.md
+    python scripts/train_tiny.py --report-only      # re-render DATA.md from metrics.json
 
-Seeded and deterministic on one thread (same data, same torch build -> same weights). The data come from two
-Debian packages (see ``scripts/tiny_data.py``); ``apt-get update`` once beforehand. About 7½ minutes on the
-project's 2-core CPU (the measured time is in the checkpoint's DATA.md). Without the ``mamba_ssm`` kernels
-HF's Mamba takes its PyTorch path in train mode too (its fused training shortcut needs the kernels).
+Seeded and deterministic for a given torch build and thread count. The data come from Debian packages
+(``scripts/tiny_data.py``; ``apt-get update`` once beforehand, no web needed). About 40 minutes on the
+project's 2-core CPU (the measured time is in the checkpoint's DATA.md).
+
+Training runs HF's own PyTorch forward in train mode (without the ``mamba_ssm`` kernels HF's Mamba takes
+its PyTorch path; its fused training shortcut needs the kernels), so the saved weights are HF's by
+construction. Measured on this shape (2M parameters, 16 × 128 tokens, 2 threads): 0.6 s a step, about
+3,300 tokens/s; a third of it is matmuls, and a hand-written quadratic scan was no faster than HF's chunked
+one (PITFALLS' ~500 tokens/s was under load). What did cost 3× was subnormal floats late in training:
+``torch.set_flush_denormal(True)`` keeps every step at full speed.
 
 The model: ``MEM*M-M`` — Mamba, MoE, Mamba, attention, Mamba, MLP, Mamba (the Mamba/MoE alternation of
 Nemotron-3 Nano with one attention layer in the middle). Attention has no position embedding, so it learns
@@ -18,10 +25,11 @@ The MoE sits early, where a token's identity still dominates the residual stream
 tokens by kind.
 
 Training (see ``train``): phase 1 shows only rows of repeated random spans until an induction head has
-formed (about 200 steps; among prose it forms far more slowly, if at all), phase 2 mixes prose windows
-with repeated spans. The unembedding is tied to the embedding while training and saved untied. The router
-is kept balanced without an auxiliary loss, DeepSeek-V3 style: after each step every expert's
-``e_score_correction_bias`` moves by ``BIAS_RATE`` towards equal load.
+formed (about 500 steps at vocabulary 4096); phase 2 mixes prose windows, natural-text repeats (spans of the
+training text said again after a short gap: what makes copying work on text people type; random repeats
+alone did not) and a few random repeats. The unembedding is tied to the embedding while training and saved
+untied. The router is kept balanced without an auxiliary loss, DeepSeek-V3 style: after each step every
+expert's ``e_score_correction_bias`` moves by ``BIAS_RATE`` towards equal load.
 """
 
 from __future__ import annotations
@@ -45,30 +53,31 @@ import tiny_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0, 1, 2, 3: the config's pad/bos/eos ids
-VOCAB = 2048
+VOCAB = 4096
 PATTERN = "MEM*M-M"
 MODEL = dict(
-    hidden_size=96,
+    hidden_size=128,
     num_attention_heads=4,
     num_key_value_heads=2,
     head_dim=32,
-    intermediate_size=384,
-    mamba_num_heads=12,
-    mamba_head_dim=16,
+    intermediate_size=512,
+    mamba_num_heads=8,
+    mamba_head_dim=32,
     ssm_state_size=16,
     n_groups=2,
     conv_kernel=4,
     chunk_size=64,
     n_routed_experts=8,
     num_experts_per_tok=2,
-    moe_intermediate_size=96,
-    moe_shared_expert_intermediate_size=192,
+    moe_intermediate_size=128,
+    moe_shared_expert_intermediate_size=256,
     routed_scaling_factor=2.5,
     max_position_embeddings=4096,
 )
-SEQ, BATCH, INDUCTION_ROWS = 128, 16, 2
+SEQ, BATCH = 128, 16
+NATURAL_ROWS, RANDOM_ROWS = 6, 1  # of each phase-2 batch; the rest are prose windows
 LR, WARMUP, WEIGHT_DECAY, BIAS_RATE = 3e-3, 30, 0.1, 1e-3
-FORMED, PHASE1_MAX = 0.6, 1000
+FORMED, PHASE1_MAX = 0.6, 600
 
 
 def train_tokenizer(docs: list[str]):
@@ -120,59 +129,71 @@ def build_model(tokenizer):
 class Batches:
     """Rows of ``SEQ`` tokens led by ``<s>``, with labels (-100 where a token cannot be predicted).
 
-    Three kinds of row: a prose window; a *tiled* row, one span S of 8-39 uniformly random tokens repeated
-    to the end; an *episode* row, short prose pieces and episodes ``S gap S`` (S of 4-48 random tokens, gap
-    0-24 prose tokens, sometimes a third copy). A span's first copy, and the first token of each later
-    copy, are unpredictable and left out of the loss (they would teach a uniform prior).
+    Four kinds of row:
+    - *prose*: a window of the training text;
+    - *natural repeats*: prose pieces and episodes ``S gap S`` where S is 4-40 tokens of the training text
+      starting at a word and the gap 0-16 tokens of other text (sometimes none, sometimes a third copy),
+      every token in the loss: real sentences repeated are what make copying work on text people type;
+    - *tiled*: one span S of 8-39 uniformly random tokens repeated to the end of the row;
+    - *random episodes*: like natural repeats, with S uniformly random tokens.
+    A random span's first copy, and the first token of each later copy, are unpredictable and left out of
+    the loss (they would teach a uniform prior).
     """
 
-    def __init__(self, stream: np.ndarray, vocab: int, bos: int, seed: int) -> None:
+    def __init__(self, stream: np.ndarray, word_start: np.ndarray, vocab: int, bos: int, seed: int) -> None:
         self.stream, self.vocab, self.bos = stream, vocab, bos
+        self.starts = np.flatnonzero(word_start[stream[:-64]])  # stream positions where a word begins
         self.rng = np.random.default_rng(seed)
 
     def _prose(self, n: int) -> np.ndarray:
         start = self.rng.integers(0, len(self.stream) - n)
         return self.stream[start : start + n]
 
-    def _span(self, lo: int, hi: int) -> np.ndarray:
+    def _text_span(self, lo: int, hi: int) -> np.ndarray:
+        start = self.starts[self.rng.integers(len(self.starts))]
+        return self.stream[start : start + int(self.rng.integers(lo, hi))]
+
+    def _random_span(self, lo: int, hi: int) -> np.ndarray:
         return self.rng.integers(len(SPECIALS), self.vocab, int(self.rng.integers(lo, hi)))
 
     def _prose_row(self) -> tuple[np.ndarray, np.ndarray]:
         return np.r_[self.bos, self._prose(SEQ - 1)], np.r_[False, np.ones(SEQ - 1, bool)]
 
     def _tiled_row(self) -> tuple[np.ndarray, np.ndarray]:
-        s = self._span(8, 40)
+        s = self._random_span(8, 40)
         learn = np.ones(SEQ, bool)
         learn[: len(s) + 2] = False  # <s>, the first copy, and the second copy's first token
         return np.r_[self.bos, np.tile(s, SEQ // len(s) + 1)][:SEQ], learn
 
-    def _episode_row(self) -> tuple[np.ndarray, np.ndarray]:
+    def _episode_row(self, natural: bool) -> tuple[np.ndarray, np.ndarray]:
         ids, learn = [np.array([self.bos])], [np.array([False])]
         while sum(len(x) for x in ids) < SEQ:
             if self.rng.random() < 0.25:
-                piece = self._prose(int(self.rng.integers(8, 64)))
+                piece = self._prose(int(self.rng.integers(8, 48)))
                 ids.append(piece)
                 learn.append(np.ones(len(piece), bool))
                 continue
-            s = self._span(4, 49)
+            s = self._text_span(4, 41) if natural else self._random_span(4, 41)
             ids.append(s)
-            learn.append(np.zeros(len(s), bool))
-            for _ in range(2 if self.rng.random() < 0.3 else 1):
-                gap = self._prose(int(self.rng.integers(0, 25)))
+            learn.append(np.full(len(s), natural))
+            for _ in range(2 if self.rng.random() < 0.2 else 1):
+                gap = self._prose(int(self.rng.integers(0, 17))) if self.rng.random() < 0.6 else s[:0]
                 ids += [gap, s]
-                learn += [np.ones(len(gap), bool), np.r_[False, np.ones(len(s) - 1, bool)]]
+                learn += [np.ones(len(gap), bool), np.r_[natural, np.ones(len(s) - 1, bool)]]
         return np.concatenate(ids)[:SEQ], np.concatenate(learn)[:SEQ]
 
     def __call__(self, synthetic_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids, labels), each (BATCH, SEQ). Mixed: prose rows, then tiled and episode rows alternating."""
+        """(ids, labels), each (BATCH, SEQ). Phase 2: prose rows, natural repeats, random repeats."""
         rows = []
         for r in range(BATCH):
             if synthetic_only:
                 rows.append(self._tiled_row())
-            elif r < BATCH - INDUCTION_ROWS:
+            elif r < BATCH - NATURAL_ROWS - RANDOM_ROWS:
                 rows.append(self._prose_row())
+            elif r < BATCH - RANDOM_ROWS:
+                rows.append(self._episode_row(natural=True))
             else:
-                rows.append(self._tiled_row() if r % 2 else self._episode_row())
+                rows.append(self._tiled_row() if self.rng.random() < 0.5 else self._episode_row(False))
         ids = torch.from_numpy(np.stack([r[0] for r in rows])).long()
         learn = torch.from_numpy(np.stack([r[1] for r in rows]))
         return ids, ids.masked_fill(~learn, -100)
@@ -287,48 +308,79 @@ def _model_lines(info: dict) -> list[str]:
         f"a shared expert of width {c['moe_shared_expert_intermediate_size']}.",
         f"- MLP: width {c['intermediate_size']}, relu².",
         f"- {info['params']:,} parameters in float32: {info['bytes']:,} bytes of safetensors.",
-        "- Tokenizer: byte-level BPE trained with `tokenizers` (spaces and newlines are visible tokens); "
+        f"- Tokenizer: byte-level BPE of {c['vocab_size']} tokens trained with `tokenizers` on the training "
+        "text (spaces and newlines are visible tokens); "
         "`<pad>` = 0, `<s>` = 1 (prepended to every text), `</s>` = 2, `<unk>` = 3.",
     ]
+
+
+def _source_lines(info: dict) -> list[str]:
+    versions = info.get("package_versions", {})
+    packages = {
+        "kjv": ("bible-kjv-text", "bible-kjv"),
+        "fortunes": ("fortunes", "fortunes-min"),
+        "jargon": ("jargon-text",),
+        "devil": ("dict-devil",),
+        "wordnet": ("wordnet-base",),
+        "python": ("python3.11-doc",),
+    }
+    lines = [
+        "| source | licence | Debian package | training characters | held-out documents |",
+        "|---|---|---|---|---|",
+    ]
+    for name, chars in info["train_chars"].items():
+        debs = ", ".join(f"`{p}` {versions.get(p, '?')}" for p in packages.get(name, ()))
+        licence = tiny_data.LICENCES.get(name, "")
+        lines.append(f"| {name} | {licence} | {debs} | {chars:,} | {info['heldout_docs'][name]:,} |")
+    return lines
 
 
 def write_data_md(out: Path, info: dict) -> None:
     """The checkpoint's README: model, data and licences, training, and the measured numbers."""
     m, init, c = info["metrics"], info["metrics_at_init"], info["config"]
-    ind, prose, mamba = m["induction"], m["prose"], m["mamba"]
-    best = ind["best"]
+    cp, cp0 = m["copying"], init["copying"]
+    prose, mamba = m["prose"], m["mamba"]
     moe_block = next(iter(m["moe"]))
-    half = "; ".join(f"block {b}: {min(v):.2f}–{max(v):.1f}" for b, v in mamba["half_life_tokens"].items())
+
+    def head(r: dict) -> str:
+        return f"{r['best']['score']:.3f} (block {r['best']['block']}, head {r['best']['head']})"
+
     table = [
         ("measurement", "trained", "same seed, untrained"),
         ("---", "---", "---"),
         (
-            f"induction: best head (block {best['block']}, head {best['head']}), attention from the second "
-            "copy to the token after the first occurrence",
-            f"**{best['score']:.3f}**",
-            f"{init['induction']['best']['score']:.3f} (uniform attention: {ind['uniform_attention']:.3f})",
+            f"copying, {cp['sentences']} held-out sentences S as `<s> S S`: first copy, nats/token",
+            f"**{cp['first_copy']:.2f}**",
+            f"{cp0['first_copy']:.2f}",
+        ),
+        ("second copy, nats/token", f"**{cp['second_copy']:.2f}**", f"{cp0['second_copy']:.2f}"),
+        (
+            "second copy with the attention block's output zeroed",
+            f"**{cp['second_copy_attention_zeroed']:.2f}** "
+            f"(+{cp['second_copy_attention_zeroed'] - cp['second_copy']:.2f})",
+            f"{cp0['second_copy_attention_zeroed']:.2f}",
         ),
         (
-            f"every head of block {best['block']}",
-            ", ".join(f"{x:.3f}" for x in ind["per_head"][str(best["block"])]),
-            "",
+            "induction, best head, repeats of held-out text",
+            f"**{head(m['text_induction'])}**",
+            head(init["text_induction"]),
         ),
         (
-            f"loss on held-out prose, {prose['tokens']:,} tokens (nats)",
+            "induction, best head, repeats of random ids",
+            f"**{head(m['induction'])}**",
+            head(init["induction"]),
+        ),
+        (
+            f"held-out prose, {prose['tokens']:,} tokens = {prose['bytes']:,} bytes: nats/token",
             f"**{prose['loss']:.3f}**",
             f"{init['prose']['loss']:.3f} (uniform: ln {c['vocab_size']} = {prose['uniform']:.3f}; "
-            f"unigram model of the training text: {prose['unigram']:.3f})",
+            f"unigram of the training text: {prose['unigram']:.3f})",
         ),
+        ("bits per byte", f"**{prose['bits_per_byte']:.3f}**", f"{init['prose']['bits_per_byte']:.3f}"),
         (
             "Mamba half-lives ln2 / mean(dt·\\|A\\|), tokens",
             f"**{mamba['min_half_life']:.2f} – {mamba['max_half_life']:.0f}**",
             f"{init['mamba']['min_half_life']:.2f} – {init['mamba']['max_half_life']:.0f}",
-        ),
-        (
-            "decay rate, fastest / slowest head",
-            f"**{mamba['rate_ratio']:.0f}×** "
-            f"(≥ {mamba['min_rate_ratio_within_layer']:.0f}× within every layer)",
-            f"{init['mamba']['rate_ratio']:.0f}×",
         ),
         (
             f"MoE block {moe_block}: I(token class; top-1 expert)",
@@ -336,13 +388,14 @@ def write_data_md(out: Path, info: dict) -> None:
             f"{init['moe'][moe_block]['mi_bits']:.3f} bits",
         ),
     ]
+    half = "; ".join(f"block {b}: {min(v):.2f}–{max(v):.1f}" for b, v in mamba["half_life_tokens"].items())
     weights_sha = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     text = f"""# The bundled tiny Nemotron-H
 
-Trained by `scripts/train_tiny.py` (seed {info["seed"]}, {info["threads"]} thread) in
-**{info["train_seconds"] / 60:.1f} min** ({info["total_seconds"] / 60:.1f} min with data, tokenizer and
-measurements) on {info["cpu"]}, shared with other jobs. Measured by `scripts/tiny_metrics.py`;
-`tests/test_tiny_checkpoint.py` recomputes every number below its own way and holds the weights to them.
+Trained by `scripts/train_tiny.py` (seed {info["seed"]}, {info["threads"]} torch threads) in
+**{info["train_seconds"] / 60:.1f} min** on {info["cpu"]}, through HF's own PyTorch forward in train mode,
+after {info["prepare_seconds"]:.0f} s of data and tokenizer. Measured by `scripts/tiny_metrics.py`;
+`tests/test_tiny_checkpoint.py` recomputes the numbers below its own way and holds the weights to them.
 
 ## Model
 {chr(10).join(_model_lines(info))}
@@ -352,27 +405,26 @@ the Mamba layers before it (short causal conv + scan); with that, one attention 
 induction head. The MoE sits early, where a token's own identity still dominates the residual stream.
 
 ## Data
-- *The Devil's Dictionary*, Ambrose Bierce (1911): **public domain** (copyright expired), Debian
-  `dict-devil` {tiny_data.PACKAGES["dict-devil"]}. Every 10th entry is held out (`heldout.txt`, shipped
-  here): neither the tokenizer nor the model ever saw it.
-- Python 3.11 documentation sources (tutorial, FAQ, HOWTOs, language reference, glossary, using,
-  installing), prose paragraphs only (code, tables and markup dropped): © Python Software Foundation,
-  **PSF License Version 2**, Debian `python3.11-doc` {tiny_data.PACKAGES["python3.11-doc"]}.
-- Synthetic: spans of uniformly random tokens repeated later in the same row; the first copy is left
-  out of the loss.
+Every source is a Debian package (`apt-get download`, no web needed) whose text may be redistributed;
+`scripts/tiny_data.py` cleans and splits them. Every {tiny_data.HOLDOUT_EVERY}th document of each source is
+held out: neither the tokenizer nor the model saw it. `heldout.txt` (shipped here) is about 12,000
+characters of held-out documents from each prose source (WordNet's glosses are not prose), and
+`heldout_sentences.txt` the held-out sentences of the copying test.
 
-Training text: {info["train_chars"]:,} characters = {info["train_tokens"]:,} tokens; corpus sha256
-`{info["corpus_sha256"]}`. The weights, `model.safetensors`, have sha256
-`{weights_sha}`: a rerun of the script on one thread with the same torch build reproduces
-them bit for bit.
+{chr(10).join(_source_lines(info))}
+
+Training text: {sum(info["train_chars"].values()):,} characters = {info["train_tokens"]:,} tokens; corpus
+sha256 `{info["corpus_sha256"]}` (a newer Debian package changes it). Also synthetic rows of uniformly
+random token spans repeated. `model.safetensors` sha256 `{weights_sha}`.
 
 ## Training
 Batches of {BATCH} rows × {SEQ} tokens; AdamW (lr {LR}, betas 0.9/0.95, weight decay {WEIGHT_DECAY});
 gradient clipping at 1; the unembedding tied to the embedding while training (saved untied).
 1. Repeated random spans only, until the best head's induction score on probe sequences of its own
    reached {FORMED}: **{info["phase1_steps"]} steps**.
-2. **{info["steps"]} steps** of {BATCH - INDUCTION_ROWS} prose rows and {INDUCTION_ROWS} repeated-span rows,
-   the learning rate on a cosine down to 10%.
+2. **{info["steps"]} steps** of {BATCH - NATURAL_ROWS - RANDOM_ROWS} prose rows, {NATURAL_ROWS} rows of
+   natural-text repeats (spans of the training text repeated after a gap of 0–16 tokens) and {RANDOM_ROWS}
+   row of random repeats, the learning rate on a cosine down to 10%.
 
 The router is balanced without an auxiliary loss: after each step every expert's
 `e_score_correction_bias` moves by {BIAS_RATE} towards equal load.
@@ -387,10 +439,13 @@ from the start; training moves them.
 MoE specialisation on held-out prose; token classes: {", ".join(m["moe"][moe_block]["class_names"])}.
 {chr(10).join(_moe_lines(info))}
 
-Protocols (`scripts/tiny_metrics.py`): induction on `[<s>] S S`, |S| = 24 uniformly random non-special
-tokens, 16 rows, torch seed 0, probabilities from the `q_proj`/`k_proj` outputs (scaled by
-head_dim^-½, causal mask, KV heads repeat-interleaved), averaged over every query of the second copy;
-prose, Mamba and MoE numbers on `heldout.txt` in windows of 256 tokens, each led by `<s>`; dt =
+Protocols (`scripts/tiny_metrics.py`): copying on `<s> S S` for each sentence of `heldout_sentences.txt`
+(the second copy is `" " + S`), mean over every token of every copy; attention zeroed = every attention
+block's mixer output replaced by zeros. Induction on `[<s>] S S`, |S| = 24, 16 rows: S uniformly random
+non-special ids (torch seed 0), or 16 evenly spaced windows of `heldout.txt`'s tokens; probabilities from the
+`q_proj`/`k_proj` outputs (scaled by head_dim^-½, causal mask, KV heads repeat-interleaved), averaged over
+every query of the second copy. Prose, Mamba and MoE numbers on `heldout.txt` in windows of 256 tokens,
+each led by `<s>`; bits per byte = total nats / ln 2 / the UTF-8 bytes of the predicted tokens; dt =
 softplus(raw + dt_bias) clamped at time_step_min; top-1 expert = argmax of sigmoid score + correction
 bias; token classes from each token's text (whitespace only; letters after a space; letters with no space
 before; digits; anything else).
@@ -414,43 +469,78 @@ def random_router_mi(model, windows: torch.Tensor, tokenizer, seed: int = 0) -> 
     return out
 
 
+def word_starts(tokenizer) -> np.ndarray:
+    """(vocab,) bool: the token begins with a space or a newline (byte-level BPE's Ġ / Ċ)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return np.array([p[:1] in ("Ġ", "Ċ") for p in pieces])
+
+
+def copy_sentences(corpus: tiny_data.Corpus, n: int = 64) -> list[str]:
+    """``n`` held-out sentences for the copying test, taken in turn from each prose source."""
+    per_source = [
+        tiny_data.sentences("\n\n".join(docs))
+        for name, docs in sorted(corpus.heldout.items())
+        if name != "wordnet"
+    ]
+    out = []
+    for k in range(max(map(len, per_source), default=0)):
+        out += [s[k] for s in per_source if k < len(s)]
+    return out[:n]
+
+
+def prepare(args) -> tuple[tiny_data.Corpus, object, np.ndarray]:
+    """The corpus, the tokenizer trained on it and the training text as one token stream."""
+    if args.corpus_text:
+        corpus = tiny_data.from_text(args.corpus_text.read_text())
+    else:
+        corpus = tiny_data.build_corpus(*tiny_data.fetch(args.data))
+    print(f"corpus sha256 {corpus.sha256()}", flush=True)
+    docs = corpus.train_docs()
+    tokenizer = train_tokenizer(docs)
+    stream = np.concatenate(
+        [np.r_[ids, tokenizer.eos_token_id] for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]]
+    )
+    print(f"{len(stream):,} training tokens, vocab {len(tokenizer)}", flush=True)
+    return corpus, tokenizer, stream
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "nemo_explore/checkpoints/tiny")
     ap.add_argument("--data", type=Path, default=Path("/tmp/nemo_tiny_data"), help="download/unpack cache")
-    ap.add_argument("--steps", type=int, default=1000, help="steps of phase 2 (mixed prose and repeats)")
+    ap.add_argument("--corpus-text", type=Path, help="train on this text instead (smoke runs, no Debian)")
+    ap.add_argument("--steps", type=int, default=2500, help="steps of phase 2 (mixed prose and repeats)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--phase1-max", type=int, default=PHASE1_MAX, help="cap on phase 1 (repeats only)")
     ap.add_argument("--report-only", action="store_true", help="rewrite DATA.md from --out's metrics.json")
+    ap.add_argument(
+        "--measure-only", action="store_true", help="re-measure --out's checkpoint, rewrite DATA.md"
+    )
     args = ap.parse_args()
     if args.report_only:
         write_data_md(args.out, json.loads((args.out / "metrics.json").read_text()))
         return
     t0 = time.time()
     torch.set_num_threads(args.threads)
+    # Subnormal floats (from the Mamba decays exp(dt·A) and the scan's masked segment sums) made steps 3×
+    # slower as training went on (0.55 -> 1.7 s); flushing them to zero keeps every step at full speed.
+    torch.set_flush_denormal(True)
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))  # tokenizers' trainer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the reference-PyTorch-path notices and long-text tokenizer warnings
     sys.path.insert(0, str(ROOT))
+    if args.measure_only:
+        measure_checkpoint(args.out)
+        return
 
-    corpus = tiny_data.build_corpus(tiny_data.fetch(args.data))
-    print(f"corpus sha256 {corpus.sha256()}")
-    tokenizer = train_tokenizer(corpus.train)
-    stream = np.concatenate(
-        [
-            np.r_[tokenizer(doc, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-            for doc in corpus.train
-        ]
-    )
-    print(f"{len(stream):,} training tokens, vocab {len(tokenizer)}")
-
+    corpus, tokenizer, stream = prepare(args)
     torch.manual_seed(args.seed)
     model = build_model(tokenizer)
-    batches = Batches(stream, len(tokenizer), tokenizer.bos_token_id, args.seed)
-    at_init = tiny_metrics.measure(model, tokenizer, corpus.heldout, torch.from_numpy(stream).long())
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = Batches(stream, word_starts(tokenizer), len(tokenizer), tokenizer.bos_token_id, args.seed)
     t_train = time.time()
     # sequences of their own (seed 1), so that the reported score is on sequences training never looked at
     probe_tokens = tiny_metrics.induction_tokens(len(tokenizer), tokenizer.bos_token_id, seed=1)
@@ -461,39 +551,64 @@ def main() -> None:
     log, phase1 = train(model, batches, args.steps, probe, args.log_every, args.phase1_max)
     train_seconds = time.time() - t_train
 
-    metrics = tiny_metrics.measure(model, tokenizer, corpus.heldout, torch.from_numpy(stream).long())
-    windows = tiny_metrics.heldout_windows(tokenizer, corpus.heldout)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    (args.out / "heldout.txt").write_text(corpus.heldout)
+    torch.save(init_state, args.out / "untrained.pt")  # for the "untrained" column; removed once measured
+    (args.out / "heldout.txt").write_text(tiny_data.heldout_sample(corpus))
+    (args.out / "heldout_sentences.txt").write_text("\n".join(copy_sentences(corpus)) + "\n")
     info = dict(
         seed=args.seed,
         steps=args.steps,
         phase1_steps=phase1,
         threads=args.threads,
         train_seconds=round(train_seconds, 1),
-        total_seconds=round(time.time() - t0, 1),
+        prepare_seconds=round(t_train - t0, 1),
         cpu=f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         params=sum(p.numel() for p in model.parameters()),
         bytes=(args.out / "model.safetensors").stat().st_size,
-        train_chars=sum(len(d) for d in corpus.train),
+        train_chars={name: sum(map(len, docs)) for name, docs in corpus.train.items()},
+        heldout_docs={name: len(docs) for name, docs in corpus.heldout.items()},
         train_tokens=len(stream),
         corpus_sha256=corpus.sha256(),
-        moe_random_router_mi=random_router_mi(model, windows, tokenizer),
+        package_versions=corpus.versions,
+        unigram_counts=np.bincount(stream, minlength=len(tokenizer)).tolist(),
         config={
             k: v
             for k, v in model.config.to_dict().items()
             if k in {*MODEL, "vocab_size", "layers_block_type"}
         },
-        metrics=metrics,
-        metrics_at_init=at_init,
         loss_log=log,
     )
-    (args.out / "metrics.json").write_text(json.dumps(info, indent=1) + "\n")
-    write_data_md(args.out, info)
-    print(json.dumps(metrics, indent=1))
-    print(f"wrote {args.out} in {info['total_seconds'] / 60:.1f} min (training {train_seconds / 60:.1f} min)")
+    (args.out / "train_info.json").write_text(json.dumps(info) + "\n")
+    print(f"trained in {train_seconds / 60:.1f} min; measuring", flush=True)
+    measure_checkpoint(args.out)
+
+
+def measure_checkpoint(out: Path) -> None:
+    """Measure the saved checkpoint (and, while ``untrained.pt`` is there, its untrained twin): metrics.json
+    and DATA.md."""
+    from transformers import AutoTokenizer, NemotronHForCausalLM
+
+    info = json.loads((out / "train_info.json").read_text())
+    counts = torch.tensor(info.pop("unigram_counts"))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = NemotronHForCausalLM.from_pretrained(out).eval()
+    heldout = (out / "heldout.txt").read_text()
+    sentences = (out / "heldout_sentences.txt").read_text().splitlines()
+    info["metrics"] = tiny_metrics.measure(model, tokenizer, heldout, sentences, counts)
+    windows = tiny_metrics.heldout_windows(tokenizer, heldout)
+    info["moe_random_router_mi"] = random_router_mi(model, windows, tokenizer)
+    untrained = out / "untrained.pt"
+    if untrained.exists():
+        model.load_state_dict(torch.load(untrained))
+        info["metrics_at_init"] = tiny_metrics.measure(model, tokenizer, heldout, sentences, counts)
+        untrained.unlink()  # 8 MB the package need not ship: its numbers are in metrics.json now
+    else:
+        info["metrics_at_init"] = json.loads((out / "metrics.json").read_text())["metrics_at_init"]
+    (out / "metrics.json").write_text(json.dumps(info, indent=1) + "\n")
+    write_data_md(out, info)
+    print(json.dumps(info["metrics"], indent=1))
 
 
 if __name__ == "__main__":

@@ -56,30 +56,102 @@ def test_notebook_02_conclusions_hold():
     from nemo_explore import analysis
 
     model = ne.load("tiny")
-    top = analysis.induction_scores(model, seq_len=24, batch=4).top(5, "induction")
-    assert [t["layer_type"] for t in top[:4]] == ["attention"] * 4 and min(t["score"] for t in top[:4]) > 0.8
+    sentence = "What if he had written this piece with lyrics, as a song to be sung?"
+    top = analysis.induction_scores(model, sentence).top(5, "induction")
+    assert [t["layer_type"] for t in top[:4]] == ["attention"] * 4 and min(t["score"] for t in top[:4]) > 0.85
     assert top[4]["layer_type"] == "mamba" and top[4]["score"] < 0.05
-    tokens, _ = analysis.repeated_tokens(model, seq_len=16, batch=1)
-    half = tokens.shape[1] // 2
+    random_ids = analysis.induction_scores(model, seq_len=24, batch=4)
+    row = random_ids.layers.index(model.layers("attention")[0])
+    heads = random_ids.induction[row, : random_ids.n_heads[row]]
+    assert float(heads.min()) > 0.95 and float(heads.max()) < 0.975
+    tokens = model.to_tokens(sentence + " " + sentence)
+    n = model.to_tokens(sentence).shape[1] - 1
     ablate = analysis.ablate_layers
     delta = {k: ablate(model, tokens, layer_type=k, mode="zero").delta[0] for k in ne.LAYER_TYPES}
-    assert delta["attention"][half:].mean() > 3.5 and delta["attention"][:half].mean() < 0.5
-    assert delta["mamba"][half:].mean() > 3.0
-    assert abs(delta["moe"][half:].mean()) < 0.1 and 0.3 < delta["mlp"][half:].mean() < 0.7
+    assert 4.0 < delta["attention"][n:].mean() < 4.4 and delta["attention"][:n].mean() < 0.2
+    assert delta["mamba"][n:].mean() > 8.5 and delta["mamba"][:n].mean() > 4.5
+    assert 3.5 < delta["mlp"][n:].mean() < 3.9 and abs(delta["moe"][n:].mean()) < 0.1
+    dla = analysis.direct_logit_attribution(model, tokens).per_type
+    second = {k: float(v[0, n + 1 :].mean()) for k, v in dla.items()}
+    assert 9.4 < second["mlp"] < 9.8 and 1.2 < second["attention"] < 1.45
+    assert abs(second["mamba"]) < 0.05 and abs(second["moe"]) < 0.05
 
     clean, corrupted = tokens.clone(), tokens.clone()
-    corrupted[0, 1:half] = torch.roll(corrupted[0, 1:half], 1)
+    corrupted[0, 1 : n + 1] = torch.roll(corrupted[0, 1 : n + 1], 1)
     answer = int(clean[0, -1])
-    whole = analysis.patch(model, clean[:, :-1], corrupted[:, :-1], "attn_heads", answer=answer).scores
-    assert whole.min() > 0.3 and whole.max() < 0.65  # each head alone restores 33-60%
     pair = clean[:, :-1], corrupted[:, :-1]
+    whole = analysis.patch(model, *pair, "attn_heads", answer=answer).scores[0]
+    assert (whole[:2] > 0.35).all() and (whole[:2] < 0.45).all()  # heads 0 and 1: about 40% each
+    assert (whole[2:] > 0.05).all() and (whole[2:] < 0.15).all()  # heads 2 and 3: about 10%
+    assert analysis.patch(model, *pair, "mamba_heads", answer=answer).scores.max() < 0.02
     by_position = analysis.patch(model, *pair, "attn_head_positions", answer=answer)
-    best = by_position.scores.max(dim=1)  # each head's best position: the last query, 28-57%
-    assert (best.indices == tokens.shape[1] - 2).all() and best.values.min() > 0.25
-    layer, t = model.layers("mamba")[-1], half - 1
+    best = by_position.scores.max(dim=1)  # each head's best position: the last query
+    assert (best.indices == tokens.shape[1] - 2).all()
+    torch.testing.assert_close(best.values, whole, atol=0.01, rtol=0)
+    layer, t = model.layers("mamba")[-1], n
     name = f"blocks.{layer}.mamba.hook_state"
     _, donor = model.run_with_cache(corrupted, names_filter=[name], state_positions=[t])
     clean_loss = model(clean, return_type="loss_per_token")[0]
     hooks = [(name, lambda s, hook: donor[name])]
     patched = model.run_with_hooks(clean, hooks, state_positions=[t], return_type="loss_per_token")[0]
     assert abs(float((patched[t:].mean() - clean_loss[t:].mean()).detach())) < 0.01
+
+
+def test_notebook_01_copying_claim_holds():
+    """01's 'Writing a point': the second copy is cheap only while the attention layer can look back."""
+    import torch
+
+    import nemo_explore as ne
+
+    model = ne.load("tiny")
+    ids = model.to_tokens("The little cat sat on the mat. The little cat sat on the mat.")
+    half = ids.shape[1] // 2
+    assert model.to_tokens("The little cat sat on the mat.").shape[1] == half + 1  # <s> + one copy
+    clean = model(ids, return_type="loss_per_token")[0]
+    zero = [
+        (f"blocks.{i}.hook_mixer_out", lambda o, hook: torch.zeros_like(o)) for i in model.layers("attention")
+    ]
+    ablated = model.run_with_hooks(ids, fwd_hooks=zero, return_type="loss_per_token")[0]
+    first, second, without = clean[:half].mean(), clean[half:].mean(), ablated[half:].mean()
+    assert second < first - 3 and without > first - 1.5, (first, second, without)
+
+
+def test_notebook_03_routing_claims_hold():
+    """03's measured paragraph: each expert's favourite token class on held-out text, recomputed from the
+    router's own top-1 choice (HF's gate), and the forced-route losses."""
+    import torch
+
+    import nemo_explore as ne
+    from nemo_explore.checkpoints import tiny_path
+
+    model = ne.load("tiny")
+    moe = model.layers("moe")[0]
+    ids = model.to_tokens((tiny_path() / "heldout.txt").read_text()[:8000])
+    gate = model.blocks[moe].mixer.gate
+    seen = {}
+    handle = model.blocks[moe].norm.register_forward_hook(lambda m, i, o: seen.__setitem__("x", o))
+    try:
+        model(ids)
+    finally:
+        handle.remove()
+    scores = (seen["x"][0].float() @ gate.weight.T.float()).sigmoid()  # p experts
+    chosen = (scores + gate.e_score_correction_bias).topk(model.cfg.num_experts_per_tok, dim=-1).indices
+    top1 = chosen.gather(1, scores.gather(1, chosen).argmax(-1, keepdim=True))[:, 0]  # the larger weight
+
+    def kind(s: str) -> int:  # 0 space, 1 word start, 2 piece, 3 digit, 4 punct
+        t = s.lstrip(" ")
+        return (
+            0 if not s.strip() else (1 if t != s else 2) if t[:1].isalpha() else 3 if t[:1].isdigit() else 4
+        )
+
+    classes = torch.tensor([kind(s) for s in model.to_str_tokens(ids)])
+    counts = torch.zeros(model.cfg.n_routed_experts, 5)
+    counts.index_put_((top1, classes), torch.ones(len(top1)), accumulate=True)
+    lift = counts / counts.sum(1, keepdim=True) / (counts.sum(0) / counts.sum())
+    assert 3.4 < lift[2, 0] < 3.8 and 3.1 < lift[7, 4] < 3.5 and 2.2 < lift[5, 2] < 2.6, lift
+    text = model.to_tokens("In 1984, 42 cats and 7 dogs ran 3.5 miles: fast, faster, fastest!")
+    clean = model(text, return_type="loss")
+    for e in range(model.cfg.n_routed_experts):
+        forced = (torch.arange(2) + e) % model.cfg.n_routed_experts
+        hook = (f"blocks.{moe}.moe.hook_topk_indices", lambda idx, hook, f=forced: f.expand_as(idx))
+        assert abs(model.run_with_hooks(text, fwd_hooks=[hook], return_type="loss") - clean) < 0.04

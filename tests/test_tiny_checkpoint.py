@@ -1,6 +1,8 @@
 """The bundled tiny checkpoint: loads offline with plain transformers in about a second, small on disk, all
-four layer types, a tokenizer that round-trips text — and it learned what its DATA.md says: an induction
-head, prose far below uniform loss, Mamba heads with different memory horizons, experts that specialise.
+four layer types, a tokenizer that keeps common words whole and round-trips text — and it learned what its
+DATA.md says: it copies a held-out sentence the second time it sees it, through its attention layer (an
+induction head on text tokens too), it is a usable small language model on held-out prose, its Mamba heads
+have different memory horizons and its experts specialise.
 
 Every measurement is computed here from forward hooks on the plain HF model (independently of
 ``scripts/tiny_metrics.py``, which wrote ``metrics.json`` at training time), held to a threshold a little
@@ -26,10 +28,20 @@ TINY = tiny_path()
 KINDS = {"linear_attention", "full_attention", "mlp", "moe"}
 L_REP, ROWS = 24, 16  # induction probe: [<s>] S S with |S| = 24, 16 rows, torch seed 0
 WINDOW = 256
-# Thresholds a little below what training measured (DATA.md): induction 0.865; prose 4.569 nats (uniform
-# 7.625, unigram 6.401); MoE 0.584 bits, 12x the untrained router's, 2.1x a random router's, space and
-# punctuation lifts 5.4 and 5.1; Mamba half-lives 0.10 - 664 tokens, rate ratio >= 43 within every layer.
-INDUCTION_MIN, PROSE_BELOW_UNIFORM, PROSE_BELOW_UNIGRAM, MOE_MI_MIN, LIFT_MIN = 0.8, 2.9, 1.7, 0.5, 4.0
+# Thresholds a little below what training measured (DATA.md): induction 0.985 on random ids; prose 4.708 nats
+# (uniform 8.318, unigram 6.853); MoE 0.329 bits, 8.7x the untrained router's, 3.0x a random router's, space
+# and punctuation lifts 3.9 and 3.5; Mamba half-lives 1.27 - 249 tokens, rate ratio >= 24 within every layer.
+INDUCTION_MIN, PROSE_BELOW_UNIFORM, PROSE_BELOW_UNIGRAM, MOE_MI_MIN, LIFT_MIN = 0.9, 3.4, 2.0, 0.3, 3.0
+# What the checkpoint is for, on natural text it never saw: the second copy of a sentence costs at most 1.5
+# nats/token and at least 2.5 less than the first; zeroing attention raises it by 1.5 or more; an induction
+# head on repeats of text tokens; at most 2.5 bits per byte on held-out prose.
+COPY_SECOND_MAX, COPY_GAIN_MIN, ABLATION_RISE_MIN, TEXT_INDUCTION_MIN, BITS_PER_BYTE_MAX = (
+    1.5,
+    2.5,
+    1.5,
+    0.5,
+    2.5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +111,12 @@ def test_files_small_float32_and_complete(model):
         "tokenizer_config.json",
         "DATA.md",
         "heldout.txt",
+        "heldout_sentences.txt",
         "metrics.json",
     ):
         assert (TINY / name).is_file(), name
     size = sum(p.stat().st_size for p in TINY.iterdir())
-    assert size < 10 * 2**20, f"{size} bytes"
+    assert size < 25 * 2**20, f"{size} bytes"
     with safe_open(TINY / "model.safetensors", "pt") as f:  # HF writes the checkpoint-style names
         file = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     assert {t.dtype for t in file.values()} == {torch.float32}
@@ -156,6 +169,10 @@ def test_tokenizer_specials_and_round_trip(model, tok):
         assert ids[0] == tok.bos_token_id
         assert tok.decode(ids, skip_special_tokens=True) == text
         assert max(ids) < cfg.vocab_size
+    assert 4000 <= len(tok) <= 8192
+    words = " the little cat sat on mat and of to in is was he she it that with for you said people water"
+    split = [w for w in words.split(" ")[1:] if len(tok(" " + w, add_special_tokens=False)["input_ids"]) != 1]
+    assert not split, f"common words split into pieces: {split}"
     pieces = [tok.decode([i]) for i in tok("a line\nthen  more", add_special_tokens=False)["input_ids"]]
     assert "".join(pieces) == "a line\nthen  more"
     assert any("\n" in p for p in pieces) and any(p.startswith(" ") for p in pieces)
@@ -227,6 +244,88 @@ def test_induction_head(induction, recorded):
         )
 
 
+@pytest.fixture(scope="module")
+def copying(model, tok):
+    """Per held-out sentence S, the per-token losses of ``<s> S S``: first copy, second copy (" " + S), and
+    the second copy again with the attention blocks' mixers returning zeros."""
+    attn = [layer.mixer for layer in model.model.layers if layer.block_type == "full_attention"]
+    first, second, zeroed = [], [], []
+    for s in (TINY / "heldout_sentences.txt").read_text().splitlines():
+        a = tok(s, add_special_tokens=False)["input_ids"]
+        b = tok(" " + s, add_special_tokens=False)["input_ids"]
+        assert tok.decode(a + b) == s + " " + s
+        ids = torch.tensor([[tok.bos_token_id, *a, *b]])
+        with torch.no_grad():
+            nll = F.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="none")
+            zero = lambda m, i, o: (torch.zeros_like(o[0]), *o[1:])  # noqa: E731 (HF returns (out, weights))
+            handles = [m.register_forward_hook(zero) for m in attn]
+            try:
+                nll_zeroed = F.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="none")
+            finally:
+                for h in handles:
+                    h.remove()
+        first.append(nll[: len(a)])
+        second.append(nll[len(a) :])
+        zeroed.append(nll_zeroed[len(a) :])
+    assert len(first) >= 48, "enough sentences to mean something"
+    return tuple(torch.cat(x).mean().item() for x in (first, second, zeroed))
+
+
+def test_copies_a_heldout_sentence_the_second_time(copying, recorded):
+    first, second, _ = copying
+    assert second <= COPY_SECOND_MAX, copying
+    assert first - second >= COPY_GAIN_MIN, copying
+    rec = recorded["copying"]
+    assert (first, second) == pytest.approx((rec["first_copy"], rec["second_copy"]), abs=2e-3)
+
+
+def test_attention_is_what_copies(copying, recorded):
+    _, second, zeroed = copying
+    assert zeroed - second >= ABLATION_RISE_MIN, copying
+    assert zeroed == pytest.approx(recorded["copying"]["second_copy_attention_zeroed"], abs=2e-3)
+
+
+def test_induction_head_on_repeated_text(model, tok, recorded):
+    """The induction score on ``[<s>] S S`` with S 24 consecutive tokens of held-out text (16 windows)."""
+    ids = tok((TINY / "heldout.txt").read_text(), add_special_tokens=False)["input_ids"]
+    starts = torch.linspace(0, len(ids) - L_REP, ROWS).long().tolist()  # the protocol of DATA.md
+    s = torch.tensor([ids[i : i + L_REP] for i in starts])
+    tokens = torch.cat([torch.full((ROWS, 1), tok.bos_token_id), s, s], dim=1)
+    q = torch.arange(1 + L_REP, 1 + 2 * L_REP)
+    scores = {
+        i: p[:, :, q, q - L_REP + 1].mean(dim=(0, 2)) for i, p in _pattern_from_qk(model, tokens).items()
+    }
+    best = max(x.max().item() for x in scores.values())
+    assert best >= TEXT_INDUCTION_MIN, scores
+    assert best == pytest.approx(recorded["text_induction"]["best"]["score"], abs=2e-4)
+
+
+def test_heldout_prose_bits_per_byte(tok, prose, recorded):
+    """Total nats over the predicted tokens / ln 2 / the UTF-8 bytes of the text those tokens spell."""
+    windows, logits, _ = prose
+    nats = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1), reduction="sum"
+    ).item()
+    n_bytes = len(tok.decode(windows[:, 1:].reshape(-1).tolist()).encode("utf-8"))
+    bpb = nats / math.log(2) / n_bytes
+    assert bpb <= BITS_PER_BYTE_MAX, bpb
+    assert bpb == pytest.approx(recorded["prose"]["bits_per_byte"], abs=5e-3)
+
+
+def test_greedy_continuations_are_english_words(model, tok):
+    """Every word of a greedy continuation of simple prompts is a word of the training vocabulary."""
+    for prompt in ("The man went to the", "And God said", "A computer is"):
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        words = [w.strip(".,;:!?'\"()-").lower() for w in text.split()]
+        words = [w for w in words if w]
+        assert len(words) >= 4, text
+        whole = [w for w in words if len(tok(" " + w, add_special_tokens=False)["input_ids"]) <= 2]
+        assert len(whole) >= 0.75 * len(words), f"{prompt!r} -> {text!r}"
+
+
 def test_heldout_prose_loss_far_below_uniform(model, prose, recorded):
     windows, logits, _ = prose
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)).item()
@@ -247,9 +346,9 @@ def test_mamba_heads_have_different_memory_horizons(model, prose, recorded):
         rates[i] = (dt * mixer.A_log.exp()).mean(dim=(0, 1))
     everything = torch.cat(list(rates.values()))
     half_lives = math.log(2) / everything
-    assert half_lives.min() < 0.5 and half_lives.max() > 300, half_lives
+    assert half_lives.min() < 1.5 and half_lives.max() > 200, half_lives
     for i, r in rates.items():
-        assert r.max() / r.min() > 20, f"block {i}: rates {r.tolist()}"
+        assert r.max() / r.min() > 15, f"block {i}: rates {r.tolist()}"
         expected = torch.tensor(recorded["mamba"]["half_life_tokens"][str(i)])
         torch.testing.assert_close(math.log(2) / r, expected, rtol=2e-3, atol=1e-2)
 
@@ -307,12 +406,12 @@ def test_moe_experts_specialise_by_token_class(model, tok, prose, recorded):
         assert mi == pytest.approx(recorded["moe"][str(i)]["mi_bits"], abs=1e-3)
         assert mi > MOE_MI_MIN, mi
         untrained_mi = _mi_bits(classes, _top1(untrained, windows, i))
-        assert mi > 8 * untrained_mi, f"training made the routing class-aware: {mi} vs {untrained_mi}"
+        assert mi > 5 * untrained_mi, f"training made the routing class-aware: {mi} vs {untrained_mi}"
         # more than a random router of the same scale finds in the same (trained) router inputs
         x = seen[("router_in", i)].reshape(-1, gate.weight.shape[1])
         g = torch.Generator().manual_seed(0)
         random_router = torch.randn(gate.weight.shape, generator=g) * gate.weight.std()
-        assert mi > 1.5 * _mi_bits(classes, (x @ random_router.T).argmax(-1))
+        assert mi > 2 * _mi_bits(classes, (x @ random_router.T).argmax(-1))
         # whitespace and punctuation concentrate on experts of their own
         counts = torch.zeros(gate.num_experts, 5, dtype=torch.float64)
         counts.index_put_((top1, classes), torch.ones(len(top1), dtype=torch.float64), accumulate=True)
