@@ -44,8 +44,13 @@ def screenshot(notebooks: list[Path], out: Path = ROOT / "artifacts" / "notebook
                 page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
                 page.click(".lm-MenuBar-itemLabel >> text=Run")
                 page.click(".lm-Menu-itemLabel >> text=Run All Cells")
-                page.wait_for_timeout(2_000)
-                page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=600_000)
+                page.wait_for_function(  # every code cell ran: its prompt shows a number, none "[*]" or "[ ]"
+                    """() => {
+                        const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
+                        return p.length > 0 && p.every(e => /\[\d+\]/.test(e.textContent));
+                    }""",
+                    timeout=600_000,
+                )
                 page.wait_for_timeout(3_000)  # the last figures draw after the kernel goes idle
                 outputs = page.locator(".jp-Cell .jp-Cell-outputArea")
                 for i in range(outputs.count()):
