@@ -45,7 +45,7 @@ def screenshot(notebooks: list[Path], out: Path = ROOT / "artifacts" / "notebook
                 page.click(".lm-MenuBar-itemLabel >> text=Run")
                 page.click(".lm-Menu-itemLabel >> text=Run All Cells")
                 page.wait_for_function(  # every code cell ran: its prompt shows a number, none "[*]" or "[ ]"
-                    """() => {
+                    r"""() => {
                         const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
                         return p.length > 0 && p.every(e => /\[\d+\]/.test(e.textContent));
                     }""",
