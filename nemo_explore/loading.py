@@ -8,6 +8,7 @@ unless ``allow_pickle=True``.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -41,6 +42,7 @@ def load(
     a CUDA device that this torch build or machine lacks is refused (``ValueError``) before anything loads.
     ``tokenizer``: a tokenizer to use instead of the checkpoint's own.
     """
+    quiet_cpu_kernel_advice()
     if isinstance(source, torch.nn.Module):
         check_devices(device, None)
         model = source
@@ -91,6 +93,23 @@ def load(
         if quiet:
             hf_logging.enable_progress_bar()
     return HookedNemotronH(model, tokenizer if tokenizer is not None else _tokenizer(where))
+
+
+class _CpuKernelAdvice(logging.Filter):
+    """Drops transformers' "`...` is falling back to its reference PyTorch implementation because
+    `mamba-ssm` is not installed" (logged at the first forward) on machines without CUDA: those kernels are
+    CUDA-only, so the advice cannot be followed there, and in a notebook it prints as an error-coloured
+    stderr box. Where CUDA is available the message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return torch.cuda.is_available() or "falling back to its reference PyTorch" not in record.getMessage()
+
+
+def quiet_cpu_kernel_advice() -> None:
+    """Install :class:`_CpuKernelAdvice` on transformers' kernel logger (once)."""
+    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    if not any(isinstance(f, _CpuKernelAdvice) for f in logger.filters):
+        logger.addFilter(_CpuKernelAdvice())
 
 
 class MemoryWarning(ResourceWarning):

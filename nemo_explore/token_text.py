@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from functools import cache
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
@@ -52,3 +53,63 @@ def _byte_level_table() -> dict[str, int]:
     table = {chr(b): b for b in printable}
     table.update({chr(0x100 + k): b for k, b in enumerate(others)})
     return table
+
+
+_BYTE_ESCAPE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")  # what token_text writes for a byte >= 0x80
+_PIECE_MARKS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def join_pieces(tokens: Sequence[str]) -> list[str]:
+    """A run of tokens as a reader sees it: a character whose UTF-8 bytes are split over several tokens
+    (each shown alone as ``'\\xe2'``, ``'\\x80'``, ``'\\x94'`` by :func:`token_text`) is shown on each of
+    those tokens, with the piece's number: ``'—₁'``, ``'—₂'``, ``'—₃'``. Bytes that form no character
+    with their neighbours (a real fragment, e.g. the input cut mid-character) stay ``'\\xNN'``.
+    """
+    stream: list[int] = []  # every byte of the run, and the token it came from
+    owner: list[int] = []
+    for t, tok in enumerate(tokens):
+        for k, part in enumerate(_BYTE_ESCAPE.split(tok)):
+            data = bytes([int(part, 16)]) if k % 2 else part.encode("utf-8", "surrogatepass")
+            stream.extend(data)
+            owner.extend([t] * len(data))
+    if not any(b >= 0x80 for b in stream):
+        return list(tokens)
+    out = [""] * len(tokens)
+    i = 0
+    while i < len(stream):
+        size = _utf8_length(stream, i)
+        owners = list(dict.fromkeys(owner[i : i + size]))
+        if size == 0:  # not part of any character
+            out[owner[i]] += f"\\x{stream[i]:02x}"
+            size = 1
+        elif len(owners) == 1:
+            out[owners[0]] += bytes(stream[i : i + size]).decode("utf-8", "surrogatepass")
+        else:
+            ch = bytes(stream[i : i + size]).decode("utf-8")
+            for n, t in enumerate(owners, 1):
+                out[t] += ch + str(n).translate(_PIECE_MARKS)
+        i += size
+    return out
+
+
+def _utf8_length(data: list[int], i: int) -> int:
+    """Length of the UTF-8 character starting at ``data[i]``, or 0 if no valid one starts there."""
+    lead = data[i]
+    size = (
+        1
+        if lead < 0x80
+        else 2
+        if 0xC2 <= lead < 0xE0
+        else 3
+        if 0xE0 <= lead < 0xF0
+        else 4
+        if 0xF0 <= lead < 0xF5
+        else 0
+    )
+    if size == 0 or i + size > len(data):
+        return 0
+    try:
+        bytes(data[i : i + size]).decode("utf-8")
+    except UnicodeDecodeError:
+        return 0
+    return size

@@ -143,8 +143,13 @@ def test_attention_pattern_values(cache):
     upper = np.triu(np.ones_like(want, dtype=bool), 1)
     assert np.isnan(got[upper]).all()
     np.testing.assert_array_equal(got[~upper], want[~upper].astype(np.float32))
-    # colour range: from 0 to the largest p below the first row (which is always 1)
-    assert view.detail.data[0].zmin == 0 and view.detail.data[0].zmax == pytest.approx(want[1:].max())
+    # colour range: from 0 to the largest p below the first row (which is always 1), and by default
+    # right of the first column (the attention sink, which saturates)
+    assert view.detail.data[0].zmin == 0 and view.detail.data[0].zmax == pytest.approx(want[1:, 1:].max())
+    assert "leaves out the first token" in view.note.value
+    view.sink_box.value = False
+    assert view.detail.data[0].zmax == pytest.approx(want[1:].max())
+    assert "leaves out the first token" not in view.note.value
 
 
 def test_mamba_hidden_attention_signed_and_share(cache):
@@ -240,11 +245,11 @@ def test_hidden_attention_for_a_window_of_query_rows():
     with pytest.raises(ValueError, match=r"holds 4 query rows of 12 positions.*hidden_attn_window"):
         AttentionHeads(cache)
     view = AttentionHeads(cache, hidden_attn_window=(8, 12))
-    got = z(view.detail.data[0])
+    got = z(view.detail.data[0])  # rows 8..11 against every key they can see (all fit in the key window)
     np.testing.assert_array_equal(
-        np.nan_to_num(got), np.tril(full["blocks.0.mamba.hook_hidden_attn"][0, 0, 8:, 8:])
+        np.nan_to_num(got), np.tril(full["blocks.0.mamba.hook_hidden_attn"][0, 0, 8:, :].numpy(), 8)
     )
-    assert view.detail.data[0].x[0] == label(8, TOKENS[8])
+    assert view.detail.data[0].y[0] == label(8, TOKENS[8]) and view.detail.data[0].x[0] == label(0, TOKENS[0])
 
 
 def test_attention_pattern_for_a_window_of_query_rows(model):
@@ -254,7 +259,7 @@ def test_attention_pattern_for_a_window_of_query_rows(model):
     view = AttentionHeads(cache)  # the cache says which rows it holds
     got = z(view.detail.data[0])
     np.testing.assert_allclose(
-        np.nan_to_num(got), np.tril(full["blocks.1.attn.hook_pattern"][0, 0, 7:, 7:].numpy()), atol=1e-6
+        np.nan_to_num(got), np.tril(full["blocks.1.attn.hook_pattern"][0, 0, 7:, :].numpy(), 7), atol=1e-6
     )
     assert view.window_slider.min == 7
     cache.pattern_window = None
@@ -383,6 +388,11 @@ def test_moe_errors_and_window(cache):
     view = MoERouting(long)
     assert z(view.routing.data[0]).shape == (E, 2048) and sum(view.load.data[0].y) == 2300 * K
     assert "Long input" in view.note.value
+    # 2,048 tokens in 640 px: no room for a top-k mark per cell, so none is sent (the title says so)
+    assert (
+        len(view.routing.data[1].x) == 0
+        and "marks left out: cells under 6 px" in view.routing.layout.title.text
+    )
 
 
 # ------------------------------------------------------------------ Explorer
@@ -489,3 +499,147 @@ def test_nemo_explore_imports_without_ipywidgets():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pip install 'nemo-explore[widgets]'" in out.stdout
+
+
+# ------------------------------------------------------------------ token text and small defects (issue 15)
+def test_split_characters_joined_and_fragments_kept():
+    from nemo_explore.token_text import join_pieces
+
+    pieces = ["a", " ", "\\xe2", "\\x80", "\\x94", " b", "\\xf0\\x9f", "\\x98\\x80x", "\\xe2"]
+    want = ["a", " ", "—₁", "—₂", "—₃", " b", "😀₁", "😀₂x", "\\xe2"]  # the last one: a real fragment
+    assert join_pieces(pieces) == want
+    assert join_pieces(["\\x14", "é", "\\x85"]) == ["\\x14", "é", "\\x85"]  # nothing to join
+    cache = make_cache(p=6, b=1)
+    cache.str_tokens_all[0][:] = ["<s>", "\\xe2", "\\x80", "\\x94", ' "q"', "x"]
+    view = MoERouting(cache)
+    assert list(view.routing.data[0].x[1:4]) == ["1 —₁", "2 —₂", "3 —₃"]
+    assert view.routing.data[0].x[4] == "4 ␣&#34;q&#34;"  # plotly shows &quot; literally, &#34; as "
+    assert "&quot;" not in view.tokens.value and "—₂" in view.tokens.value
+
+
+def test_long_tokens_short_on_ticks_whole_on_hover():
+    cache = make_cache(p=4, b=1, drop=("mamba", "moe"))
+    cache.str_tokens_all[0][:] = ["<s>", " " * 40, "<script>", "abcdefghijklmnopqrstuvwxyz"]
+    view = AttentionHeads(cache)
+    axis = view.detail.layout.xaxis
+    assert list(axis.tickvals) == list(view.detail.data[0].x)  # every category has its tick: 4 fit
+    assert list(axis.ticktext) == ["0 &lt;s&gt;", "1 ␣×40", "2 &lt;script&gt;", "3 abcdefghijk…"]
+    assert view.detail.data[0].x[1] == "1 " + "␣" * 40  # hover shows the whole token
+    long = AttentionHeads(make_cache(p=600, b=1, drop=("mamba", "moe")))
+    assert 20 < len(long.detail.layout.xaxis.tickvals) <= 512 // 8
+
+
+def test_windowed_attention_title_says_what_rows_sum_to():
+    view = AttentionHeads(make_cache(p=700, b=1, drop=("mamba",)))
+    assert "each row sums to 1" in view.detail.layout.title.text
+    view.select(window=100)
+    title = view.detail.layout.title.text
+    assert "each row sums to 1" not in title and "keys 100–611 shown" in title
+
+
+def test_query_and_key_windows_are_independent():
+    p = 700
+    cache = make_cache(p=p, b=1, drop=("mamba",))
+    pattern = cache["blocks.1.attn.hook_pattern"][0, 2].numpy()
+    view = AttentionHeads(cache, head=2)
+    assert view.key_slider.layout.display is None and view.key_slider.max == p - 512
+    view.select(window=188, keys=0)  # late queries against early keys
+    got, above = z(view.detail.data[0]), np.arange(512)[None, :] > np.arange(188, 700)[:, None]
+    np.testing.assert_array_equal(got[~above], pattern[188:700, 0:512][~above])
+    assert np.isnan(got[above]).all() and not np.isnan(got[-1]).any()  # the last query sees every key
+    assert view.detail.data[0].y[0].startswith("188 ") and view.detail.data[0].x[0].startswith("0 ")
+    assert "Keys 0–511 against queries 188–699" in text(view.note.value)
+    assert "keys 0–511 shown" in view.detail.layout.title.text
+    view.window_slider.value = 100  # the query window carries the keys along
+    assert view.key_slider.value == 100 and z(view.detail.data[0]).shape == (512, 512)
+    view.key_slider.value = 50
+    got = z(view.detail.data[0])
+    upper = np.arange(50, 562)[None, :] > np.arange(100, 612)[:, None]
+    assert np.isnan(got[upper]).all()
+    np.testing.assert_array_equal(got[~upper], pattern[100:612, 50:562][~upper])
+    assert len(z(view.grid.data[0])) < 2 * 48  # thumbnails: the query rows' own square
+
+
+def test_controls_fit_their_text(cache):
+    view = AttentionHeads(cache)
+    assert view.head_select.layout.width == "190px" and view.head_select.style.description_width == "40px"
+    ssm = SSMStateNorms(cache, horizons={0: torch.ones(H_MAMBA), 4: torch.ones(H_MAMBA)})
+    for fig in (ssm.heads, ssm.overview):  # one token axis: same width, margins, domain and colour bar
+        assert (fig.layout.width, fig.layout.margin.l, fig.layout.margin.r) == (760, 90, 10)
+        assert fig.layout.xaxis.domain == (0, 0.8) and fig.data[0].colorbar.x == pytest.approx(0.81)
+        assert fig.layout.yaxis.automargin is False
+
+
+def test_explorer_status_and_multiline_prompt(model):
+    ex = Explorer(model, "The cat\nsat")
+    assert ex.prompt.value == "The cat\nsat" and "\n" in ex.cache.str_tokens
+    ex.select_layer(4)
+    assert "dense MLP" in ex.status.value and "Ran " in ex.status.value
+    ex.select_layer(7)  # the MLP sentence does not stay behind
+    assert "dense MLP" not in ex.status.value and "Showing block 7 (moe)" in ex.status.value
+
+
+def test_cpu_kernel_advice_dropped_without_cuda():
+    import logging
+
+    from nemo_explore.loading import _CpuKernelAdvice, quiet_cpu_kernel_advice
+
+    advice = "`mamba_chunk_scan_combined` is falling back to its reference PyTorch implementation because"
+    record = logging.LogRecord("transformers.integrations.hub_kernels", 30, __file__, 1, advice, None, None)
+    other = logging.LogRecord("transformers.integrations.hub_kernels", 30, __file__, 1, "other", None, None)
+    assert _CpuKernelAdvice().filter(record) == torch.cuda.is_available()
+    assert _CpuKernelAdvice().filter(other)
+    quiet_cpu_kernel_advice()  # what load() does, once however often it is called
+    quiet_cpu_kernel_advice()
+    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    assert sum(isinstance(f, _CpuKernelAdvice) for f in logger.filters) == 1
+
+
+def test_explorer_run_updates_views_in_place(model):
+    ex = Explorer(model, TEXT)
+    ex.select_layer(5)
+    views, figures = dict(ex.views), [v.detail for v in ex.views.values() if hasattr(v, "detail")]
+    ex.run("A new <!-- prompt")
+    assert ex.views == views and list(ex.tabs.children) == list(views.values())  # the same widgets
+    assert [v.detail for v in ex.views.values() if hasattr(v, "detail")] == figures
+    attn = ex.views["attention"]
+    assert attn.layer == 5 and len(attn.detail.data[0].x) == len(ex.cache.str_tokens)
+    _, ref = model.run_with_cache("A new <!-- prompt", names_filter="blocks.5.mamba.hook_hidden_attn")
+    M = ref["blocks.5.mamba.hook_hidden_attn"][0, 0].numpy()
+    np.testing.assert_allclose(np.nan_to_num(z(attn.detail.data[0])), np.tril(M), rtol=1e-5, atol=1e-6)
+    norms = ex.cache["blocks.5.mamba.hook_state_norm"][0].numpy()  # the SSM view followed block 5
+    assert ex.views["ssm"].layer == 5
+    np.testing.assert_array_equal(z(ex.views["ssm"].heads.data[0]), norms.T)
+
+
+def test_views_rebind_keep_or_reset_layer(cache):
+    view = AttentionHeads(cache, layer=4)
+    view.rebind(make_cache(seed=1))
+    assert view.layer == 4
+    want = make_cache(seed=1)["blocks.4.mamba.hook_hidden_attn"][0, 0].numpy()
+    np.testing.assert_array_equal(np.nan_to_num(z(view.detail.data[0])), np.tril(want))
+    view.rebind(make_cache(drop=("mamba",)))  # block 4 is gone: the first attention layer
+    assert view.layer == 1 and [v for _, v in view.layer_select.options] == [1]
+    moe = MoERouting(cache)
+    moe.rebind(make_cache(p=5, seed=2))
+    assert len(moe.routing.data[0].x) == 5 and sum(moe.load.data[0].y) == 5 * K
+    ssm = SSMStateNorms(cache)
+    with pytest.raises(ValueError, match="horizons exactly when"):
+        ssm.rebind(cache, horizons={0: torch.ones(H_MAMBA)})
+    ssm.rebind(make_cache(p=5, seed=2), layer=4)
+    assert ssm.layer == 4 and z(ssm.heads.data[0]).shape == (H_MAMBA, 5)
+
+
+def test_figures_load_plotly_once_and_send_binary(cache):
+    from nemo_explore.widgets._plotly import Figure, PlotlyBundle, to_js
+
+    views = [AttentionHeads(cache), SSMStateNorms(cache), MoERouting(cache)]
+    figures = [v.detail for v in views[:1]] + [views[0].grid, views[1].heads, views[2].load]
+    assert all(isinstance(f, Figure) and len(f._esm) < 3000 for f in figures)  # a loader, not plotly.js
+    bundles = {id(f._bundle) for f in figures}
+    assert len(bundles) == 1 and isinstance(figures[0]._bundle, PlotlyBundle)  # one bundle for them all
+    assert len(figures[0]._bundle.code) > 1_000_000 and b"export" in figures[0]._bundle.code[-3000:]
+    state = figures[0].get_state()
+    assert state["_bundle"] == "IPY_MODEL_" + figures[0]._bundle.model_id  # a reference, not a copy
+    rows = to_js({"z": np.array([[1.0, np.nan], [3.0, 4.0]])})["z"]
+    assert [r["dtype"] for r in rows] == ["float32"] * 2 and bytes(rows[0]["buffer"])[:4] == b"\x00\x00\x80?"

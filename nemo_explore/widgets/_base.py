@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import ipywidgets as widgets
 import torch
 
+from ..token_text import join_pieces
 from ._static import CSS, Page
 from ._tokens import Window
 
@@ -30,15 +31,27 @@ class CacheView(widgets.VBox):
     def __init__(self, cache, batch: int = 0) -> None:
         super().__init__(layout=widgets.Layout(width="100%"))
         self.add_class("ne-view")
+        self._check_cache(cache)
+        self.cache = cache
+        self.batch = batch
+        self.note = widgets.HTML()
+        self._hold = False  # while True, control changes do not redraw (several set at once)
+
+    def _check_cache(self, cache) -> None:
         if not isinstance(cache, Mapping) or not hasattr(cache, "layer_types"):
             raise TypeError(
                 f"{type(self).__name__} takes an ActivationCache (from model.run_with_cache), "
                 f"not {type(cache).__name__}"
             )
-        self.cache = cache
-        self.batch = batch
-        self.note = widgets.HTML()
-        self._hold = False  # while True, control changes do not redraw (several set at once)
+
+    def _set_layers(self, options: list[tuple[str, int]], layer: int) -> None:
+        """New options for the layer menu, and its value, without a redraw (the caller redraws)."""
+        self._hold, held = True, self._hold
+        try:
+            self.layer_select.options = options
+            self.layer_select.value = layer
+        finally:
+            self._hold = held
 
     # -------------------------------------------------------------- inputs
     def _row(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
@@ -56,11 +69,12 @@ class CacheView(widgets.VBox):
         return (int(keep[0]), len(keep)) if len(keep) else (0, 0)
 
     def _tokens(self, p: int) -> tuple[list[str], int]:
-        """The row's tokens as strings and the position of the first one (``#id`` when no tokenizer)."""
+        """The row's tokens as strings and the position of the first one (``#id`` when no tokenizer); a
+        character split over several tokens shows on each (``join_pieces``)."""
         offset, n = self._valid(p)
         rows = getattr(self.cache, "str_tokens_all", None) or []
         if self.batch < len(rows) and len(rows[self.batch]) == n:
-            return list(rows[self.batch]), offset
+            return join_pieces(rows[self.batch]), offset
         ids = getattr(self.cache, "tokens", None)
         if ids is not None and ids.shape[-1] == p:
             return [f"#{i}" for i in ids[self.batch, offset : offset + n].tolist()], offset

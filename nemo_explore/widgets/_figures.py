@@ -16,23 +16,12 @@ FONT = dict(family="system-ui, sans-serif", size=11)
 
 
 def figure_widget(width: int, height: int, **layout):
-    import plotly.graph_objects as go
+    from ._plotly import Figure
 
-    fig = go.FigureWidget(
-        layout=dict(width=width, height=height, margin=dict(l=10, r=10, t=36, b=10), font=FONT, **layout)
-    )
+    layout.setdefault("margin", dict(l=10, r=10, t=36, b=10))
+    fig = Figure(layout=dict(width=width, height=height, autosize=False, font=FONT, **layout))
     fig.layout.template = "plotly_white"
     return fig
-
-
-def cells(a: np.ndarray) -> list:
-    """A 2-D array as nested lists with None for NaN: what plotly draws as a gap. (A widget message
-    must be strict JSON, which has no NaN.)"""
-    if not np.isnan(a).any():
-        return a.tolist()
-    out = a.astype(object)
-    out[np.isnan(a)] = None
-    return out.tolist()
 
 
 def pooled(maps: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,8 +18,10 @@ CSS = """
 .ne-view h2 { font-size: 16px; margin: 12px 0 4px; }
 .ne-note { color: #555; margin: 2px 0 6px; line-height: 1.4; }
 .ne-warn { background: #fff4e0; border-left: 3px solid #f0a030; padding: 3px 8px; margin: 4px 0; }
-.ne-toks { line-height: 1.9; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
-.ne-tok { border: 1px solid #ddd; border-radius: 3px; padding: 0 2px; margin: 0 1px; white-space: pre; }
+.ne-toks { line-height: 1.9; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px;
+  max-width: 100%; }
+.ne-tok { display: inline-block; border: 1px solid #ddd; border-radius: 3px; padding: 0 2px; margin: 1px;
+  line-height: 1.5; white-space: pre-wrap; overflow-wrap: anywhere; max-width: 100%; box-sizing: border-box; }
 .ne-legend span.ne-sw { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
   vertical-align: -2px; margin: 0 4px 0 10px; }
 .ne-map { display: flex; flex-wrap: wrap; gap: 2px; margin: 4px 0; }

@@ -19,7 +19,6 @@ from ._figures import (
     DIVERGING,
     SEQUENTIAL,
     SHARE,
-    cells,
     figure_widget,
     grid_columns,
     mosaic,
@@ -27,7 +26,7 @@ from ._figures import (
     tile_rect,
 )
 from ._static import Page, StaticHTML, circuitsvis_html
-from ._tokens import Window, labels, visible
+from ._tokens import Window, labels, ticks, visible
 
 PAIRWISE_WINDOW = 512
 THUMB = 48
@@ -53,9 +52,11 @@ class AttentionHeads(CacheView):
     ``cache`` holds ``blocks.{i}.attn.hook_pattern`` and/or ``blocks.{i}.mamba.hook_hidden_attn``
     (b h q k). ``layer``: the block shown first (default: the first attention layer cached, else the first
     Mamba layer); ``head``: the head in detail; ``mode``: for Mamba layers ``'signed'`` (M itself, diverging
-    scale) or ``'share'`` (|M| ÷ row Σ|M|); ``batch``: the row of the batch; ``window``: first position of
-    the window on long inputs; ``pattern_window`` / ``hidden_attn_window``: the ``(start, stop)`` query
-    rows the patterns / hidden attention were computed for (default: what the cache says it was run with).
+    scale) or ``'share'`` (|M| ÷ row Σ|M|); ``sink``: leave the first token's column (the attention sink)
+    out of the colour range, so that the rest does not fade to white; ``batch``: the row of the batch;
+    ``window``: first position of the window on long inputs; ``pattern_window`` / ``hidden_attn_window``:
+    the ``(start, stop)`` query rows the patterns / hidden attention were computed for (default: what the
+    cache says it was run with).
     """
 
     title = "Attention heads"
@@ -67,25 +68,15 @@ class AttentionHeads(CacheView):
         head: int = 0,
         *,
         mode: str = "signed",
+        sink: bool = True,
         batch: int = 0,
         window: int | None = None,
         hidden_attn_window: tuple[int, int] | None = None,
         pattern_window: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(cache, batch)
-        types = cache.layer_types
-        self._sources = {
-            i: EXPECTED[t].format(i=i)
-            for i, t in enumerate(types)
-            if t in EXPECTED and EXPECTED[t].format(i=i) in cache
-        }
-        if not self._sources:
-            raise ValueError(
-                "AttentionHeads found no attention pattern or Mamba hidden attention in this cache: cache "
-                f"them first, e.g. model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
-            )
-        if layer is None:
-            layer = next((i for i in self._sources if types[i] == "attention"), next(iter(self._sources)))
+        self._sources = self._find_sources(cache)
+        layer = self._first_layer() if layer is None else layer
         self._check_layer(layer, EXPECTED, NAMES)
         if mode not in ("signed", "share"):
             raise ValueError(f"mode must be 'signed' or 'share' (|M| ÷ row Σ|M|), not {mode!r}")
@@ -94,14 +85,29 @@ class AttentionHeads(CacheView):
         self.layer_select = widgets.Dropdown(
             options=[(self._layer_label(i), i) for i in self._sources], value=layer, description="layer"
         )
-        self.head_select = widgets.Dropdown(description="head", layout=widgets.Layout(width="160px"))
+        self.head_select = widgets.Dropdown(
+            description="head",
+            layout=widgets.Layout(width="190px", flex="0 0 auto"),
+            style=dict(description_width="40px"),
+        )
         self.mode_select = widgets.ToggleButtons(
             options=[("signed M", "signed"), ("|M| ÷ row Σ|M|", "share")],
             value=mode,
             tooltips=["M itself: diverging scale, 0 = white", "each cell's share of its row's magnitude"],
             style=dict(button_width="120px"),
         )
+        self.sink_box = widgets.Checkbox(
+            value=sink,
+            description="colour scale leaves out the first token (sink)",
+            indent=False,
+            layout=widgets.Layout(width="auto"),
+        )
         self.window_slider = self._slider()
+        self.window_slider.description = "queries"
+        self.key_slider = self._slider()
+        self.key_slider.description = "keys"
+        self.key_slider.unobserve(self._on_window, names="value")
+        self.key_slider.observe(self._on_keys, names="value")
         self.grid = figure_widget(380, 380)
         self.grid.add_heatmap(
             hoverongaps=False, showscale=False, hovertemplate="head %{customdata}<extra></extra>"
@@ -113,13 +119,17 @@ class AttentionHeads(CacheView):
         self.detail.update_yaxes(autorange="reversed", tickfont=dict(size=9))
         self.detail.update_xaxes(tickfont=dict(size=9), tickangle=-60)
 
-        for control in (self.layer_select, self.head_select, self.mode_select):
+        for control in (self.layer_select, self.head_select, self.mode_select, self.sink_box):
             control.observe(self._on_control, names="value")
         figures = widgets.HBox([self.grid, self.detail], layout=widgets.Layout(flex_flow="row wrap"))
         self.children = [
             widgets.HTML(STYLE),
-            widgets.HBox([self.layer_select, self.head_select, self.mode_select]),
+            widgets.HBox(
+                [self.layer_select, self.head_select, self.mode_select, self.sink_box],
+                layout=widgets.Layout(flex_flow="row wrap"),
+            ),
             self.window_slider,
+            self.key_slider,
             self.note,
             figures,
         ]
@@ -134,11 +144,58 @@ class AttentionHeads(CacheView):
     def mode(self) -> str:
         return self.mode_select.value
 
-    def select(self, layer: int | None = None, head: int | None = None, window: int | None = None) -> None:
-        """Show another layer, head or window position (what the controls do)."""
+    def select(
+        self,
+        layer: int | None = None,
+        head: int | None = None,
+        window: int | None = None,
+        keys: int | None = None,
+    ) -> None:
+        """Show another layer, head or window position (what the controls do). ``window`` moves the query
+        rows and the key columns together; ``keys`` then moves the key columns alone (e.g. late queries
+        against early keys)."""
         if layer is not None:
             self._check_layer(layer, EXPECTED, NAMES)
-        self._load(self.layer if layer is None else layer, head, window)
+        self._hold, held = True, self._hold
+        try:
+            self._load(self.layer if layer is None else layer, head, window)
+        finally:
+            self._hold = held
+        if keys is not None:
+            self._keys.move(keys)
+            self._sync_slider(self.key_slider, self._keys)
+        self._redraw()
+
+    def rebind(self, cache, layer: int | None = None) -> None:
+        """Show another cache (a new prompt) in this widget: its figures are updated in place, and only
+        the new data goes to the browser. ``layer``: the block to show (default: the one shown now, if
+        the new cache has it)."""
+        self._check_cache(cache)
+        sources = self._find_sources(cache)
+        self.cache, self._sources, self._window = cache, sources, None
+        if layer is None:
+            layer = self.layer if self.layer in sources else self._first_layer()
+        self._check_layer(layer, EXPECTED, NAMES)
+        self._set_layers([(self._layer_label(i), i) for i in sources], layer)
+        self._load(layer, None, None)
+
+    def _find_sources(self, cache) -> dict[int, str]:
+        sources = {
+            i: EXPECTED[t].format(i=i)
+            for i, t in enumerate(cache.layer_types)
+            if t in EXPECTED and EXPECTED[t].format(i=i) in cache
+        }
+        if not sources:
+            raise ValueError(
+                "AttentionHeads found no attention pattern or Mamba hidden attention in this cache: cache "
+                f"them first, e.g. model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
+            )
+        return sources
+
+    def _first_layer(self) -> int:
+        """The first attention layer cached, else the first Mamba layer."""
+        types = self.cache.layer_types
+        return next((i for i in self._sources if types[i] == "attention"), next(iter(self._sources)))
 
     def _layer_label(self, i: int) -> str:
         kind = self.cache.layer_types[i]
@@ -168,19 +225,39 @@ class AttentionHeads(CacheView):
         if hi <= lo:
             raise ValueError(f"{self._sources[layer]} has no query row on a real (unpadded) token")
         keep = getattr(self, "_window", None)
+        keys = None if window is not None or keep is None else self._keys.start
         self._kind, self._maps, self._q0 = kind, maps, q0
         self._all_tokens, self._offset = tokens, offset
         if window is None and keep is not None:
             window = keep.start
         self._window = Window(PAIRWISE_WINDOW, lo, hi, start=window)
+        # keys: any real position up to the last query row; by default the query rows' own positions
+        self._keys = Window(PAIRWISE_WINDOW, offset, hi, start=self._window.start if keys is None else keys)
         self._hold, held = True, self._hold
         self.layer_select.value = layer
         self.head_select.options = [(f"head {k}", k) for k in range(h)]
         self.head_select.value = head
         self.mode_select.layout.display = None if kind == "mamba" else "none"
         self._sync_slider(self.window_slider, self._window)
+        self._sync_slider(self.key_slider, self._keys)
         self._hold = held
-        self._redraw()
+        if not held:
+            self._redraw()
+
+    def _on_window(self, change) -> None:
+        """The query window moved: the key window moves with it."""
+        if not self._hold:
+            self._window.move(change["new"])
+            self._keys.move(self._window.start)
+            self._hold = True
+            self._sync_slider(self.key_slider, self._keys)
+            self._hold = False
+            self._redraw()
+
+    def _on_keys(self, change) -> None:
+        if not self._hold:
+            self._keys.move(change["new"])
+            self._redraw()
 
     def _on_layer(self, layer: int) -> None:
         self._load(layer, None, None)  # the head/expert controls depend on the layer
@@ -193,51 +270,92 @@ class AttentionHeads(CacheView):
 
     # -------------------------------------------------------------- data
     def shown(self) -> dict:
-        """What the view draws now: ``maps`` (h, n, n) for the window's queries × keys, ``tokens`` (n),
-        ``start``, ``kind`` ('attention' or 'mamba') and ``mode`` ('pattern', 'signed' or 'share')."""
+        """What the view draws now: ``maps`` (h, n_q, n_k) for the window's query rows × key columns,
+        ``tokens`` (n_q) and ``start`` of the query rows, ``keys`` (n_k) and ``key_start`` of the key
+        columns, ``kind`` ('attention' or 'mamba') and ``mode`` ('pattern', 'signed' or 'share')."""
         s, e = self._window.start, self._window.stop
-        maps = self._maps[:, s - self._q0 : e - self._q0]  # h n p
+        ks, ke = self._keys.start, self._keys.stop
         mode = "pattern" if self._kind == "attention" else self.mode
+        tokens = self._all_tokens[s - self._offset : e - self._offset]
+        keys = self._all_tokens[ks - self._offset : ke - self._offset]
+        maps = self._rows(s, e, mode)[..., ks:ke]
+        return dict(maps=maps, tokens=tokens, start=s, keys=keys, key_start=ks, kind=self._kind, mode=mode)
+
+    def _rows(self, s: int, e: int, mode: str) -> torch.Tensor:
+        """Query rows s..e-1 over all positions (h, n, p), as ``mode`` shows them."""
+        maps = self._maps[:, s - self._q0 : e - self._q0]
         if mode == "share":
             real = maps[..., self._offset : self._offset + len(self._all_tokens)]
             maps = maps.abs() / real.abs().sum(-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
-        tokens = self._all_tokens[s - self._offset : e - self._offset]
-        return dict(maps=maps[..., s:e], tokens=tokens, start=s, kind=self._kind, mode=mode)
+        return maps
 
     def _redraw(self) -> None:
         view = self.shown()
-        maps, mode = view["maps"], view["mode"]
-        n = maps.shape[-1]
-        causal = bool((torch.triu(maps, 1) == 0).all())
+        maps, mode, start, ks = view["maps"], view["mode"], view["start"], view["key_start"]
+        nq, nk = maps.shape[-2:]
+        square = self._rows(start, start + nq, mode)[..., start : start + nq]  # the grid's thumbnails
+        causal = bool((torch.triu(square, 1) == 0).all())
         # The first token sees only itself (p = 1, and a share of 1): leave that row out of the colour
-        # range, or it would wash out every other row. Hover still shows its value.
-        skip = 1 if mode != "signed" and view["start"] == self._offset and n > 1 else 0
+        # range, or it would wash out every other row. Hover still shows its value. Most heads also put
+        # much of every row on the first token (an attention sink): with the box ticked its column is left
+        # out of the range too, and saturates.
+        skip = 1 if mode != "signed" and start == self._offset and nq > 1 else 0
+        sink = 1 if self.sink_box.value and ks == self._offset and nk > 1 else 0
         z = maps[self.head].numpy().copy()
         if causal:
-            z[np.triu_indices(n, 1)] = np.nan
-        top = (float(np.nanmax(np.abs(z[skip:]))) if n else 0.0) or 1.0
+            z[np.arange(ks, ks + nk)[None, :] > np.arange(start, start + nq)[:, None]] = np.nan
+        rest = np.abs(z[skip:, sink:])
+        top = (float(np.nanmax(rest)) if rest.size and not np.isnan(rest).all() else 0.0) or 1.0
         scale = {
             "pattern": dict(colorscale=SEQUENTIAL, zmin=0, zmax=top, zmid=None),
             "signed": dict(colorscale=DIVERGING, zmin=-top, zmax=top, zmid=0),
             "share": dict(colorscale=SHARE, zmin=0, zmax=top, zmid=None),
         }[mode]
-        self._draw_detail(z, labels(view["tokens"], view["start"]), mode, scale)
-        self._draw_grid(maps, causal, skip, {**scale, "zmin": -1 if mode == "signed" else 0, "zmax": 1})
+        self._draw_detail(z, view, scale)
+        skip_grid = 1 if mode != "signed" and start == self._offset and nq > 1 else 0
+        self._draw_grid(
+            square, causal, skip_grid, {**scale, "zmin": -1 if mode == "signed" else 0, "zmax": 1}
+        )
         note = ABOUT["attention" if mode == "pattern" else mode]
+        if sink:
+            note += (
+                " The colour range leaves out the first token's column (the sink), which saturates; "
+                "hover shows every value."
+            )
         self._show_note(note, "p×p maps")
+        if self._window.active and (ks, self._keys.stop) != (start, self._window.stop):
+            self.note.value += (
+                f'<div class="ne-warn">Keys {ks}–{self._keys.stop - 1} against queries '
+                f"{start}–{self._window.stop - 1} (the keys slider moves the columns alone).</div>"
+            )
 
-    def _draw_detail(self, z: np.ndarray, ticks: list[str], mode: str, scale: dict) -> None:
-        layer, head = self.layer, self.head
+    def _draw_detail(self, z: np.ndarray, view: dict, scale: dict) -> None:
+        layer, head, mode = self.layer, self.head, view["mode"]
+        tokens, start, keys, ks = view["tokens"], view["start"], view["keys"], view["key_start"]
         what = {"pattern": "p", "signed": "M", "share": "|M| share"}[mode]
+        whole = ks == self._offset and ks + len(keys) >= start + len(tokens)
+        sums = (
+            "each row sums to 1"
+            if whole
+            else f"rows sum to 1 over keys up to the query; keys {ks}–{ks + len(keys) - 1} shown"
+        )
         title = {
-            "pattern": f"block {layer} · attention · head {head}: pattern (each row sums to 1)",
+            "pattern": f"block {layer} · attention · head {head}: pattern ({sums})",
             "signed": f"block {layer} · mamba · head {head}: hidden attention M (signed, unnormalised)",
             "share": f"block {layer} · mamba · head {head}: |M| ÷ row Σ|M| (not a softmax)",
         }[mode]
         with self.detail.batch_update():
             trace = self.detail.data[0]
-            trace.update(x=ticks, y=ticks, z=cells(z), colorbar=dict(title=dict(text=what)), **scale)
+            trace.update(
+                x=labels(keys, ks),
+                y=labels(tokens, start),
+                z=z.astype(np.float32),
+                colorbar=dict(title=dict(text=what)),
+                **scale,
+            )
             trace.hovertemplate = f"query %{{y}}<br>key %{{x}}<br>{what} = %{{z:.4g}}<extra></extra>"
+            self.detail.update_xaxes(**ticks(keys, ks, pixels=460))
+            self.detail.update_yaxes(**ticks(tokens, start, pixels=440))
             self.detail.layout.title = dict(text=title, font=dict(size=12))
 
     def _draw_grid(self, maps: torch.Tensor, causal: bool, skip: int, scale: dict) -> None:
@@ -249,10 +367,13 @@ class AttentionHeads(CacheView):
         if causal:
             tiles = tiles.masked_fill(~reach, float("nan"))
         cols, gap = grid_columns(h), max(1, t // 8)
+        old = getattr(self, "_grid_heads", None)
         z, self._grid_heads = mosaic(tiles.numpy(), cols, gap)
         pooled_note = f" (block means, {n}→{t} cells)" if t < n else ""
         with self.grid.batch_update():
-            self.grid.data[0].update(z=cells(z), customdata=self._grid_heads, **scale)
+            self.grid.data[0].update(z=z, **scale)
+            if old is None or not np.array_equal(old, self._grid_heads):  # sent when the mosaic changes
+                self.grid.data[0].customdata = self._grid_heads
             self.grid.layout.height = max(160, int(360 * -(-h // cols) / cols) + 60)
             self.grid.update_xaxes(visible=False, constrain="domain")
             self.grid.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
@@ -272,7 +393,8 @@ class AttentionHeads(CacheView):
         """The current layer as circuitsvis ``AttentionHeads`` (inlined, works offline): token text as
         produced, and for Mamba layers the signed M with a symmetric scale (0 = no colour)."""
         view = self.shown()
-        maps = view["maps"]
+        s, n = view["start"], len(view["tokens"])
+        maps = self._rows(s, s + n, view["mode"])[..., s : s + n]  # square: circuitsvis pairs tokens
         props = dict(
             attention=maps.tolist(),
             tokens=[visible(t) for t in view["tokens"]],

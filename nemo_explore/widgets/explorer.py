@@ -3,8 +3,8 @@
 It runs ``model.run_with_cache`` itself, caching only what the views read: the per-token points of
 every layer at once, and the p × p maps (attention pattern, Mamba hidden attention) one layer at a time,
 when a view first shows that layer — an h × p × p map per layer for every layer would not fit in memory
-for a large model. Clicking a block on the map opens its view; a new prompt re-runs the model and keeps
-the chosen layers.
+for a large model. Clicking a block on the map opens its view; a new prompt re-runs the model and updates
+the same views in place (the browser gets only the new data, never new figures), keeping the chosen layers.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class Explorer(widgets.VBox):
         self.cache = None
         self.views: dict[str, widgets.Widget] = {}
         self.selected: int | None = None
+        self._ran = ""  # the last run's status sentence
 
         self.cells = []
         for i, kind in enumerate(self.layer_types):
@@ -82,7 +83,9 @@ class Explorer(widgets.VBox):
             self.cells.append(cell)
         self.layer_map = widgets.HBox(self.cells, layout=widgets.Layout(flex_flow="row wrap"))
         self.legend = widgets.HTML(self._legend_html())
-        self.prompt = widgets.Text(value=text, description="prompt", layout=widgets.Layout(width="70%"))
+        self.prompt = widgets.Textarea(
+            value=text, description="prompt", rows=3, layout=widgets.Layout(width="70%")
+        )  # several lines: a prompt's newlines are kept
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.run_button.on_click(lambda _: self.run())
         self.status = widgets.HTML()
@@ -130,24 +133,31 @@ class Explorer(widgets.VBox):
         cache.hidden_attn_window = options.get("hidden_attn_window")
         cache.pattern_window = options.get("pattern_window")
         seconds = time.perf_counter() - t0
-        old = self.views
-        layer = {key: getattr(view, "layer", None) for key, view in old.items()}
+        wanted = {
+            "attention": bool(cache.layers("attention") or cache.layers("mamba")),
+            "ssm": bool(cache.layers("mamba")),
+            "moe": bool(cache.layers("moe")),
+        }
+        horizons = self._horizons(cache) if wanted["ssm"] else None
         views = {}
-        if cache.layers("attention") or cache.layers("mamba"):
-            views["attention"] = AttentionHeads(cache, layer=layer.get("attention"))
-        if cache.layers("mamba"):
-            views["ssm"] = SSMStateNorms(cache, layer=layer.get("ssm"), horizons=self._horizons(cache))
-        if cache.layers("moe"):
-            views["moe"] = MoERouting(cache, layer=layer.get("moe"))
+        for key, make in (("attention", AttentionHeads), ("ssm", SSMStateNorms), ("moe", MoERouting)):
+            if not wanted[key]:
+                continue
+            extra = {"horizons": horizons} if key == "ssm" else {}
+            view = self.views.get(key)
+            if view is not None and (key != "ssm" or bool(horizons) == bool(view._horizons)):
+                view.rebind(cache, **extra)  # in place: the browser gets only the new data
+            else:
+                view = make(cache, **extra)
+            views[key] = view
         self.cache, self.views = cache, views
-        self.tabs.children = list(views.values())
-        for k, key in enumerate(views):
-            self.tabs.set_title(k, TABS[key])
+        if list(self.tabs.children) != list(views.values()):
+            self.tabs.children = list(views.values())
+            for k, key in enumerate(views):
+                self.tabs.set_title(k, TABS[key])
         long = f" (long input: attention maps for the last {PAIRWISE_WINDOW} query rows)" if options else ""
-        self.status.value = (
-            f'<div class="ne-note">Ran {n} tokens in {seconds:.2f} s{long}. '
-            "Click a block above to see its view.</div>"
-        )
+        self._ran = f"Ran {n} tokens in {seconds:.2f} s{long}."
+        self.status.value = f'<div class="ne-note">{self._ran} Click a block above to see its view.</div>'
         if self.selected is not None:
             self.select_layer(self.selected)
 
@@ -179,13 +189,15 @@ class Explorer(widgets.VBox):
             cell.layout.border = "3px solid #111" if k == i else "3px solid transparent"
         if kind == "mlp":
             self.status.value = (
-                f'<div class="ne-note">Block {i} is a dense MLP: no view here; its activations are '
-                f"<code>blocks.{i}.mlp.hook_pre</code> / <code>hook_post</code>.</div>"
+                f'<div class="ne-note">{self._ran} Block {i} is a dense MLP: no view here; its activations '
+                f"are <code>blocks.{i}.mlp.hook_pre</code> / <code>hook_post</code>.</div>"
             )
             return
+        self.status.value = f'<div class="ne-note">{self._ran} Showing block {i} ({kind}).</div>'
         keys = {"attention": ["attention"], "mamba": ["attention", "ssm"], "moe": ["moe"]}[kind]
         for key in keys:
-            self.views[key].select(layer=i)
+            if self.views[key].layer != i:
+                self.views[key].select(layer=i)
         current = list(self.views)[self.tabs.selected_index or 0]
         target = current if current in keys else keys[0]
         self.tabs.selected_index = list(self.views).index(target)

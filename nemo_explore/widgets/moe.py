@@ -18,13 +18,15 @@ import torch
 from ._base import STYLE, CacheView
 from ._figures import figure_widget
 from ._static import Page
-from ._tokens import Window, escape, labels, token_chips, visible
+from ._tokens import Window, escape, labels, ticks, token_chips, visible
 
 TOKEN_WINDOW = 2048
 EXPECTED = {"moe": "blocks.{i}.moe.hook_topk_indices"}
 NAMES = "('hook_router_scores', 'hook_topk_indices', 'hook_topk_weights')"
 VALUES = {"weight": "routing weight", "score": "router score (sigmoid)"}
 MOE_RGB = "142, 95, 194"
+PLOT_PX = 640  # the routing map's width in pixels (figure 760, less margins and colour bar)
+MARK_PX = 6  # smallest cell that gets a top-k mark
 
 
 class MoERouting(CacheView):
@@ -51,12 +53,7 @@ class MoERouting(CacheView):
         window: int | None = None,
     ) -> None:
         super().__init__(cache, batch)
-        self._layers = [i for i in cache.layers("moe") if EXPECTED["moe"].format(i=i) in cache]
-        if not self._layers:
-            raise ValueError(
-                "MoERouting found no MoE routing in this cache: cache it first, e.g. "
-                f"model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
-            )
+        self._layers = self._find_layers(cache)
         if layer is None:
             layer = self._layers[0]
         if values not in VALUES:
@@ -115,6 +112,29 @@ class MoERouting(CacheView):
         if expert is not None:
             self._check_expert(expert)
         self._set([(self.expert_select, expert)], window)
+
+    def rebind(self, cache, layer: int | None = None) -> None:
+        """Show another cache (a new prompt) in this widget: its figures are updated in place, and only
+        the new data goes to the browser. ``layer``: the block to show (default: the one shown now, if
+        the new cache has it)."""
+        self._check_cache(cache)
+        layers = self._find_layers(cache)
+        self.cache, self._layers, self._window = cache, layers, None
+        if layer is None:
+            layer = self.layer if self.layer in layers else layers[0]
+        self._check_layer(layer, EXPECTED, NAMES)
+        self._set_layers([(f"{i} · moe", i) for i in layers], layer)
+        self._load(layer, None, None)
+
+    @staticmethod
+    def _find_layers(cache) -> list[int]:
+        layers = [i for i in cache.layers("moe") if EXPECTED["moe"].format(i=i) in cache]
+        if not layers:
+            raise ValueError(
+                "MoERouting found no MoE routing in this cache: cache it first, e.g. "
+                f"model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
+            )
+        return layers
 
     def _check_expert(self, expert: int) -> None:
         if not 0 <= expert < self._n_experts:
@@ -203,14 +223,14 @@ class MoERouting(CacheView):
     def _redraw(self) -> None:
         view = self.shown()
         start, n_exp, layer, expert = view["start"], self._n_experts, self.layer, self.expert
-        ticks = labels(view["tokens"], start)
+        cats = labels(view["tokens"], start)
         experts = [f"e{k}" for k in range(n_exp)]
         what = VALUES[self.values]
         # weights: from 0 to the largest; scores: the sigmoid's whole range
         top = (float(view["values"].max()) or 1.0) if self.values == "weight" else 1.0
         with self.routing.batch_update():
             self.routing.data[0].update(
-                x=ticks,
+                x=cats,
                 y=experts,
                 z=view["values"].numpy(),
                 zmin=0,
@@ -218,18 +238,27 @@ class MoERouting(CacheView):
                 colorbar=dict(title=dict(text="weight" if self.values == "weight" else "score")),
                 hovertemplate=f"token %{{x}}<br>expert %{{y}}<br>{what} = %{{z:.4g}}<extra></extra>",
             )
-            marks = view["marks"]
+            height = min(760, max(260, 12 * n_exp + 170))
+            # A top-k mark needs a cell of a few pixels; below that the marks would cover the map (and
+            # cost bytes): they are left out, and the weights (0 = not chosen) show the choices.
+            k = self._idx.shape[1]
+            cell = min(PLOT_PX / max(1, len(cats)), (height - 170) / max(1, n_exp))
+            marks = view["marks"] if cell >= MARK_PX else []
             self.routing.data[1].update(
-                x=[ticks[pos - start] for pos, _, _, _ in marks],
+                x=[cats[pos - start] for pos, _, _, _ in marks],
                 y=[experts[e] for _, e, _, _ in marks],
                 customdata=[[r + 1, w] for _, _, r, w in marks],
                 hovertemplate="token %{x} → expert %{y}<br>choice %{customdata[0]} of "
-                f"{self._idx.shape[1]}, weight %{{customdata[1]:.4g}}<extra>top-k</extra>",
+                f"{k}, weight %{{customdata[1]:.4g}}<extra>top-k</extra>",
             )
-            self.routing.layout.height = min(760, max(260, 12 * n_exp + 170))
-            self.routing.layout.title = dict(
-                text=f"block {layer} · moe: {what} per token and expert; □ = top-{self._idx.shape[1]} choice"
+            self.routing.update_xaxes(**ticks(view["tokens"], start, pixels=PLOT_PX))
+            self.routing.layout.height = height
+            key = (
+                f"□ = top-{k} choice"
+                if marks or not view["marks"]
+                else f"top-{k} marks left out: cells under {MARK_PX} px"
             )
+            self.routing.layout.title = dict(text=f"block {layer} · moe: {what} per token and expert; {key}")
         load = view["load"].tolist()
         fair = sum(load) / max(1, n_exp)
         with self.load.batch_update():

@@ -17,7 +17,7 @@ import torch
 from ._base import STYLE, CacheView
 from ._figures import figure_widget
 from ._static import Page
-from ._tokens import Window, labels
+from ._tokens import Window, labels, ticks
 
 TOKEN_WINDOW = 2048
 EXPECTED = {"mamba": "blocks.{i}.mamba.hook_state_norm"}
@@ -53,26 +53,9 @@ class SSMStateNorms(CacheView):
         window: int | None = None,
     ) -> None:
         super().__init__(cache, batch)
-        self._sources = {
-            i: EXPECTED["mamba"].format(i=i)
-            for i in cache.layers("mamba")
-            if EXPECTED["mamba"].format(i=i) in cache
-        }
-        if not self._sources:
-            raise ValueError(
-                "SSMStateNorms found no Mamba state norms in this cache: cache them first, e.g. "
-                f"model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
-            )
-        if layer is None:
-            layer = next(iter(self._sources))
-        self._check_layer(layer, EXPECTED, NAMES)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, not {norm!r}")
-        self._norms = {i: self._row(cache[name], name) for i, name in self._sources.items()}  # p h
-        p = next(iter(self._norms.values())).shape[0]
-        self._all_tokens, self._offset = self._tokens(p)
-        self._horizons = self._check_horizons(horizons)
-        self._window = Window(TOKEN_WINDOW, self._offset, self._offset + len(self._all_tokens), start=window)
+        layer = self._read(cache, layer, horizons, window)
 
         self.layer_select = widgets.Dropdown(
             options=[(f"{i} · mamba", i) for i in self._sources], value=layer, description="layer"
@@ -84,23 +67,25 @@ class SSMStateNorms(CacheView):
             style=dict(button_width="120px"),
         )
         self.window_slider = self._slider()
-        self.heads = figure_widget(760, 320)
-        self.heads.add_heatmap(colorscale="Viridis", colorbar=dict(thickness=12), xaxis="x", yaxis="y")
+        # The two figures share one token axis: same width, margins and x domain, colour bars at the same
+        # place, so that a token's column lines up in both.
+        right = 0.8 if self._horizons else 0.88
+        bar = dict(thickness=12, x=right + 0.01, xanchor="left")
+        self.heads = figure_widget(760, 320, margin=dict(l=90, r=10, t=36, b=10))
+        self.heads.add_heatmap(colorscale="Viridis", colorbar=bar, xaxis="x", yaxis="y")
         if self._horizons:
             self.heads.add_bar(orientation="h", xaxis="x2", yaxis="y", marker_color="#17a398")
             self.heads.update_layout(
-                xaxis=dict(domain=[0, 0.8]),
-                xaxis2=dict(
-                    domain=[0.86, 1.0], title=dict(text="memory horizon (tokens)", font=dict(size=10))
-                ),
+                xaxis2=dict(domain=[0.9, 1.0], title=dict(text="horizon (tokens)", font=dict(size=10))),
             )
         self.heads.update_yaxes(autorange="reversed", title_text="head")
-        self.overview = figure_widget(760, 240)
-        self.overview.add_heatmap(colorscale="Viridis", colorbar=dict(thickness=12))
+        self.overview = figure_widget(760, 240, margin=dict(l=90, r=10, t=36, b=10))
+        self.overview.add_heatmap(colorscale="Viridis", colorbar=bar)
         self.overview.data[0].on_click(self._on_overview_click)
         self.overview.update_yaxes(autorange="reversed", title_text="Mamba layer", type="category")
         for fig in (self.heads, self.overview):
-            fig.layout.xaxis.update(tickfont=dict(size=9), tickangle=-60)
+            fig.layout.xaxis.update(tickfont=dict(size=9), tickangle=-60, domain=[0, right])
+            fig.layout.yaxis.automargin = False
         for control in (self.layer_select, self.norm_select):
             control.observe(self._on_control, names="value")
         self.children = [
@@ -111,6 +96,45 @@ class SSMStateNorms(CacheView):
             self.heads,
             self.overview,
         ]
+        self._sync_slider(self.window_slider, self._window)
+        self._redraw()
+
+    def _read(self, cache, layer: int | None, horizons, window: int | None) -> int:
+        """Take the state norms (and horizons) of ``cache``; return the layer to show (checked)."""
+        sources = {
+            i: EXPECTED["mamba"].format(i=i)
+            for i in cache.layers("mamba")
+            if EXPECTED["mamba"].format(i=i) in cache
+        }
+        if not sources:
+            raise ValueError(
+                "SSMStateNorms found no Mamba state norms in this cache: cache them first, e.g. "
+                f"model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
+            )
+        self.cache, self._sources = cache, sources
+        if layer is None:
+            shown = getattr(self, "layer_select", None)
+            layer = shown.value if shown is not None and shown.value in sources else next(iter(sources))
+        self._check_layer(layer, EXPECTED, NAMES)
+        self._norms = {i: self._row(cache[name], name) for i, name in sources.items()}  # p h
+        p = next(iter(self._norms.values())).shape[0]
+        self._all_tokens, self._offset = self._tokens(p)
+        self._horizons = self._check_horizons(horizons)
+        self._window = Window(TOKEN_WINDOW, self._offset, self._offset + len(self._all_tokens), start=window)
+        return layer
+
+    def rebind(
+        self, cache, layer: int | None = None, horizons: Mapping[int, torch.Tensor] | None = None
+    ) -> None:
+        """Show another cache (a new prompt) in this widget: its figures are updated in place, and only
+        the new data goes to the browser. ``layer``: the block to show (default: the one shown now, if
+        the new cache has it); ``horizons``: as for the constructor, given now if and only if given then
+        (the figure has a bar chart for them or not)."""
+        if bool(horizons) != bool(self._horizons):
+            raise ValueError("rebind takes horizons exactly when the view was built with them")
+        self._check_cache(cache)
+        layer = self._read(cache, layer, horizons, None)
+        self._set_layers([(f"{i} · mamba", i) for i in self._sources], layer)
         self._sync_slider(self.window_slider, self._window)
         self._redraw()
 
@@ -176,13 +200,14 @@ class SSMStateNorms(CacheView):
 
     def _redraw(self) -> None:
         view = self.shown()
-        ticks = labels(view["tokens"], view["start"])
+        cats = labels(view["tokens"], view["start"])
+        axis = ticks(view["tokens"], view["start"], pixels=560 if self._horizons else 610)
         layer, what = self.layer, NORMS[self.norm]
         h = view["heads"].shape[0]
         heads = [f"h{k}" for k in range(h)]
         with self.heads.batch_update():
             self.heads.data[0].update(
-                x=ticks,
+                x=cats,
                 y=heads,
                 z=view["heads"].numpy(),
                 customdata=view["raw"].numpy(),
@@ -198,6 +223,7 @@ class SSMStateNorms(CacheView):
                     y=heads if hz is not None else [],
                     hovertemplate="head %{y}: half-life %{x:.3g} tokens<extra></extra>",
                 )
+            self.heads.layout.xaxis.update(**axis)
             self.heads.layout.height = min(720, max(260, 14 * h + 130))
             self.heads.layout.title = dict(
                 text=f"block {layer} · mamba: state norm per token and head ({what})"
@@ -205,18 +231,19 @@ class SSMStateNorms(CacheView):
         names = [f"{i} mamba" for i in self._norms]
         with self.overview.batch_update():
             self.overview.data[0].update(
-                x=ticks,
+                x=cats,
                 y=names,
                 z=view["overview"].numpy(),
                 hovertemplate="token %{x}<br>block %{y}<br>mean over heads = %{z:.4g}<extra></extra>",
             )
+            self.overview.update_xaxes(**axis)
             row = list(self._norms).index(layer)
             self.overview.layout.shapes = [
                 dict(
                     type="rect",
                     xref="paper",
                     x0=0,
-                    x1=1,
+                    x1=self.overview.layout.xaxis.domain[1],  # the map, not its colour bar
                     y0=row - 0.5,
                     y1=row + 0.5,
                     line=dict(color="#e4572e", width=2),

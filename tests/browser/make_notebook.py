@@ -2,7 +2,8 @@
 
 ``python tests/browser/make_notebook.py out.ipynb`` writes it for a manual look in JupyterLab.
 Each widget gets a CSS class (``t-attn``, ``t-ssm``, ``t-moe``, ``t-explorer``, ``t-long``: a 600-token
-input, windowed) the test finds it by; the Explorer's ``to_html()`` is written to ``explorer_static.html``.
+input, windowed; ``t-text``: routing of that input with a split character, quotes and a long space token)
+the test finds it by; the Explorer's ``to_html()`` is written to ``explorer_static.html``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import nbformat
 
 HERE = Path(__file__).resolve().parent
-TEXT = "The cat sat on the mat. <script>alert(1)</script>\nThe cat sat on the mat. The cat"
+# "<script>" is token 26: on a tick even when the axis shows every other token
+TEXT = 'The cat sat on the "mats" <script>alert(1)</script>\nThe cat sat on the mat. The cat'
 DONE = "ALL CELLS DONE"
 
 
@@ -53,6 +55,17 @@ _, long_cache = model.run_with_cache(long_text, names_filter=lambda n: n.endswit
 long_view = AttentionHeads(long_cache)
 long_view.add_class("t-long")
 long_view""",
+        """from nemo_explore.cache import ActivationCache
+_, routed = model.run_with_cache(long_text, names_filter=lambda n: ".moe.hook_" in n)
+pieces = list(routed.str_tokens)  # a split character, quotes and a long run of spaces, as a BPE model gives
+pieces[1:5] = ["\\\\xe2", "\\\\x80", "\\\\x94", ' "q"']
+pieces[11] = " " * 40  # on a tick: 600 tokens get one every 11
+routed = ActivationCache(
+    dict(routed), layer_types=routed.layer_types, str_tokens=[pieces], tokens=routed.tokens
+)
+text_view = MoERouting(routed)
+text_view.add_class("t-text")
+text_view""",
         f"""print({DONE!r})""",
     ]
 

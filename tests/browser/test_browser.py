@@ -51,6 +51,11 @@ def point_on_page(plot, x: float, y: float) -> tuple[float, float]:
     )
 
 
+def received(events) -> int:
+    """Bytes the page has received over its websockets (kernel messages) so far."""
+    return sum(len(f) for f in events["ws"])
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     """JupyterLab + Chromium with the notebook run (Run > Run All Cells); yields (page, events, root)."""
@@ -61,7 +66,7 @@ def session(tmp_path_factory):
     root, work = tmp_path_factory.mktemp("lab-root"), tmp_path_factory.mktemp("lab-work")
     write_notebook(root / NOTEBOOK)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    events = {"console": [], "pageerror": [], "requestfailed": [], "dialog": [], "timings": {}}
+    events = {"console": [], "pageerror": [], "requestfailed": [], "dialog": [], "timings": {}, "ws": []}
     t0 = time.monotonic()
     with Lab(root, work) as lab, sync_playwright() as pw:
         events["timings"]["lab_start_s"] = time.monotonic() - t0
@@ -71,6 +76,7 @@ def session(tmp_path_factory):
         page.on("pageerror", lambda e: events["pageerror"].append(str(e)[:400]))
         page.on("requestfailed", lambda r: events["requestfailed"].append(f"{r.url[:200]} {r.failure}"))
         page.on("dialog", lambda d: (events["dialog"].append(d.message), d.dismiss()))
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda f: events["ws"].append(f)))
         t = time.monotonic()
         page.goto(lab.url(NOTEBOOK), wait_until="domcontentloaded")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
@@ -82,9 +88,10 @@ def session(tmp_path_factory):
         page.wait_for_selector(f".jp-OutputArea-output >> text={DONE}", timeout=120_000)
         page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
         events["timings"]["run_all_kernel_s"] = time.monotonic() - t
-        for scope in ("t-attn", "t-ssm", "t-moe", "t-explorer", "t-long"):
+        for scope in ("t-attn", "t-ssm", "t-moe", "t-explorer", "t-long", "t-text"):
             page.wait_for_selector(f".{scope} .js-plotly-plot .main-svg", state="attached", timeout=30_000)
         events["timings"]["run_all_drawn_s"] = time.monotonic() - t
+        events["run_all_bytes"] = received(events)
         try:
             yield page, events, root, browser
         finally:
@@ -105,7 +112,14 @@ def test_each_widget_drew(session):
     errors = page.locator("[data-mime-type='application/vnd.jupyter.stderr'], .jp-OutputArea-output >> "
                           "text=Error displaying widget")  # fmt: skip
     assert errors.count() == 0, errors.all_inner_texts()
-    for scope, plots in (("t-attn", 2), ("t-ssm", 2), ("t-moe", 2), ("t-explorer", 6), ("t-long", 2)):
+    for scope, plots in (
+        ("t-attn", 2),
+        ("t-ssm", 2),
+        ("t-moe", 2),
+        ("t-explorer", 6),
+        ("t-long", 2),
+        ("t-text", 2),
+    ):
         assert page.locator(f".{scope} .js-plotly-plot").count() == plots, scope
         assert page.locator(f".{scope} .js-plotly-plot .heatmaplayer image").count() >= 1, scope
     assert any("block 1 · attention · head 0" in t for t in titles(page, "t-attn")), titles(page, "t-attn")
@@ -174,18 +188,100 @@ def test_explorer_links_layer_map_to_views(session):
     page.wait_for_selector(f"{current} >> text=Attention heads", timeout=30_000)
     wait_title(page, "t-explorer", "block 5 · mamba · head 0")
     prompt = "A new prompt <!-- here"
-    page.locator(".t-explorer input[type=text]").fill(prompt)
+    page.locator(".t-explorer textarea").fill(prompt)
     page.locator(".t-explorer button", has_text="Run").click()
     n = len(prompt) - len("<!--") + 1  # a token per character; "<!--" is one token (demo_model.WORDS)
     page.wait_for_selector(f".t-explorer >> text=Ran {n} tokens", timeout=60_000)
     wait_title(page, "t-explorer", "block 5 · mamba · head 0")  # the chosen block survives a new run
 
 
+def test_plotly_js_reaches_the_page_once(session):
+    page, events, _, _ = session
+    big = [len(f) for f in events["ws"] if len(f) > 3e6]
+    assert len(big) == 1, big  # 14 figures, one plotly bundle (plotly's FigureWidget: one per figure)
+    assert page.evaluate("() => globalThis.__nemo_explore_plotly_bundle__ instanceof Promise")
+    assert events["run_all_bytes"] < 12e6, events["run_all_bytes"]  # plotly's FigureWidget: ~5 MB a figure
+    print(f"Run All received {events['run_all_bytes'] / 1e6:.1f} MB")
+
+
+def test_new_prompt_updates_figures_in_place(session):
+    page, events, _, _ = session
+    marked = page.evaluate(
+        "() => [...document.querySelectorAll('.t-explorer .js-plotly-plot')]"
+        ".map((p, i) => (p.dataset.mark = i))"
+    )
+    before, prompt = received(events), 'The "cat"\nsat'
+    page.locator(".t-explorer textarea").fill(prompt)
+    t = time.monotonic()
+    page.locator(".t-explorer button", has_text="Run").click()
+    n = len(prompt)  # a token per character
+    page.wait_for_selector(f".t-explorer >> text=Ran {n} tokens", timeout=60_000)
+    wait_title(page, "t-explorer", "block")
+    seconds, sent = time.monotonic() - t, received(events) - before
+    kept = page.evaluate(
+        "() => [...document.querySelectorAll('.t-explorer .js-plotly-plot')].map(p => p.dataset.mark)"
+    )
+    assert kept == [str(m) for m in marked], kept  # the same plot elements, redrawn
+    ticks = page.evaluate(
+        "() => [...document.querySelectorAll('.t-explorer .xtick text')].map(t => t.textContent)"
+    )
+    assert any("↵" in t for t in ticks) and any('"' in t for t in ticks), ticks  # newline kept, no &quot;
+    assert sent < 1e6, sent
+    print(f"Explorer Run: {seconds:.2f} s, {sent / 1e3:.0f} kB received")
+
+
+def test_token_text_rule_in_the_browser(session):
+    page, _, _, _ = session
+    chips = page.locator(".t-text .ne-tok").all_inner_texts()
+    assert chips[1:5] == ["—₁", "—₂", "—₃", '␣"q"'], chips[:6]
+    labels = page.evaluate(
+        "() => [...document.querySelectorAll('.t-text .xtick text')].map(t => t.textContent)"
+    )
+    assert all("&quot;" not in t and "&#34;" not in t and "\\x" not in t for t in labels), labels[:8]
+    widths = page.evaluate(
+        "() => [...document.querySelectorAll('.t-text .xtick text')].map(t => t.getBBox().width)"
+    )
+    assert "11 ␣×40" in labels and max(widths) < 120, (labels[:3], max(widths))  # not a 300 px label
+    # chips wrap inside the output: none runs off the right edge
+    overflow = page.evaluate(
+        """() => { const box = document.querySelector('.t-text .ne-toks').getBoundingClientRect();
+            return [...document.querySelectorAll('.t-text .ne-tok')]
+              .filter(c => c.getBoundingClientRect().right > box.right + 1).length; }"""
+    )
+    assert overflow == 0, overflow
+
+
+def test_controls_and_axes_fit(session):
+    page, _, _, _ = session
+    fits = page.evaluate(
+        """() => { const s = document.querySelectorAll('.t-attn select')[1];
+            const c = document.createElement('canvas').getContext('2d');
+            c.font = getComputedStyle(s).font;
+            return [s.clientWidth, c.measureText('head 40').width]; }"""
+    )
+    assert fits[0] >= fits[1] + 24, fits  # the text and the arrow fit
+    axes = page.evaluate(
+        """() => [...document.querySelectorAll('.t-ssm .js-plotly-plot')]
+            .map(gd => [gd.getBoundingClientRect().left + gd._fullLayout.xaxis._offset,
+                        gd._fullLayout.xaxis._length])"""
+    )
+    assert len(axes) == 2 and abs(axes[0][0] - axes[1][0]) < 1 and abs(axes[0][1] - axes[1][1]) < 1, axes
+
+
+def test_explorer_status_follows_the_block(session):
+    page, _, _, _ = session
+    page.locator(".t-explorer button.ne-cell", has_text=re.compile(r"^4$")).click()
+    page.wait_for_selector(".t-explorer >> text=dense MLP", timeout=30_000)
+    page.locator(".t-explorer button.ne-cell", has_text=re.compile(r"^7$")).click()
+    page.wait_for_selector(".t-explorer >> text=Showing block 7 (moe)", timeout=30_000)
+    assert page.locator(".t-explorer >> text=dense MLP").count() == 0
+
+
 def test_long_input_is_windowed(session):
     page, _, _, _ = session
     warning = page.locator(".t-long .ne-warn").inner_text()
     assert warning.startswith("Long input: showing positions 0–511 of 0–599"), warning
-    assert page.locator(".t-long .widget-slider").count() == 1
+    assert page.locator(".t-long .widget-slider").count() == 2  # query rows, key columns
     ticks = page.locator(".t-long .js-plotly-plot").nth(1).locator(".ytick")
     assert 0 < ticks.count() <= 512
 

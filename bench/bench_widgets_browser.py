@@ -1,0 +1,335 @@
+"""The widgets in a real browser (JupyterLab 4 + headless Chromium): bytes sent, click-to-drawn times, heap.
+
+    python bench/bench_widgets_browser.py                      # all three parts, JSON to stdout and --out
+    python bench/bench_widgets_browser.py --parts tiny,big     # a subset: tiny, nb01, big
+    python bench/bench_widgets_browser.py --package DIR        # the kernel imports nemo_explore from DIR
+                                                               # (e.g. an older version, for a before/after)
+
+Parts (the bars of issue 15):
+- ``tiny``: ``Explorer(ne.load("tiny"))``; the page's bytes for the cell, then 10 Runs with new prompts:
+  click-to-drawn time, bytes and JS heap growth (after a forced GC) across the 10.
+- ``nb01``: ``notebooks/01_quickstart.ipynb``, Run All: bytes the page received in total.
+- ``big``: 2,048 tokens on a random model at the issue's size (hidden 1024, 32 attention heads, 64 Mamba
+  heads, 64 experts top-6); first draw of each view (the cache exists), then layer / head / mode switches:
+  click-to-drawn time and bytes each.
+
+"Bytes" are what the page received over its kernel websockets. "Drawn" is when the widget's DOM stopped
+changing (no mutation inside a ``.ne-view`` for 300 ms), less those 300 ms. Long tasks are the page's
+main-thread blocks over 50 ms (PerformanceObserver). Needs /usr/bin/chromium and the ``browser`` test stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "browser"))
+from labserver import CHROMIUM, CHROMIUM_ARGS, Lab  # noqa: E402
+
+QUIET_MS = 300
+WATCH = """
+window.__ne = { long: [], last: 0 };
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) window.__ne.long.push([e.startTime, e.duration]);
+}).observe({ entryTypes: ["longtask"] });
+new MutationObserver((records) => {
+  for (const r of records) {
+    const el = r.target.nodeType === 1 ? r.target : r.target.parentElement;
+    if (el && el.closest && el.closest(".ne-view")) { window.__ne.last = performance.now(); return; }
+  }
+}).observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+"""
+BIG = dict(
+    hidden_size=1024,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=32,
+    mamba_num_heads=64,
+    mamba_head_dim=16,
+    ssm_state_size=16,
+    n_groups=2,
+    chunk_size=128,
+    intermediate_size=256,
+    n_routed_experts=64,
+    num_experts_per_tok=6,
+    moe_intermediate_size=64,
+    moe_shared_expert_intermediate_size=128,
+)
+CHANGED = "(old) => document.querySelector('.b-tiny .ne-note')?.innerText !== old"
+PROMPTS = [f"The little cat sat on the mat{' and the dog' * i} by the door." for i in range(10)]
+
+
+def preamble(package: str | None) -> str:
+    path = f"import sys; sys.path.insert(0, {package!r})\n" if package else ""
+    return path + "import torch\ntorch.set_num_threads(1)\n"
+
+
+def notebook(path: Path, cells: list[str]) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+class Page:
+    """A notebook open in Chromium, with the bytes it receives and its DOM changes watched."""
+
+    def __init__(self, browser, url: str) -> None:
+        self.frames: list[int] = []
+        self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        self.page.add_init_script(WATCH)
+        self.page.on("websocket", lambda ws: ws.on("framereceived", lambda f: self.frames.append(len(f))))
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)[:300]))
+        self.page.on("console", lambda m: self.errors.append(m.text[:300]) if m.type == "error" else None)
+        self.page.goto(url, wait_until="domcontentloaded")
+        self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        self.page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=120_000)
+        self.cdp = self.page.context.new_cdp_session(self.page)
+
+    def bytes(self) -> int:
+        return sum(self.frames)
+
+    def now(self) -> float:
+        return self.page.evaluate("() => performance.now()")
+
+    def settle(self, since: float, timeout: float = 300.0) -> float:
+        """Wait until no widget DOM changed for QUIET_MS; the seconds from ``since`` to the last change."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now, last = self.page.evaluate("() => [performance.now(), window.__ne.last]")
+            if now - last > QUIET_MS and now - since > QUIET_MS:
+                return max(0.0, last - since) / 1000
+            time.sleep(0.05)
+        raise TimeoutError("the widgets kept changing")
+
+    def act(self, do, *until: tuple[str, object]) -> dict:
+        """Do something; wait for each ``(predicate, arg)`` (JS) and for the widgets' DOM to settle: the
+        seconds to the last change, and the bytes received."""
+        b0, t0 = self.bytes(), self.now()
+        do()
+        for predicate, arg in until:
+            try:
+                self.page.wait_for_function(predicate, arg=arg, timeout=180_000)
+            except Exception:
+                shot = ROOT / "artifacts" / "bench" / "timeout.png"
+                shot.parent.mkdir(parents=True, exist_ok=True)
+                self.page.screenshot(path=str(shot), full_page=True)
+                print("timed out waiting for", predicate, "errors:", self.errors, file=sys.stderr)
+                raise
+        seconds = self.settle(t0)
+        time.sleep(0.2)  # frames still in flight
+        return {"s": round(seconds, 3), "kB": round((self.bytes() - b0) / 1e3, 1)}
+
+    def run_cell(self, i: int, drawn: str | None = None) -> dict:
+        """Run cell ``i`` (Shift+Enter), wait until it has an execution count and ``drawn`` holds."""
+        self.page.locator(".jp-Notebook .jp-Cell").nth(i).locator(".jp-InputArea-prompt").click(force=True)
+        self.page.keyboard.press("Escape")  # command mode: Shift+Enter runs the selected cell
+        done = (
+            "(i) => /\\[\\d+\\]/.test(document.querySelectorAll('.jp-Notebook .jp-Cell')[i]"
+            ".querySelector('.jp-InputArea-prompt').textContent)"
+        )
+        until = [(done, i)] + ([(drawn, None)] if drawn else [])
+        return self.act(lambda: self.page.keyboard.press("Shift+Enter"), *until)
+
+    def run_all(self) -> None:
+        self.page.click(".lm-MenuBar-itemLabel >> text=Run")
+        self.page.click(".lm-Menu-itemLabel >> text=Run All Cells")
+
+    def heap_mb(self) -> float:
+        self.cdp.send("HeapProfiler.collectGarbage")
+        return self.cdp.send("Runtime.getHeapUsage")["usedSize"] / 2**20
+
+    def longest_task_ms(self, since: float = 0.0) -> float:
+        tasks = self.page.evaluate("() => window.__ne.long")
+        return round(max([d for s, d in tasks if s >= since] or [0.0]), 1)
+
+
+def has_text(scope: str) -> str:
+    """A JS predicate: some title or note of the widget with class ``scope`` contains the argument."""
+    return (
+        f"(t) => [...document.querySelectorAll('.{scope} .gtitle, .{scope} .ne-note')]"
+        ".some(e => e.textContent.includes(t))"
+    )
+
+
+def bench_tiny(browser, lab, root: Path, package: str | None) -> dict:
+    notebook(
+        root / "tiny.ipynb",
+        [
+            preamble(package) + "import nemo_explore as ne\nmodel = ne.load('tiny')",
+            "from nemo_explore.widgets import Explorer\nex = Explorer(model)\nex.add_class('b-tiny')\nex",
+        ],
+    )
+    page = Page(browser, lab.url("tiny.ipynb"))
+    out = {"setup": page.run_cell(0)}
+    out["first_draw"] = page.run_cell(
+        1, "() => document.querySelectorAll('.b-tiny .js-plotly-plot .main-svg').length >= 6"
+    )
+    heap0, runs = page.heap_mb(), []
+    box = ".b-tiny textarea, .b-tiny input[type=text]"
+    since = page.now()
+    for prompt in PROMPTS:
+        status = page.page.locator(".b-tiny .ne-note").first.inner_text()
+        page.page.locator(box).first.fill(prompt)
+        runs.append(
+            page.act(
+                lambda: page.page.locator(".b-tiny button", has_text="Run").first.click(), (CHANGED, status)
+            )
+        )
+    out["runs"] = runs
+    out["run_s_max"] = max(r["s"] for r in runs)
+    out["run_kB_max"] = max(r["kB"] for r in runs)
+    out["heap_growth_10_runs_mb"] = round(page.heap_mb() - heap0, 1)
+    out["longest_task_during_runs_ms"] = page.longest_task_ms(since)
+    out["errors"] = page.errors
+    page.page.close()
+    return out
+
+
+def bench_nb01(browser, lab, root: Path, package: str | None) -> dict:
+    nb = nbformat.read(ROOT / "notebooks" / "01_quickstart.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.cells.insert(0, nbformat.v4.new_code_cell(preamble(package)))
+    nb.cells.append(nbformat.v4.new_code_cell("print('NB01 DONE')"))
+    nbformat.write(nb, root / "nb01.ipynb")
+    page = Page(browser, lab.url("nb01.ipynb"))
+    b0, t0 = page.bytes(), time.monotonic()
+    page.run_all()
+    page.page.wait_for_selector(".jp-OutputArea-output >> text=NB01 DONE", timeout=600_000)
+    page.settle(page.now() - QUIET_MS - 1)
+    time.sleep(1.0)
+    out = {
+        "received_MB": round((page.bytes() - b0) / 1e6, 2),
+        "run_all_s": round(time.monotonic() - t0, 1),
+        "longest_task_ms": page.longest_task_ms(),
+        "errors": page.errors,
+    }
+    page.page.close()
+    return out
+
+
+def bench_big(browser, lab, root: Path, package: str | None) -> dict:
+    setup = (
+        preamble(package)
+        + f"import sys\nsys.path[:0] = [{str(ROOT / 'tests' / 'browser')!r}, {str(ROOT / 'tests')!r}]\n"
+        + f"""from demo_model import PATTERN, char_tokenizer
+from models import random_model
+import nemo_explore as ne
+from nemo_explore.widgets import AttentionHeads, MoERouting, SSMStateNorms
+tok = char_tokenizer()
+model = ne.load(random_model(PATTERN, seed=0, vocab_size=len(tok), **{BIG!r}), tokenizer=tok)
+text = ("The cat sat on the mat. " * 90)[:2048]  # a token per character
+points = ("hook_pattern", "hook_hidden_attn", "hook_state_norm", "hook_router_scores", "hook_topk_indices",
+          "hook_topk_weights")
+_, cache = model.run_with_cache(text, names_filter=lambda n: n.endswith(points),
+                                pattern_window=(1536, 2048), hidden_attn_window=(1536, 2048))
+print(len(cache.str_tokens), "tokens")"""
+    )
+    notebook(
+        root / "big.ipynb",
+        [
+            setup,
+            "attn = AttentionHeads(cache)\nattn.add_class('b-attn')\nattn",
+            "ssm = SSMStateNorms(cache)\nssm.add_class('b-ssm')\nssm",
+            "moe = MoERouting(cache)\nmoe.add_class('b-moe')\nmoe",
+        ],
+    )
+    page = Page(browser, lab.url("big.ipynb"))
+    out = {"setup": page.run_cell(0)}
+    first = {}
+    for i, scope in ((1, "b-attn"), (2, "b-ssm"), (3, "b-moe")):
+        first[scope] = page.run_cell(
+            i, f"() => document.querySelectorAll('.{scope} .js-plotly-plot .main-svg').length >= 2"
+        )
+    out["first_draw"] = first
+    p = page.page
+    sel = lambda scope, k: p.locator(f".{scope} select").nth(k)  # noqa: E731
+    switches = {
+        "attn layer 1->6": (
+            lambda: sel("b-attn", 0).select_option(label="6 · attention"),
+            "b-attn",
+            "block 6 · attention",
+        ),
+        "attn head 0->20": (lambda: sel("b-attn", 1).select_option(label="head 20"), "b-attn", "head 20"),
+        "attn layer 6->0 (mamba)": (
+            lambda: sel("b-attn", 0).select_option(label="0 · mamba (hidden attention)"),
+            "b-attn",
+            "block 0 · mamba",
+        ),
+        "attn mode signed->share": (
+            lambda: p.locator(".b-attn .widget-toggle-buttons button", has_text="row Σ").click(),
+            "b-attn",
+            "not a softmax",
+        ),
+        "ssm layer 0->5": (
+            lambda: sel("b-ssm", 0).select_option(label="5 · mamba"),
+            "b-ssm",
+            "block 5 · mamba",
+        ),
+        "ssm norm raw->head": (
+            lambda: p.locator(".b-ssm .widget-toggle-buttons button", has_text="head's max").click(),
+            "b-ssm",
+            "÷ head's max)",
+        ),
+        "moe layer 3->7": (lambda: sel("b-moe", 0).select_option(label="7 · moe"), "b-moe", "block 7 · moe"),
+        "moe weight->score": (
+            lambda: p.locator(".b-moe .widget-toggle-buttons button", has_text="router score").click(),
+            "b-moe",
+            "router score",
+        ),
+    }
+    since, results = page.now(), {}
+    for name, (do, scope, text) in switches.items():
+        results[name] = page.act(do, (has_text(scope), text))
+    out["switches"] = results
+    out["switch_s_max"] = max(r["s"] for r in results.values())
+    out["switch_kB_max"] = max(r["kB"] for r in results.values())
+    out["longest_task_during_switches_ms"] = page.longest_task_ms(since)
+    out["errors"] = page.errors
+    for scope in ("b-attn", "b-ssm", "b-moe"):
+        shot = ROOT / "artifacts" / "bench" / f"big_{scope}.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        p.locator(f".{scope}").first.screenshot(path=str(shot))
+    page.page.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="tiny,nb01,big")
+    ap.add_argument("--package", help="directory the kernel imports nemo_explore from (default: installed)")
+    ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench" / "widgets_browser.json")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    parts = {"tiny": bench_tiny, "nb01": bench_nb01, "big": bench_big}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root, work = Path(tmp, "root"), Path(tmp, "work")
+        root.mkdir()
+        work.mkdir()
+        with Lab(root, work) as lab, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            for name in args.parts.split(","):
+                t = time.monotonic()
+                results[name] = parts[name](browser, lab, root, args.package)
+                results[name]["part_s"] = round(time.monotonic() - t, 1)
+                print(name, json.dumps(results[name]), flush=True)
+            browser.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
