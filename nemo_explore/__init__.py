@@ -1,6 +1,6 @@
 """nemo-explore: look inside NVIDIA Nemotron-H hybrid language models from Jupyter."""
 
-from . import registry
+from . import corpus, registry
 from .cache import ActivationCache
 from .configs import build_config, recommended_defaults, shortened, small_config
 from .describe import ModelDescription, describe
@@ -15,6 +15,7 @@ __all__ = [
     "MemoryWarning",
     "ModelDescription",
     "build_config",
+    "corpus",
     "describe",
     "recommended_defaults",
     "registry",

@@ -689,6 +689,123 @@ print("per layer type:", {k: round(v, 3) for k, v in by_kind.items()}, "embed", 
     ),
 ]
 
+CORPUS = [
+    (
+        "md",
+        """
+# Over a corpus: what do the experts of the tiny checkpoint do?
+
+One prompt shows what one prompt does. The questions about experts, Mamba heads and attention heads are corpus
+questions: which tokens does an expert take over thousands of tokens, which experts fire together, which heads
+remember far, which attention heads copy. `ne.corpus.collect` streams a corpus through the model and reduces
+inside the hooks (memory stays flat however long the corpus), writing Parquet tables a data person opens
+directly. Here: the tiny checkpoint's held-out text (about 20,000 tokens of prose it never saw in training).""",
+    ),
+    (
+        "code",
+        """
+import tempfile
+
+import nemo_explore as ne
+from nemo_explore.widgets import CorpusView
+
+model = ne.load("tiny")
+out = tempfile.mkdtemp()  # a run resumes from the shards already written here
+result = ne.corpus.collect(model, ne.corpus.demo_corpus(), out=out, seq_len=256, batch_size=8, progress=False)
+result""",
+    ),
+    (
+        "md",
+        """
+## Experts
+The load is even (each expert takes 22–27% of the tokens, two experts per token). What differs is which
+tokens: each expert's share of each token class, divided by that class's share of all routed tokens
+(1.0 = no preference).""",
+    ),
+    (
+        "code",
+        """
+load = result.to_pandas("moe_class_load")
+table = load.pivot_table(index="expert", columns="class", values="load")
+lift = table.div(table.sum(axis=1), axis=0) / (table.sum(axis=0) / table.values.sum())
+lift.round(2)""",
+    ),
+    (
+        "code",
+        """
+co = result.to_pandas("moe_coselection").query("expert_a < expert_b")
+experts = result.to_pandas("moe_experts").set_index("expert")
+tokens = result.manifest["tokens"]
+co["x_independent"] = co["count"] / (experts.loc[co.expert_a, "load"].values * experts.loc[co.expert_b, "load"].values / tokens)
+co.sort_values("x_independent", ascending=False).head(4)""",
+    ),
+    (
+        "md",
+        """
+The tokens an expert weighs most, in context (the centre token in brackets):""",
+    ),
+    (
+        "code",
+        """
+def show(kind, block, unit, n=4):
+    for c in result.contexts(kind, block, unit)[:n]:
+        words = "".join(f"[{t}]" if j == c.centre else t for j, t in enumerate(c.tokens))
+        print(f"{c.score:7.3f}  doc {c.doc:3d} pos {c.position:4d}  {words!r}")
+
+moe = model.layers("moe")[0]
+for expert in (2, 7):
+    print(f"expert {expert}:")
+    show("moe", moe, expert)""",
+    ),
+    (
+        "md",
+        """
+## Mamba heads and attention heads
+Each Mamba head's memory horizon on this text (ln 2 over its mean decay rate, from the step sizes actually
+used), and what each attention head does on the corpus's own repeated tokens.""",
+    ),
+    (
+        "code",
+        """
+heads = result.to_pandas("mamba_heads")
+print(heads.groupby("block")["mean_rate_horizon"].agg(["min", "max"]).round(1))
+result.to_pandas("attention_heads").round(3)""",
+    ),
+    (
+        "md",
+        """
+Measured on 2026-12-02 (CPU, float32, 232 documents, 19,667 tokens): experts sort tokens by kind —
+expert 2 takes whitespace at 3.1× its share and expert 7 punctuation at 2.6×, expert 5 pieces inside
+words at 2.1×, while experts 1, 4 and 5 never take whitespace. Experts 1 and 7 fire together most often.
+Within every Mamba layer the horizons span more than an order of magnitude (block 2: 1.3 to 249 tokens).
+The four heads of the attention layer all copy: 63–70% of their attention goes to the token after an earlier
+occurrence of the current one, where the text repeats a token; head 0 also puts 37% on the first token.""",
+    ),
+    (
+        "md",
+        """
+## Browse it
+Click a cell: its top contexts, each token shaded by its value (routing weight, state norm, attention).""",
+    ),
+    ("code", "CorpusView(result)"),
+    (
+        "md",
+        """
+## Larger corpora, several processes
+The same collection from the command line, on any Nemotron-H checkpoint and a text file or a Hugging Face
+dataset; under `torchrun` each process takes every N-th shard and rank 0 merges them exactly (the merged
+tables equal a one-process run's):
+
+```bash
+torchrun --nproc_per_node 8 -m nemo_explore.corpus collect --model nvidia/NVIDIA-Nemotron-Nano-9B-v2 \\
+    --dataset wikitext --config wikitext-103-raw-v1 --split train --streaming \\
+    --dtype bfloat16 --device cuda --out stats/
+```
+
+`ne.corpus.load("stats/")` reopens the result; an interrupted run resumes from its last complete shard.""",
+    ),
+]
+
 
 NOTEBOOKS = {
     "01_quickstart": QUICKSTART,
@@ -696,6 +813,7 @@ NOTEBOOKS = {
     "03_moe_routing": MOE_ROUTING,
     "04_full_checkpoints": FULL_CHECKPOINTS,
     "05_from_transformer_lens": TRANSFORMER_LENS,
+    "06_corpus": CORPUS,
 }
 
 if __name__ == "__main__":

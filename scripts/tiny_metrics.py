@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nemo_explore.corpus.text import CLASSES, token_classes  # the one copy of the token-class rule
+
 INDUCTION_ROWS, INDUCTION_LEN, INDUCTION_SEED = 16, 24, 0
 WINDOW = 256
-CLASSES = ("space", "word start", "word piece", "digit", "punct")
 
 
 @contextmanager
@@ -183,24 +184,6 @@ def mamba_rates(model, windows: torch.Tensor) -> dict[int, torch.Tensor]:
         dt = F.softplus(raw + mixer.dt_bias).clamp(min=cfg.time_step_min)
         out[i] = (dt * mixer.A_log.exp()).mean(dim=(0, 1))
     return out
-
-
-def token_classes(tokenizer) -> torch.Tensor:
-    """(vocab,) class index into CLASSES of every token id, from its decoded text."""
-    classes = []
-    for i in range(len(tokenizer)):
-        s = tokenizer.decode([i], clean_up_tokenization_spaces=False)
-        t = s.lstrip(" ")
-        if not s.strip():
-            c = 0
-        elif t[:1].isalpha():
-            c = 1 if t != s else 2
-        elif t[:1].isdigit():
-            c = 3
-        else:
-            c = 4
-        classes.append(c)
-    return torch.tensor(classes)
 
 
 @torch.no_grad()

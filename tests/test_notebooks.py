@@ -155,3 +155,28 @@ def test_notebook_03_routing_claims_hold():
         forced = (torch.arange(2) + e) % model.cfg.n_routed_experts
         hook = (f"blocks.{moe}.moe.hook_topk_indices", lambda idx, hook, f=forced: f.expand_as(idx))
         assert abs(model.run_with_hooks(text, fwd_hooks=[hook], return_type="loss") - clean) < 0.04
+
+
+def test_notebook_06_corpus_claims_hold(tmp_path):
+    """06's measured paragraph, recomputed from a fresh collection over the demo corpus (each statistic of
+    ``collect`` is itself checked against run_with_cache in tests/test_corpus.py)."""
+    import nemo_explore as ne
+
+    model = ne.load("tiny")
+    result = ne.corpus.collect(model, ne.corpus.demo_corpus(), out=tmp_path, progress=False)
+    assert (result.manifest["documents"], result.manifest["tokens"]) == (232, 19667)
+    table = result.to_pandas("moe_class_load").pivot_table(index="expert", columns="class", values="load")
+    lift = table.div(table.sum(axis=1), axis=0) / (table.sum(axis=0) / table.values.sum())
+    assert 2.9 < lift.loc[2, "space"] < 3.3 and 2.4 < lift.loc[7, "punct"] < 2.8, lift
+    assert 1.9 < lift.loc[5, "word piece"] < 2.3 and (lift.loc[[1, 4, 5], "space"] < 0.01).all(), lift
+    share = result.to_pandas("moe_experts")["share"]
+    assert share.between(0.22, 0.28).all(), share
+    co = result.to_pandas("moe_coselection").query("expert_a < expert_b")
+    top = co.loc[co["count"].idxmax()]
+    assert (top.expert_a, top.expert_b) == (1, 7), top
+    horizons = result.to_pandas("mamba_heads").groupby("block")["mean_rate_horizon"]
+    assert (horizons.max() / horizons.min() > 10).all(), horizons.agg(["min", "max"])
+    lo, hi = horizons.min()[2], horizons.max()[2]
+    assert 1.2 < lo < 1.4 and 240 < hi < 260, (lo, hi)
+    heads = result.to_pandas("attention_heads")
+    assert heads["induction"].between(0.62, 0.71).all() and 0.35 < heads.loc[0, "sink"] < 0.39, heads
