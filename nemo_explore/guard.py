@@ -40,6 +40,7 @@ from .versions import (
     VERIFIED_CODE,
     MirrorError,
     MirrorWarning,
+    cache_keyword,
     code_fingerprints,
     drift_error,
     installed,
@@ -199,7 +200,7 @@ def _run_steps(model, steps: list[dict], seen: dict) -> list[tuple[str, torch.Te
     with torch.no_grad():
         for n, step in enumerate(steps):
             seen["step"], seen["cached"] = n, step["cache"]
-            kw = dict(use_cache=True, **{_cache_keyword(model): cache}) if step["cache"] else {}
+            kw = dict(use_cache=True, **{cache_keyword(model): cache}) if step["cache"] else {}
             logits = model(input_ids=step["ids"], attention_mask=step["mask"], **kw).logits
             out.append((f"logits of step {n} ({_describe(step)})", logits))
     for i, layer in enumerate(cache.layers):
@@ -209,12 +210,6 @@ def _run_steps(model, steps: list[dict], seen: dict) -> list[tuple[str, torch.Te
                 if isinstance(t, torch.Tensor):
                     out.append((f"cache {attr}[{j}] of block {i} after the last cached step", t.clone()))
     return out
-
-
-def _cache_keyword(model) -> str:
-    """``cache`` (transformers >= 5.24) or ``past_key_values`` (earlier): what the model's forward takes."""
-    params = inspect.signature(type(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _describe(step: dict) -> str:

@@ -7,6 +7,8 @@ ends); ``guard.py`` checks the installed release at run time, wherever it lies.
 
 from __future__ import annotations
 
+import inspect
+
 OLDEST_VERIFIED = "5.21.0"
 NEWEST_VERIFIED = "5.24.0"
 
@@ -23,6 +25,12 @@ def installed() -> str:
     import transformers
 
     return transformers.__version__
+
+
+def cache_keyword(model) -> str:
+    """The keyword a model's forward takes its cache under: ``cache`` (transformers >= 5.24) or
+    ``past_key_values`` (earlier), e.g. ``hf(ids, use_cache=True, **{cache_keyword(hf): cache})``."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 def drift_error(what: str) -> MirrorError:

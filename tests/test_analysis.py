@@ -384,6 +384,18 @@ def test_figures_show_every_layer_type(rand):
             assert any(t.name == kind for t in fig.data), kind
 
 
+
+def test_figures_label_every_row_and_keep_the_legend_off_the_titles(rand):
+    x = ids()
+    lens = logit_lens(rand, x).figure()
+    assert lens.layout.yaxis.dtick == 1 and len(lens.data[0].y) == rand.n_layers + 1  # no row unlabelled
+    rows = zip(lens.data[0].y[1:], rand.layer_types, strict=True)
+    assert all("mamba" in y for y, k in rows if k == "mamba")
+    dla = direct_logit_attribution(rand, x).figure()
+    titles = [a.y for a in dla.layout.annotations if a.text in ("per block", "per layer type")]
+    assert len(titles) == 2 and dla.layout.legend.yanchor == "bottom"
+    assert dla.layout.legend.y > max(titles) + 0.05  # the legend's bottom edge sits above the subplot titles
+
 def test_analysis_modules_import_plotly_only_inside_figure():
     root = Path(ne.__file__).parent / "analysis"
     for name in ("_style", "ablation", "attribution", "logit_lens", "patching", "induction"):

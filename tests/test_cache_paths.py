@@ -3,7 +3,6 @@
 eager attention weights, an independent computation of the same probabilities)."""
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from models import hooked_pair
 from transformers import DynamicCache, StaticCache
 
 import nemo_explore as ne
+from nemo_explore.versions import cache_keyword
 
 SHAPES = {
     "gqa_groups": ("M*-EM", {}),
@@ -35,11 +35,6 @@ def left_padded(b=2, p=9, pad=3, seed=0):
     mask[1, :pad] = 0
     x[1, :pad] = 0
     return x, mask
-
-
-def cache_kw(hf) -> str:
-    """The keyword HF's forward takes its cache under: ``cache`` (5.24) or ``past_key_values`` (5.21-5.23)."""
-    return "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
 
 
 def eager(hf):
@@ -77,7 +72,7 @@ def test_chunked_prefill_on_a_cache_equals_hf(pair):
     logits and every cache tensor equal HF's."""
     hf, model = pair
     x = ids(b=2, p=13, seed=5)
-    kw = cache_kw(hf)
+    kw = cache_keyword(hf)
 
     def run():
         cache = DynamicCache(config=hf.config)
@@ -102,7 +97,7 @@ def test_chunked_prefill_points_continue_the_full_forward(pair):
     names = [f"blocks.{attn}.attn.hook_pattern", f"blocks.{mamba}.mamba.hook_state_norm"]
     _, full = model.run_with_cache(x, names_filter=names)
     seen = {}
-    cache, kw = DynamicCache(config=hf.config), cache_kw(hf)
+    cache, kw = DynamicCache(config=hf.config), cache_keyword(hf)
     with model.hooks([(n, lambda t, hook: seen.__setitem__(hook.name, t.clone())) for n in names]):
         hf(x[:, :8], use_cache=True, **{kw: cache})
         hf(x[:, 8:], use_cache=True, **{kw: cache})
@@ -117,7 +112,7 @@ def test_pattern_on_a_static_cache_equals_hf_eager_attentions(pair, padded):
     hf, model = pair
     x, mask = left_padded(p=7, pad=2) if padded else (ids(p=7), None)
     layer = model.layers("attention")[0]
-    twin, kw = eager(hf), cache_kw(hf)
+    twin, kw = eager(hf), cache_keyword(hf)
     steps = [x, x[:, -1:] * 0 + 5, x[:, -1:] * 0 + 7]
 
     def run(m, capture):

@@ -20,6 +20,7 @@ from nemo_explore.versions import (
     VERIFIED_CODE,
     MirrorError,
     MirrorWarning,
+    cache_keyword,
     code_fingerprints,
     installed,
 )
@@ -177,3 +178,12 @@ def test_the_check_leaves_the_random_state_alone():
     torch.manual_seed(123)
     guard.check_all()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_cache_keyword_follows_the_release():
+    """5.24 renamed the keyword the model's forward takes its cache under (it was ``past_key_values``)."""
+    from packaging.version import Version
+
+    hf = random_model("M*-E")
+    expected = "cache" if Version(installed()) >= Version("5.24.0") else "past_key_values"
+    assert cache_keyword(hf) == expected

@@ -104,7 +104,8 @@ class AttributionResult:
         fig.update_layout(
             title=f"Direct attribution to the {what} ({label})",
             yaxis_title="logit",
-            legend=_style.LEGEND,
+            legend={**_style.LEGEND, "y": 1.1},  # above the subplot titles, not on them
+            margin=dict(t=120),
             plot_bgcolor="white",
         )
         return fig

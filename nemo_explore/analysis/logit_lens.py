@@ -145,6 +145,7 @@ class LogitLensResult:
             plot_bgcolor="white",
             height=max(300, 22 * len(y) + 150),
         )
+        fig.update_yaxes(dtick=1)  # a label on every row: plotly would thin them out on a tall stack
         return fig
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 import torch
@@ -15,24 +16,40 @@ DIVERGING = [[0.0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a
 FONT = dict(family="system-ui, sans-serif", size=11)
 
 
+@cache
+def _template() -> dict:
+    """plotly_white with trace defaults for the traces the views draw only: plotly deep-copies a named
+    template into every figure (55 ms each for the whole of plotly_white), and sends it to the browser."""
+    import plotly.io as pio
+
+    white = pio.templates["plotly_white"]
+    data = white.data.to_plotly_json()
+    kept = {t: data[t] for t in ("heatmap", "bar", "scatter")}
+    for heatmap in kept["heatmap"]:  # plotly measures every colour-bar label to hide those past the figure
+        heatmap["colorbar"] = dict(heatmap.get("colorbar", {}), ticklabeloverflow="allow")
+    return dict(layout=white.layout.to_plotly_json(), data=kept)
+
+
 def figure_widget(width: int, height: int, **layout):
     from ._plotly import Figure
 
     layout.setdefault("margin", dict(l=10, r=10, t=36, b=10))
-    fig = Figure(layout=dict(width=width, height=height, autosize=False, font=FONT, **layout))
-    fig.layout.template = "plotly_white"
-    return fig
+    return Figure(
+        layout=dict(width=width, height=height, autosize=False, font=FONT, template=_template(), **layout)
+    )
 
 
-def pooled(maps: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block means of square maps (h, n, n) -> (h, t, t), t = min(n, size); and where the causal lower
-    triangle reaches (t, t) bool, so blocks wholly above the diagonal can be left blank."""
-    n = maps.shape[-1]
-    t = min(n, size)
-    if t == n:
-        return maps, torch.ones(n, n, dtype=torch.bool).tril()
-    low = F.adaptive_avg_pool2d(maps[None], t)[0]
-    reach = F.adaptive_max_pool2d(torch.ones(n, n).tril()[None], t)[0] > 0
+def pooled(maps: torch.Tensor, size: int, diagonal: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block means of maps (..., n, m) -> (..., t, u), t = min(n, size), u = min(m, size); and where the
+    causal lower triangle (column ≤ row + ``diagonal``) reaches, (t, u) bool, so blocks wholly above it can
+    be left blank."""
+    n, m = maps.shape[-2:]
+    t = (min(n, size), min(m, size))
+    below = torch.ones(n, m).tril(diagonal)
+    if t == (n, m):
+        return maps, below.bool()
+    low = F.adaptive_avg_pool2d(maps.reshape(1, -1, n, m), t).reshape(*maps.shape[:-2], *t)
+    reach = F.adaptive_max_pool2d(below[None], t)[0] > 0
     return low, reach
 
 
@@ -43,7 +60,7 @@ def mosaic(tiles: np.ndarray, cols: int, gap: int) -> tuple[np.ndarray, np.ndarr
     rows = math.ceil(h / cols)
     step = t + gap
     z = np.full((rows * step - gap, cols * step - gap), np.nan, dtype=np.float32)
-    idx = np.full(z.shape, -1, dtype=np.int32)
+    idx = np.full(z.shape, -1, dtype=np.int8 if h < 128 else np.int16)  # sent as is: a byte per cell
     for k in range(h):
         r, c = divmod(k, cols)
         z[r * step : r * step + t, c * step : c * step + t] = tiles[k]

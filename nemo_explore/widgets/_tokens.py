@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 
 _SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
@@ -63,19 +64,41 @@ def ticks(tokens: Sequence[str], start: int = 0, pixels: int = 500, spacing: int
     step = max(1, math.ceil(len(tokens) * spacing / max(1, pixels)))
     keep = range(0, len(tokens), step)
     return dict(
+        type="category",
+        ticklabeloverflow="allow",  # (the default for a category axis) plotly measures no label for it
         tickmode="array",
         tickvals=[escape(f"{start + j} {visible(tokens[j])}") for j in keep],
         ticktext=[escape(f"{start + j} {short(visible(tokens[j]))}") for j in keep],
     )
 
 
+def tick_room(tokens: Sequence[str], start: int = 0, size: int = 9, angle: float = 60.0) -> int:
+    """Pixels beside a plot that its token tick labels (:func:`ticks`, font ``size``) need: ``angle`` is
+    between the labels and the axis (60: the turned labels under a plot; 90: level labels left of it). A
+    view that sets this as its margin lets plotly draw once per update: with automargin, plotly draws a
+    second time whenever the labels' extent changes. Glyph widths are estimated (0.62 em, 1 em for wide
+    East Asian characters), generously."""
+    longest = 0.0
+    for j, tok in enumerate(tokens):
+        text = f"{start + j} {short(visible(tok))}"
+        longest = max(longest, sum(1.0 if unicodedata.east_asian_width(c) in "WF" else 0.62 for c in text))
+    a = math.radians(angle)
+    return math.ceil(longest * size * math.sin(a) + size * math.cos(a)) + 8
+
+
 def token_chips(
-    tokens: Sequence[str], start: int = 0, weights=None, titles=None, color="142, 95, 194"
+    tokens: Sequence[str],
+    start: int = 0,
+    weights=None,
+    titles=None,
+    color="142, 95, 194",
+    marked: tuple[int, str] | None = None,
 ) -> str:
     """The text as a row of token chips (``<span>`` with a hover title), escaped.
 
     ``weights`` (one per token, in [0, 1]) sets each chip's background opacity in ``color`` (an ``r, g, b``
-    string); ``titles`` (one per token) is the hover text, by default the position and the token.
+    string); ``titles`` (one per token) is the hover text, by default the position and the token;
+    ``marked`` = ``(j, css_class)`` gives chip j that extra class.
     """
     chips = []
     for j, tok in enumerate(tokens):
@@ -83,7 +106,8 @@ def token_chips(
         style = ""
         if weights is not None and weights[j] > 0:
             style = f' style="background: rgba({color}, {0.15 + 0.85 * float(weights[j]):.3f})"'
-        chips.append(f'<span class="ne-tok" title="{escape(title)}"{style}>{escape(visible(tok))}</span>')
+        cls = f"ne-tok {marked[1]}" if marked is not None and marked[0] == j else "ne-tok"
+        chips.append(f'<span class="{cls}" title="{escape(title)}"{style}>{escape(visible(tok))}</span>')
     return '<div class="ne-toks">' + "".join(chips) + "</div>"
 
 

@@ -4,11 +4,15 @@ An attention pattern is a probability per row. Mamba-2's hidden attention M (y_t
 is signed and unnormalised, so it is drawn on a diverging scale centred on 0, or — the user's choice —
 as |M| ÷ its row's Σ|M|, labelled as such; never made to look like a softmax.
 
-Long inputs: a p×p map shows at most ``PAIRWISE_WINDOW`` positions (a square window the user moves);
-each head thumbnail in the grid is at most ``THUMB``×``THUMB`` cells (block means).
+Long inputs: the detail shows at most ``PAIRWISE_WINDOW`` query rows × as many key columns, every value
+exact (hover); query and key ranges move independently. An overview shows the head's whole map as block
+means of at most ``OVERVIEW``×``OVERVIEW`` cells, the detail's window outlined; clicking it moves the
+window there. The head thumbnails share a budget of ``THUMB_CELLS`` cells (block means).
 """
 
 from __future__ import annotations
+
+import math
 
 import ipywidgets as widgets
 import numpy as np
@@ -26,10 +30,12 @@ from ._figures import (
     tile_rect,
 )
 from ._static import Page, StaticHTML, circuitsvis_html
-from ._tokens import Window, labels, ticks, visible
+from ._tokens import Window, labels, tick_room, ticks, visible
 
-PAIRWISE_WINDOW = 512
-THUMB = 48
+PAIRWISE_WINDOW = 256  # ≥ 1.8 px per cell in the detail plot: every value drawn, none pooled
+OVERVIEW = 128
+THUMB = 48  # at most, per thumbnail side
+THUMB_CELLS = 32_768  # all thumbnails together: 4 heads of 48², 32 of 32², 64 of 22²
 
 EXPECTED = {"attention": "blocks.{i}.attn.hook_pattern", "mamba": "blocks.{i}.mamba.hook_hidden_attn"}
 NAMES = "('hook_pattern', 'hook_hidden_attn')"
@@ -114,14 +120,24 @@ class AttentionHeads(CacheView):
         )
         self.grid.data[0].on_click(self._on_grid_click)
         self.grid._config = {"displayModeBar": False}  # (synced plotly config) no zoom tools on thumbnails
+        self.overview = figure_widget(380, 380)
+        self.overview.add_heatmap(hoverongaps=False, showscale=False)
+        self.overview.data[0].on_click(self._on_overview_click)
+        self.overview.update_yaxes(autorange="reversed", constrain="domain", title=dict(text="query"))
+        self.overview.update_xaxes(constrain="domain", title=dict(text="key"))
+        self.overview.layout.margin = dict(l=50, r=10, t=50, b=40)
+        self.overview._config = {"displayModeBar": False}
+        self.overview_box = widgets.Box([self.overview], layout=widgets.Layout(display="none"))
         self.detail = figure_widget(580, 560)
         self.detail.add_heatmap(hoverongaps=False, colorbar=dict(thickness=12))
-        self.detail.update_yaxes(autorange="reversed", tickfont=dict(size=9))
-        self.detail.update_xaxes(tickfont=dict(size=9), tickangle=-60)
+        # token axes: margins set per update (tick_room), so plotly draws once
+        self.detail.update_yaxes(autorange="reversed", tickfont=dict(size=9), automargin=False)
+        self.detail.update_xaxes(tickfont=dict(size=9), tickangle=-60, automargin=False)
 
         for control in (self.layer_select, self.head_select, self.mode_select, self.sink_box):
             control.observe(self._on_control, names="value")
-        figures = widgets.HBox([self.grid, self.detail], layout=widgets.Layout(flex_flow="row wrap"))
+        left = widgets.VBox([self.grid, self.overview_box])
+        figures = widgets.HBox([left, self.detail], layout=widgets.Layout(flex_flow="row wrap"))
         self.children = [
             widgets.HTML(STYLE),
             widgets.HBox(
@@ -172,7 +188,7 @@ class AttentionHeads(CacheView):
         the new cache has it)."""
         self._check_cache(cache)
         sources = self._find_sources(cache)
-        self.cache, self._sources, self._window = cache, sources, None
+        self.cache, self._sources, self._window, self._layer_key = cache, sources, None, None
         if layer is None:
             layer = self.layer if self.layer in sources else self._first_layer()
         self._check_layer(layer, EXPECTED, NAMES)
@@ -227,6 +243,8 @@ class AttentionHeads(CacheView):
         keep = getattr(self, "_window", None)
         keys = None if window is not None or keep is None else self._keys.start
         self._kind, self._maps, self._q0 = kind, maps, q0
+        if getattr(self, "_layer_key", None) != (layer, self.batch):  # what is kept per layer
+            self._layer_key, self._abs_sums, self._drawn = (layer, self.batch), {}, {}
         self._all_tokens, self._offset = tokens, offset
         if window is None and keep is not None:
             window = keep.start
@@ -278,44 +296,58 @@ class AttentionHeads(CacheView):
         mode = "pattern" if self._kind == "attention" else self.mode
         tokens = self._all_tokens[s - self._offset : e - self._offset]
         keys = self._all_tokens[ks - self._offset : ke - self._offset]
-        maps = self._rows(s, e, mode)[..., ks:ke]
+        maps = self._rows(s, e, ks, ke, mode)
         return dict(maps=maps, tokens=tokens, start=s, keys=keys, key_start=ks, kind=self._kind, mode=mode)
 
-    def _rows(self, s: int, e: int, mode: str) -> torch.Tensor:
-        """Query rows s..e-1 over all positions (h, n, p), as ``mode`` shows them."""
-        maps = self._maps[:, s - self._q0 : e - self._q0]
+    def _rows(self, s: int, e: int, ks: int, ke: int, mode: str, head: int | None = None) -> torch.Tensor:
+        """Query rows s..e-1 × key columns ks..ke-1 as ``mode`` shows them: (h, n_q, n_k), or (n_q, n_k)
+        for one ``head``. Only the slice is computed; |M| shares divide by row sums kept per layer."""
+        heads = slice(None) if head is None else head
+        rows = slice(s - self._q0, e - self._q0)
+        maps = self._maps[heads, rows, ks:ke]
         if mode == "share":
-            real = maps[..., self._offset : self._offset + len(self._all_tokens)]
-            maps = maps.abs() / real.abs().sum(-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
+            sums = self._abs_sums.get((head, s, e))
+            if sums is None:  # Σ|M| over each row's real keys: only the rows and heads asked for
+                real = self._maps[heads, rows, self._offset : self._offset + len(self._all_tokens)]
+                sums = torch.linalg.vector_norm(real, 1, dim=-1)  # one pass, no |M| copy
+                if len(self._abs_sums) >= 64:  # (slider moves add entries)
+                    self._abs_sums.clear()
+                sums = self._abs_sums[head, s, e] = sums.clamp_min(torch.finfo(real.dtype).tiny)
+            maps = maps.abs() / sums[..., None]
         return maps
 
-    def _redraw(self) -> None:
-        view = self.shown()
-        maps, mode, start, ks = view["maps"], view["mode"], view["start"], view["key_start"]
-        nq, nk = maps.shape[-2:]
-        square = self._rows(start, start + nq, mode)[..., start : start + nq]  # the grid's thumbnails
-        causal = bool((torch.triu(square, 1) == 0).all())
-        # The first token sees only itself (p = 1, and a share of 1): leave that row out of the colour
-        # range, or it would wash out every other row. Hover still shows its value. Most heads also put
-        # much of every row on the first token (an attention sink): with the box ticked its column is left
-        # out of the range too, and saturates.
-        skip = 1 if mode != "signed" and start == self._offset and nq > 1 else 0
-        sink = 1 if self.sink_box.value and ks == self._offset and nk > 1 else 0
-        z = maps[self.head].numpy().copy()
-        if causal:
-            z[np.arange(ks, ks + nk)[None, :] > np.arange(start, start + nq)[:, None]] = np.nan
+    def _scale(self, z: np.ndarray, mode: str, skip: int, sink: int) -> dict:
+        """Colour scale for ``z``, its range from rows ``skip``: and columns ``sink``: (see ``_redraw``)."""
         rest = np.abs(z[skip:, sink:])
         top = (float(np.nanmax(rest)) if rest.size and not np.isnan(rest).all() else 0.0) or 1.0
-        scale = {
+        return {
             "pattern": dict(colorscale=SEQUENTIAL, zmin=0, zmax=top, zmid=None),
             "signed": dict(colorscale=DIVERGING, zmin=-top, zmax=top, zmid=0),
             "share": dict(colorscale=SHARE, zmin=0, zmax=top, zmid=None),
         }[mode]
-        self._draw_detail(z, view, scale)
-        skip_grid = 1 if mode != "signed" and start == self._offset and nq > 1 else 0
-        self._draw_grid(
-            square, causal, skip_grid, {**scale, "zmin": -1 if mode == "signed" else 0, "zmax": 1}
-        )
+
+    def _redraw(self) -> None:
+        s, e, ks, ke = self._window.start, self._window.stop, self._keys.start, self._keys.stop
+        mode = "pattern" if self._kind == "attention" else self.mode
+        nq, nk = e - s, ke - ks
+        # The first token sees only itself (p = 1, and a share of 1): leave that row out of the colour
+        # range, or it would wash out every other row. Hover still shows its value. Most heads also put
+        # much of every row on the first token (an attention sink): with the box ticked its column is left
+        # out of the range too, and saturates.
+        skip = 1 if mode != "signed" and s == self._offset and nq > 1 else 0
+        sink = 1 if self.sink_box.value and ks == self._offset and nk > 1 else 0
+        z = self._rows(s, e, ks, ke, mode, self.head).numpy().copy()
+        future = np.arange(ks, ke)[None, :] > np.arange(s, e)[:, None]  # keys after their query
+        if not z[future].any():  # a causal map: those cells are blank, not zero
+            z[future] = np.nan
+        view = dict(
+            tokens=self._all_tokens[s - self._offset : e - self._offset], start=s, mode=mode, key_start=ks,
+            keys=self._all_tokens[ks - self._offset : ke - self._offset],
+        )  # fmt: skip
+        self._draw_detail(z, view, self._scale(z, mode, skip, sink))
+        grid_scale = {**self._scale(z, mode, 0, 0), "zmin": -1 if mode == "signed" else 0, "zmax": 1}
+        self._draw_grid(mode, skip, grid_scale)
+        self._draw_overview(mode)
         note = ABOUT["attention" if mode == "pattern" else mode]
         if sink:
             note += (
@@ -323,10 +355,10 @@ class AttentionHeads(CacheView):
                 "hover shows every value."
             )
         self._show_note(note, "p×p maps")
-        if self._window.active and (ks, self._keys.stop) != (start, self._window.stop):
+        if self._window.active and (ks, ke) != (s, e):
             self.note.value += (
-                f'<div class="ne-warn">Keys {ks}–{self._keys.stop - 1} against queries '
-                f"{start}–{self._window.stop - 1} (the keys slider moves the columns alone).</div>"
+                f'<div class="ne-warn">Keys {ks}–{ke - 1} against queries '
+                f"{s}–{e - 1} (the keys slider moves the columns alone).</div>"
             )
 
     def _draw_detail(self, z: np.ndarray, view: dict, scale: dict) -> None:
@@ -356,17 +388,32 @@ class AttentionHeads(CacheView):
             trace.hovertemplate = f"query %{{y}}<br>key %{{x}}<br>{what} = %{{z:.4g}}<extra></extra>"
             self.detail.update_xaxes(**ticks(keys, ks, pixels=460))
             self.detail.update_yaxes(**ticks(tokens, start, pixels=440))
+            self.detail.layout.margin.update(l=tick_room(tokens, start, angle=90), b=tick_room(keys, ks))
             self.detail.layout.title = dict(text=title, font=dict(size=12))
 
-    def _draw_grid(self, maps: torch.Tensor, causal: bool, skip: int, scale: dict) -> None:
-        """Every head as a thumbnail, each scaled to its own max |value| (rows from ``skip`` on)."""
-        tiles, reach = pooled(maps, THUMB)
-        h, t, n = len(tiles), tiles.shape[-1], maps.shape[-1]
+    def _draw_grid(self, mode: str, skip: int, scale: dict) -> None:
+        """Every head as a thumbnail of the query rows' own square, each scaled to its own max |value|
+        (rows from ``skip`` on); the thumbnails are sent only when what they show changes, the head's
+        outline always."""
+        s, e = self._window.start, self._window.stop
+        key = (self.layer, mode, s, e)
+        h = self._maps.shape[0]
+        cols = grid_columns(h)
+        side = min(THUMB, max(8, math.isqrt(THUMB_CELLS // h)))
+        if self._drawn.get("grid") == key:
+            t, gap = self._drawn["grid_tiles"]
+            self.grid.layout.shapes = [tile_rect(self.head, cols, t, gap)]
+            return
+        maps = self._rows(s, e, s, e, mode)
+        causal = bool((torch.triu(maps, 1) == 0).all())
+        tiles, reach = pooled(maps, side)
+        t, n = tiles.shape[-1], maps.shape[-1]
         peak = tiles[:, skip if t > 1 else 0 :].abs().amax((1, 2), keepdim=True)
         tiles = (tiles / peak.clamp_min(torch.finfo(tiles.dtype).tiny)).clamp(-1, 1)
         if causal:
             tiles = tiles.masked_fill(~reach, float("nan"))
-        cols, gap = grid_columns(h), max(1, t // 8)
+        gap = max(1, t // 8)
+        self._drawn.update(grid=key, grid_tiles=(t, gap))
         old = getattr(self, "_grid_heads", None)
         z, self._grid_heads = mosaic(tiles.numpy(), cols, gap)
         pooled_note = f" (block means, {n}→{t} cells)" if t < n else ""
@@ -383,10 +430,56 @@ class AttentionHeads(CacheView):
                 font=dict(size=11),
             )
 
+    def _draw_overview(self, mode: str) -> None:
+        """The head's whole map (every real query row × key column), block means of at most ``OVERVIEW``
+        cells a side, the detail's window outlined; shown only when the window cuts the input."""
+        active = self._window.active or self._keys.active
+        self.overview_box.layout.display = None if active else "none"
+        if not active:
+            return
+        key = (self.layer, self.head, mode, self.sink_box.value)
+        if self._drawn.get("overview") != key:
+            self._drawn["overview"] = key
+            lo, hi = self._window.lo, self._window.hi  # the real query rows
+            ko, khi = self._offset, self._window.hi  # every real key up to the last query
+            full = self._rows(lo, hi, ko, khi, mode, self.head)
+            low, reach = pooled(full, OVERVIEW, diagonal=lo - ko)
+            if bool((torch.triu(full, lo - ko + 1) == 0).all()):
+                low = low.masked_fill(~reach, float("nan"))
+            z = low.numpy().astype(np.float32)
+            skip = 1 if mode != "signed" and z.shape[0] > 1 and lo == self._offset else 0
+            sink = 1 if self.sink_box.value and z.shape[1] > 1 else 0
+            rows, cols = _centres(lo, hi, z.shape[0]), _centres(ko, khi, z.shape[1])
+            a, b = math.ceil((hi - lo) / z.shape[0]), math.ceil((khi - ko) / z.shape[1])
+            pooling = f"block means of ≤{a}×{b} cells" if a * b > 1 else "every cell"
+            with self.overview.batch_update():
+                self.overview.data[0].update(
+                    x=cols, y=rows, z=z, **self._scale(z, mode, skip, sink),
+                    hovertemplate="queries ≈%{y:.0f}<br>keys ≈%{x:.0f}<br>mean %{z:.3g}<extra></extra>",
+                )  # fmt: skip
+                self.overview.layout.title = dict(
+                    text=f"head {self.head}, all {hi - lo} queries × {khi - ko} keys<br>"
+                    f"({pooling}; click to move the detail there)",
+                    font=dict(size=11),
+                )
+        s, e, ks, ke = self._window.start, self._window.stop, self._keys.start, self._keys.stop
+        self.overview.layout.shapes = [
+            dict(type="rect", x0=ks - 0.5, x1=ke - 0.5, y0=s - 0.5, y1=e - 0.5,
+                 line=dict(color="#111", width=1.5), fillcolor="rgba(0,0,0,0)")
+        ]  # fmt: skip
+
+    def _on_overview_click(self, trace, points, state) -> None:
+        """Centre the detail's query rows and key columns on the clicked cell."""
+        if points.xs:
+            half = PAIRWISE_WINDOW // 2
+            self.select(window=int(points.ys[0]) - half, keys=int(points.xs[0]) - half)
+
     # -------------------------------------------------------------- static
     def _static(self, page: Page) -> None:
         page.html(f'<p class="ne-note">{self.note.value}</p>')
         page.figure(self.grid)
+        if self.overview_box.layout.display != "none":
+            page.figure(self.overview)
         page.figure(self.detail)
 
     def as_circuitsvis(self) -> StaticHTML:
@@ -394,7 +487,7 @@ class AttentionHeads(CacheView):
         produced, and for Mamba layers the signed M with a symmetric scale (0 = no colour)."""
         view = self.shown()
         s, n = view["start"], len(view["tokens"])
-        maps = self._rows(s, s + n, view["mode"])[..., s : s + n]  # square: circuitsvis pairs tokens
+        maps = self._rows(s, s + n, s, s + n, view["mode"])  # square: circuitsvis pairs tokens
         props = dict(
             attention=maps.tolist(),
             tokens=[visible(t) for t in view["tokens"]],
@@ -404,3 +497,9 @@ class AttentionHeads(CacheView):
             top = float(maps.abs().max()) or 1.0
             props.update(maxValue=top, minValue=-top, positiveColor="red", negativeColor="blue")
         return StaticHTML(circuitsvis_html("AttentionHeads", props))
+
+
+def _centres(lo: int, hi: int, t: int) -> list[float]:
+    """Centre positions of the ``t`` bins adaptive pooling makes of positions lo..hi-1."""
+    n = hi - lo
+    return [lo + ((i * n) // t + -(-(i + 1) * n // t) - 1) / 2 for i in range(t)]

@@ -9,6 +9,7 @@ the same views in place (the browser gets only the new data, never new figures),
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -22,13 +23,14 @@ from ..layer_types import PATTERN_CHAR
 from ._base import STYLE
 from ._static import Page
 from ._tokens import escape
-from .attention import PAIRWISE_WINDOW, AttentionHeads
+from .attention import AttentionHeads
 from .moe import MoERouting
 from .ssm import SSMStateNorms
 
 # Above this many tokens the p × p maps (attention patterns, hidden attention) are computed for the last
-# PAIRWISE_WINDOW query rows only.
+# LONG_MAP_ROWS query rows only (an h × p × p map of 2,048 tokens and 64 heads would be 1 GiB).
 FULL_MAPS_MAX = 1024
+LONG_MAP_ROWS = 512
 PAIRWISE = ("attn.hook_pattern", "mamba.hook_hidden_attn")  # computed per layer, on demand
 KEEP_LAYERS = 4  # pairwise maps of this many layers are kept at a time
 POINTS = (
@@ -39,6 +41,7 @@ POINTS = (
     "moe.hook_topk_weights",
 )
 TABS = {"attention": "Attention heads", "ssm": "Mamba state norms", "moe": "MoE routing"}
+PROGRESS_AFTER_S, PROGRESS_EVERY_S = 0.5, 0.2  # a forward this long shows its block in the status line
 # A sentence said twice: on the tiny checkpoint the attention layer copies the second half (its induction head
 # lights up in the attention view), while the Mamba and MoE views show the same tokens through other eyes.
 DEFAULT_PROMPT = "The little cat sat on the mat by the door. The little cat sat on the mat by the door."
@@ -107,6 +110,12 @@ class Explorer(widgets.VBox):
             self.prompt.value = text
         try:
             self._run(self.prompt.value)
+        except KeyboardInterrupt:  # the kernel was interrupted (■): the views keep the previous prompt
+            if raise_errors:
+                raise
+            self.status.value = (
+                '<div class="ne-warn"><b>Interrupted</b>: the views still show the previous prompt.</div>'
+            )
         except Exception as err:  # shown in the widget: a button callback has nowhere else to report
             if raise_errors:
                 raise
@@ -120,13 +129,13 @@ class Explorer(widgets.VBox):
         names = self.model.hook_names()
         options = {}
         if n > FULL_MAPS_MAX:  # p×p maps of a long input: only the query rows a view can show
-            options["hidden_attn_window"] = options["pattern_window"] = (n - PAIRWISE_WINDOW, n)
+            options["hidden_attn_window"] = options["pattern_window"] = (n - LONG_MAP_ROWS, n)
 
         def fetch(name: str) -> torch.Tensor:
-            with torch.no_grad():
+            with torch.no_grad(), self._progress(n, f"computing {name}"):
                 return self.model.run_with_cache(text, names_filter=[name], **options)[1][name]
 
-        with torch.no_grad():
+        with torch.no_grad(), self._progress(n, "running"):
             wanted = [n for n in names if n.endswith(POINTS)] or ["hook_embed"]  # no Mamba / MoE block
             _, cache = self.model.run_with_cache(text, names_filter=wanted)
         cache = OnDemandCache(cache, [n for n in names if n.endswith(PAIRWISE)], fetch)
@@ -155,11 +164,31 @@ class Explorer(widgets.VBox):
             self.tabs.children = list(views.values())
             for k, key in enumerate(views):
                 self.tabs.set_title(k, TABS[key])
-        long = f" (long input: attention maps for the last {PAIRWISE_WINDOW} query rows)" if options else ""
+        long = f" (long input: attention maps for the last {LONG_MAP_ROWS} query rows)" if options else ""
         self._ran = f"Ran {n} tokens in {seconds:.2f} s{long}."
         self.status.value = f'<div class="ne-note">{self._ran} Click a block above to see its view.</div>'
         if self.selected is not None:
             self.select_layer(self.selected)
+
+    @contextlib.contextmanager
+    def _progress(self, n: int, what: str) -> Iterator[None]:
+        """While the model runs: the status line names the block it has reached (from ``PROGRESS_AFTER_S``
+        on, at most every ``PROGRESS_EVERY_S``), and how to stop it."""
+        t0 = last = time.perf_counter()
+        blocks = len(self.layer_types)
+
+        def tick(_, hook) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - t0 >= PROGRESS_AFTER_S and now - last >= PROGRESS_EVERY_S:
+                last = now
+                self.status.value = (
+                    f'<div class="ne-note">{escape(what)} ({n} tokens): block {hook.layer() + 1} of '
+                    f"{blocks}, {now - t0:.1f} s. Interrupt the kernel (■) to stop.</div>"
+                )
+
+        with self.model.hooks([(lambda name: name.endswith(".hook_resid_post"), tick)]):
+            yield
 
     def _horizons(self, cache) -> dict[int, torch.Tensor] | None:
         """Each Mamba head's mean memory horizon (tokens), from hook_dt and the layer's A, when available."""

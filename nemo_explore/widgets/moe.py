@@ -18,9 +18,9 @@ import torch
 from ._base import STYLE, CacheView
 from ._figures import figure_widget
 from ._static import Page
-from ._tokens import Window, escape, labels, ticks, token_chips, visible
+from ._tokens import Window, escape, labels, tick_room, ticks, token_chips, visible
 
-TOKEN_WINDOW = 2048
+TOKEN_WINDOW = 1024  # ≤ 0.5 MB of float32 per map at 128 heads or experts; a slider moves it
 EXPECTED = {"moe": "blocks.{i}.moe.hook_topk_indices"}
 NAMES = "('hook_router_scores', 'hook_topk_indices', 'hook_topk_weights')"
 VALUES = {"weight": "routing weight", "score": "router score (sigmoid)"}
@@ -76,12 +76,16 @@ class MoERouting(CacheView):
             showlegend=False,
         )
         self.routing.update_yaxes(autorange="reversed", title_text="expert", type="category")
-        self.routing.layout.xaxis.update(tickfont=dict(size=9), tickangle=-60, type="category")
+        # the token axis's margin is set per update (tick_room), so plotly draws once
+        self.routing.layout.xaxis.update(
+            tickfont=dict(size=9), tickangle=-60, type="category", automargin=False
+        )
         self.load = figure_widget(760, 240)
         self.load.add_bar(marker_color="#c9b6e4")
         self.load.data[0].on_click(self._on_load_click)
         self.load.update_xaxes(type="category", title_text="expert")
         self.load.update_yaxes(title_text="tokens")
+        self.load._config = {"displayModeBar": False}  # a bar per expert needs no zoom tools over its title
         self.tokens = widgets.HTML()
         for control in (self.layer_select, self.expert_select, self.values_select):
             control.observe(self._on_control, names="value")
@@ -205,11 +209,13 @@ class MoERouting(CacheView):
         scores — ``marks`` [(position, expert, rank, weight)] for the top-k, ``load`` (E,), ``tokens`` (n),
         ``start``, and ``expert_weights`` (n,) the chosen expert's weight per token."""
         s, e = self._window.start - self._offset, self._window.stop - self._offset
-        values = self.dense_weights() if self.values == "weight" else self._scores
+        dense = self.dense_weights()
+        values = dense if self.values == "weight" else self._scores
+        chosen, weights = self._idx[s:e].tolist(), self._weights[s:e].tolist()  # lists: fast to walk
         marks = [
-            (self._window.start + j, int(self._idx[s + j, r]), r, float(self._weights[s + j, r]))
-            for j in range(e - s)
-            for r in range(self._idx.shape[1])
+            (self._window.start + j, ex, r, w)
+            for j, (row, ws) in enumerate(zip(chosen, weights, strict=True))
+            for r, (ex, w) in enumerate(zip(row, ws, strict=True))
         ]
         return dict(
             values=values[s:e].T,
@@ -217,7 +223,7 @@ class MoERouting(CacheView):
             load=self.expert_load(),
             tokens=self._all_tokens[s:e],
             start=self._window.start,
-            expert_weights=self.dense_weights()[s:e, self.expert],
+            expert_weights=dense[s:e, self.expert],
         )
 
     def _redraw(self) -> None:
@@ -238,11 +244,12 @@ class MoERouting(CacheView):
                 colorbar=dict(title=dict(text="weight" if self.values == "weight" else "score")),
                 hovertemplate=f"token %{{x}}<br>expert %{{y}}<br>{what} = %{{z:.4g}}<extra></extra>",
             )
-            height = min(760, max(260, 12 * n_exp + 170))
+            plot = min(590, max(120, 12 * n_exp))
+            room = tick_room(view["tokens"], start)
             # A top-k mark needs a cell of a few pixels; below that the marks would cover the map (and
             # cost bytes): they are left out, and the weights (0 = not chosen) show the choices.
             k = self._idx.shape[1]
-            cell = min(PLOT_PX / max(1, len(cats)), (height - 170) / max(1, n_exp))
+            cell = min(PLOT_PX / max(1, len(cats)), plot / max(1, n_exp))
             marks = view["marks"] if cell >= MARK_PX else []
             self.routing.data[1].update(
                 x=[cats[pos - start] for pos, _, _, _ in marks],
@@ -252,7 +259,8 @@ class MoERouting(CacheView):
                 f"{k}, weight %{{customdata[1]:.4g}}<extra>top-k</extra>",
             )
             self.routing.update_xaxes(**ticks(view["tokens"], start, pixels=PLOT_PX))
-            self.routing.layout.height = height
+            self.routing.layout.margin.b = room
+            self.routing.layout.height = self.routing.layout.margin.t + plot + room
             key = (
                 f"□ = top-{k} choice"
                 if marks or not view["marks"]

@@ -17,9 +17,9 @@ import torch
 from ._base import STYLE, CacheView
 from ._figures import figure_widget
 from ._static import Page
-from ._tokens import Window, labels, ticks
+from ._tokens import Window, labels, tick_room, ticks
 
-TOKEN_WINDOW = 2048
+TOKEN_WINDOW = 1024  # ≤ 0.5 MB of float32 per map at 128 heads or experts; a slider moves it
 EXPECTED = {"mamba": "blocks.{i}.mamba.hook_state_norm"}
 NAMES = "'hook_state_norm'"
 NORMS = {"raw": "raw ‖state‖", "head": "÷ head's max", "token": "÷ token's max"}
@@ -83,9 +83,11 @@ class SSMStateNorms(CacheView):
         self.overview.add_heatmap(colorscale="Viridis", colorbar=bar)
         self.overview.data[0].on_click(self._on_overview_click)
         self.overview.update_yaxes(autorange="reversed", title_text="Mamba layer", type="category")
-        for fig in (self.heads, self.overview):
-            fig.layout.xaxis.update(tickfont=dict(size=9), tickangle=-60, domain=[0, right])
+        for fig in (self.heads, self.overview):  # margins set per update (tick_room): plotly draws once
+            fig.layout.xaxis.update(tickfont=dict(size=9), tickangle=-60, domain=[0, right], automargin=False)
             fig.layout.yaxis.automargin = False
+        if self._horizons:
+            self.heads.layout.xaxis2.automargin = False
         for control in (self.layer_select, self.norm_select):
             control.observe(self._on_control, names="value")
         self.children = [
@@ -202,6 +204,7 @@ class SSMStateNorms(CacheView):
         view = self.shown()
         cats = labels(view["tokens"], view["start"])
         axis = ticks(view["tokens"], view["start"], pixels=560 if self._horizons else 610)
+        room = tick_room(view["tokens"], view["start"])
         layer, what = self.layer, NORMS[self.norm]
         h = view["heads"].shape[0]
         heads = [f"h{k}" for k in range(h)]
@@ -210,10 +213,11 @@ class SSMStateNorms(CacheView):
                 x=cats,
                 y=heads,
                 z=view["heads"].numpy(),
-                customdata=view["raw"].numpy(),
+                # raw norms for hover: z itself when it is raw (not sent twice)
+                customdata=None if self.norm == "raw" else view["raw"].numpy(),
                 colorbar=dict(title=dict(text="‖state‖" if self.norm == "raw" else "norm.")),
-                hovertemplate="token %{x}<br>head %{y}<br>‖state‖ = %{customdata:.4g}"
-                + ("" if self.norm == "raw" else f"<br>{what}: %{{z:.3f}}")
+                hovertemplate="token %{x}<br>head %{y}<br>‖state‖ = "
+                + ("%{z:.4g}" if self.norm == "raw" else f"%{{customdata:.4g}}<br>{what}: %{{z:.3f}}")
                 + "<extra></extra>",
             )
             if self._horizons:
@@ -224,7 +228,10 @@ class SSMStateNorms(CacheView):
                     hovertemplate="head %{y}: half-life %{x:.3g} tokens<extra></extra>",
                 )
             self.heads.layout.xaxis.update(**axis)
-            self.heads.layout.height = min(720, max(260, 14 * h + 130))
+            # the horizon axis's numbers and title need 48 px below the plot
+            bottom = max(room, 48) if self._horizons else room
+            self.heads.layout.margin.b = bottom
+            self.heads.layout.height = self.heads.layout.margin.t + min(560, max(140, 14 * h)) + bottom
             self.heads.layout.title = dict(
                 text=f"block {layer} · mamba: state norm per token and head ({what})"
             )
@@ -249,7 +256,9 @@ class SSMStateNorms(CacheView):
                     line=dict(color="#e4572e", width=2),
                 )
             ]
-            self.overview.layout.height = min(480, max(200, 22 * len(names) + 130))
+            self.overview.layout.margin.b = room
+            rows = min(350, max(70, 22 * len(names)))
+            self.overview.layout.height = self.overview.layout.margin.t + rows + room
             self.overview.layout.title = dict(text=f"all Mamba layers: mean over heads ({what}); click a row")
         note = (
             "<b>State norm</b> ‖h<sub>t</sub>‖ of each head's recurrent state after token t (Frobenius norm, "

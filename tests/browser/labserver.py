@@ -36,6 +36,8 @@ SETTINGS = {
         "fetchNews": "false",
     },
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    # as scripts/lab-overrides.json sets it for scripts/lab.sh: widget state saved with the notebook
+    "@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings": {"saveState": True},
 }
 
 
@@ -54,8 +56,9 @@ class Lab:
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/lab/tree/{path}?token={self.token}"
+    def url(self, path: str, app: str = "lab/tree") -> str:
+        """``path`` opened in JupyterLab, or in Notebook 7 with ``app='notebooks'``."""
+        return f"http://127.0.0.1:{self.port}/{app}/{path}?token={self.token}"
 
     def __enter__(self) -> Lab:
         settings = self.workdir / "settings"
@@ -103,3 +106,61 @@ class Lab:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self.log.close()
+
+
+def watch(page, events: dict) -> None:
+    """Record the page's console messages, page errors, failed requests and dialogs (dismissed) in the lists
+    ``events['console' | 'pageerror' | 'requestfailed' | 'dialog']``."""
+    page.on("console", lambda m: events["console"].append(f"{m.type}: {m.text}"[:400]))
+    page.on("pageerror", lambda e: events["pageerror"].append(str(e)[:400]))
+    page.on("requestfailed", lambda r: events["requestfailed"].append(f"{r.url[:200]} {r.failure}"))
+    page.on("dialog", lambda d: (events["dialog"].append(d.message), d.dismiss()))
+
+
+# anywidget's start-up deadline (2 s) passing for a model, as on a busy machine. It is harmless for this
+# package's figures, whose messages wait for their own start (test_browser.py: "when the page is busy"),
+# and all the models on the test pages are this package's.
+SLOW_START = "[anywidget] Failed to initialize model."
+
+
+def assert_no_js_errors(events: dict) -> None:
+    """No page error, failed request or console error (but SLOW_START) was recorded by :func:`watch`."""
+    errors = [e for e in events["pageerror"] if e != SLOW_START]
+    assert errors == [], errors
+    assert events["requestfailed"] == [], events["requestfailed"]
+    bad = [m for m in events["console"] if m.startswith("error") and SLOW_START not in m]
+    assert bad == [], bad
+
+
+def open_notebook(page, url: str) -> None:
+    """Open a notebook in JupyterLab and wait until its kernel is idle."""
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
+
+
+def run_all(page, done: str) -> None:
+    """Run > Run All Cells, then wait until an output shows ``done`` and the kernel is idle again."""
+    page.click(".lm-MenuBar-itemLabel >> text=Run")
+    page.click(".lm-Menu-itemLabel >> text=Run All Cells")
+    page.wait_for_selector(f".jp-OutputArea-output >> text={done}", timeout=120_000)
+    page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
+
+
+def open_offline(browser, path: Path, **page_args):
+    """Open a static page from disk with every request outside ``file:`` refused; returns the page and the
+    lists of refused URLs and of page errors / dialogs, filled as they happen."""
+    blocked, errors = [], []
+
+    def only_files(route):
+        if route.request.url.startswith("file:"):
+            return route.continue_()
+        blocked.append(route.request.url)
+        return route.abort()
+
+    page = browser.new_page(**page_args)
+    page.route("**/*", only_files)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("dialog", lambda d: (errors.append("dialog " + d.message), d.dismiss()))
+    page.goto(path.as_uri())
+    return page, blocked, errors
