@@ -7,6 +7,7 @@ import torch
 from models import random_model
 
 import nemo_explore as ne
+from nemo_explore.versions import cache_keyword
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_state_patching_equals_feeding_hf_that_state(pair):
     prefix = hf(x[:, : t + 1], use_cache=True)
     cache = prefix.past_key_values
     cache.update_recurrent_state(donor.clone(), layer_idx=layer)
-    rest = hf(x[:, t + 1 :], past_key_values=cache, use_cache=True)
+    rest = hf(x[:, t + 1 :], use_cache=True, **{cache_keyword(hf): cache})
     ref = torch.cat([prefix.logits, rest.logits], dim=1)
 
     got = model.run_with_hooks(
