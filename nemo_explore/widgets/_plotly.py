@@ -106,9 +106,12 @@ function bundle(model) {
 }
 
 // Edits the kernel sends while the bundle is still loading would reach no listener: keep them, and hand them
-// to plotly's model once it listens.
+// to plotly's model once it listens. A whole figure sent after them (plotly re-sends its data and layout
+// when a figure is displayed) already holds them: those kept before it are dropped, or a trace added early
+// would be added twice.
 const EDITS = ["addTraces", "deleteTraces", "moveTraces", "restyle", "relayout", "update", "animate",
   "removeLayoutProps", "removeTraceProps"].map((m) => "_py2js_" + m);
+const WHOLE = ["_widget_data", "_widget_layout"];
 
 export default () => {
   let ready;
@@ -122,9 +125,11 @@ export default () => {
         keep[name] = () => { const v = model.get(name); if (v) early.push([name, v]); };
         model.on("change:" + name, keep[name]);
       }
+      for (const name of WHOLE) keep[name] = () => { early.length = 0; };
+      for (const name of WHOLE) model.on("change:" + name, keep[name]);
       guardMessages(model);  // from here on, listening: messages may be applied
       ready = bundle(model).then(async (mod) => {
-        for (const name of EDITS) model.off("change:" + name, keep[name]);
+        for (const name of [...EDITS, ...WHOLE]) model.off("change:" + name, keep[name]);
         const figure = mod.default();
         const cleanup = await figure.initialize(ctx);
         for (const [name, value] of early) {

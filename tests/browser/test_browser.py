@@ -383,26 +383,30 @@ HOLD_NEXT_FIGURE = """() => {
 }"""
 
 
+def notebook_alone(events, root, browser, name: str, cells: list[str]):
+    """A notebook of ``cells`` opened in a browser context (its own renderer: held busy, it stalls no other
+    page) and a workspace of its own (no other notebook restored next to it): ``(context, page)``."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / f"{name}.ipynb")
+    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    page = context.new_page()
+    open_notebook(page, events["lab"].url(f"{name}.ipynb", app=f"lab/workspaces/{name}/tree"))
+    return context, page
+
+
 def test_a_figure_keeps_its_edits_when_the_page_is_busy(session):
     """anywidget drops every message to a model whose front end took over 2 s to start. A figure whose
     front-end code loads while the page is held busy 2.5 s still gets its trace (sent after it opened) and
     a later edit."""
     _, events, root, browser = session
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("from nemo_explore.widgets._plotly import Figure"),
-        nbformat.v4.new_code_cell(
-            "fig = Figure(layout=dict(width=320, height=240))\nfig.add_heatmap(z=[[1, 2], [3, 4]])\nfig"
-        ),
-        nbformat.v4.new_code_cell("fig.layout.title = 'edited later'\nprint('BUSY DONE')"),
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, root / "busy.ipynb")
-    # a browser context of its own: its renderer process, held busy, is not the other pages'
-    context = browser.new_context(viewport={"width": 1000, "height": 800})
-    page = context.new_page()
-    try:  # a workspace of its own: no other notebook restored next to it
-        open_notebook(page, events["lab"].url("busy.ipynb", app="lab/workspaces/busy/tree"))
+    context, page = notebook_alone(events, root, browser, "busy", [
+        "from nemo_explore.widgets._plotly import Figure",
+        "fig = Figure(layout=dict(width=320, height=240))\nfig.add_heatmap(z=[[1, 2], [3, 4]])\nfig",
+        "fig.layout.title = 'edited later'\nprint('BUSY DONE')",
+    ])  # fmt: skip
+    try:
         page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-InputArea-prompt").click(force=True)
         page.keyboard.press("Escape")
         page.keyboard.press("Shift+Enter")  # the first cell: plotly.js reaches the page
@@ -420,6 +424,31 @@ def test_a_figure_keeps_its_edits_when_the_page_is_busy(session):
         assert page.evaluate("() => window.__held") is True
     finally:
         page.screenshot(path=str(SHOTS / "busy.png"))
+        context.close()
+
+
+def test_figures_made_with_the_first_import_draw_each_trace_once(session):
+    """Figures made, edited and shown in the cell that first imports the widgets: their edits reach the page
+    while plotly.js is still loading, and are kept for it. Showing a figure re-sends it whole (its data and
+    layout, edits included): the edits kept before that are dropped, not applied twice."""
+    _, events, root, browser = session
+    context, page = notebook_alone(events, root, browser, "first", [
+        "from nemo_explore.widgets._plotly import Figure\n"
+        "figs = [Figure(layout=dict(width=300, height=200)) for _ in range(3)]\n"
+        "for f in figs:\n    f.add_heatmap(z=[[1, 2], [3, 4]])\n    f.layout.title = 'edited'\n"
+        "display(*figs)\nprint('FIRST DONE')"
+    ])  # fmt: skip
+    try:
+        run_all(page, "FIRST DONE")
+        images = "() => document.querySelectorAll('.js-plotly-plot .heatmaplayer image').length >= 3"
+        page.wait_for_function(images, timeout=60_000)
+        drawn = page.evaluate(
+            """() => [...document.querySelectorAll('.js-plotly-plot')]
+                .map(gd => [gd.data.length, gd._fullLayout.title.text])"""
+        )
+        assert drawn == [[1, "edited"]] * 3, drawn
+    finally:
+        page.screenshot(path=str(SHOTS / "first_import.png"))
         context.close()
 
 
