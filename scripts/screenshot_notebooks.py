@@ -39,7 +39,9 @@ def screenshot(notebooks: list[Path], out: Path = ROOT / "artifacts" / "notebook
                 shots = out / nb.stem
                 shutil.rmtree(shots, ignore_errors=True)
                 shots.mkdir(parents=True)
-                page.goto(lab.url(nb.name), wait_until="domcontentloaded")
+                # a workspace per notebook: the default one would reopen the notebooks before it as well
+                url = lab.url(nb.name, app=f"lab/workspaces/{nb.stem}/tree")
+                page.goto(url, wait_until="domcontentloaded")
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
                 page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
                 page.click(".lm-MenuBar-itemLabel >> text=Run")
