@@ -4,6 +4,7 @@ from . import corpus, registry
 from .cache import ActivationCache
 from .configs import build_config, recommended_defaults, shortened, small_config
 from .describe import ModelDescription, describe
+from .factored import FactoredMatrix
 from .hook_names import HookNameError
 from .hooks import HookPoint, ReadOnlyHookError
 from .layer_types import LAYER_TYPES
@@ -23,6 +24,7 @@ __all__ = [
     "small_config",
     "LAYER_TYPES",
     "ActivationCache",
+    "FactoredMatrix",
     "CheckpointError",
     "HookNameError",
     "HookPoint",

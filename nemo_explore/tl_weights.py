@@ -5,7 +5,8 @@ KV head, GQA expanded; ``_W_K`` / ``_W_V`` are the n_kv_heads themselves), ``W_O
 ``model.blocks[L].mlp.W_in`` (d, d_mlp), ``W_out`` (d_mlp, d). Across blocks: ``model.W_Q[L]``,
 ``model.W_O[L, h]``... for the blocks of the right kind (another kind is an error naming it). Model level:
 ``model.W_E`` (vocab, d), ``model.W_U`` (d, vocab), ``model.b_U`` (vocab,). Nemotron-H has no biases in
-attention or lm_head, so every ``b_*`` there is zeros.
+attention or lm_head, so every ``b_*`` there is zeros. Circuits: ``blocks[L].attn.QK`` = W_Q W_Kᵀ and ``OV`` =
+W_V W_O, (h, d, d) as a :class:`~nemo_explore.factored.FactoredMatrix`; ``model.QK[L, h]``, ``model.OV[L]``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from .factored import FactoredMatrix
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE
 
-ATTENTION_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "_W_K", "_W_V", "b_Q", "b_K", "b_V", "b_O", "_b_K", "_b_V")
+ATTENTION_WEIGHTS = (
+    *("W_Q", "W_K", "W_V", "W_O", "_W_K", "_W_V", "b_Q", "b_K", "b_V", "b_O", "_b_K", "_b_V"),
+    *("QK", "OV"),
+)
 MLP_WEIGHTS = ("W_in", "W_out", "b_in", "b_out")
 
 
@@ -67,6 +72,17 @@ class AttentionWeights:
     def W_O(self) -> torch.Tensor:
         o = self._attn.o_proj.weight  # (d, h·d_head)
         return o.T.view(-1, self._attn.head_dim, o.shape[0])
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Each head's W_Q W_Kᵀ, (h, d, d): a query input x and a key input y score x QK yᵀ / √d_head. The
+        inputs are the block's ``hook_mixer_in`` (the RMSNorm's output, its weight included)."""
+        return FactoredMatrix(self.W_Q, self.W_K.mT)
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """Each head's W_V W_O, (h, d, d): what the head writes for a key input y it attends to fully."""
+        return FactoredMatrix(self.W_V, self.W_O)
 
     @property
     def b_Q(self) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""A matrix kept as the product of two thin factors, ``A @ B``: attention circuits without the d×d matrix.
+
+An attention head's QK circuit ``W_Q W_Kᵀ`` and OV circuit ``W_V W_O`` are d_model × d_model matrices of rank
+d_head. :class:`FactoredMatrix` holds the two factors and computes what is asked of the product from them:
+its singular values from two thin QR decompositions and a (d_head × d_head) SVD, its non-zero eigenvalues
+from ``B @ A``, its Frobenius norm from the two Gram matrices. Leading axes (heads, blocks) broadcast.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class FactoredMatrix:
+    """The product ``A @ B`` of ``A`` (..., m, k) and ``B`` (..., k, n), kept as its factors.
+
+    ``AB`` is the product itself (..., m, n); ``BA`` (..., k, k) when m == n; ``T`` the transpose;
+    ``svd()``, ``eigenvalues``, ``norm()`` computed from the factors; ``@`` with a tensor or another
+    FactoredMatrix stays factored; indexing picks along the leading axes (``qk[3]``: head 3).
+    """
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor) -> None:
+        if A.ndim < 2 or B.ndim < 2 or A.shape[-1] != B.shape[-2]:
+            raise ValueError(
+                f"FactoredMatrix(A, B) needs A (..., m, k) and B (..., k, n); got {tuple(A.shape)} and "
+                f"{tuple(B.shape)}"
+            )
+        lead = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+        self.A = A.expand(*lead, *A.shape[-2:])
+        self.B = B.expand(*lead, *B.shape[-2:])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.A.shape[:-1], self.B.shape[-1]))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def inner(self) -> int:
+        """k, the factors' shared dimension: the product's rank is at most k."""
+        return self.A.shape[-1]
+
+    @property
+    def AB(self) -> torch.Tensor:
+        return self.A @ self.B
+
+    @property
+    def BA(self) -> torch.Tensor:
+        if self.A.shape[-2] != self.B.shape[-1]:
+            raise ValueError(f"BA needs a square product; this one is {tuple(self.shape[-2:])}")
+        return self.B @ self.A
+
+    @property
+    def T(self) -> FactoredMatrix:
+        return FactoredMatrix(self.B.mT, self.A.mT)
+
+    def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``U`` (..., m, r), ``S`` (..., r) descending, ``Vh`` (..., r, n) with ``U @ diag(S) @ Vh == AB``;
+        r = min(m, k, n)."""
+        qa, ra = torch.linalg.qr(self.A)  # A = qa ra
+        qb, rb = torch.linalg.qr(self.B.mT)  # Bᵀ = qb rb
+        u, s, vh = torch.linalg.svd(ra @ rb.mT, full_matrices=False)
+        return qa @ u, s, vh @ qb.mT
+
+    @property
+    def S(self) -> torch.Tensor:
+        """The singular values (..., r), descending."""
+        return self.svd()[1]
+
+    @property
+    def eigenvalues(self) -> torch.Tensor:
+        """The eigenvalues of ``B @ A`` (..., k), complex: the product's non-zero eigenvalues, and zeros."""
+        return torch.linalg.eigvals(self.BA)
+
+    def norm(self) -> torch.Tensor:
+        """Frobenius norm (...,): ``|AB|² = Σ (AᵀA) ∘ (B Bᵀ)``."""
+        return ((self.A.mT @ self.A) * (self.B @ self.B.mT)).sum((-2, -1)).clamp_min(0).sqrt()
+
+    def get_corner(self, k: int = 3) -> torch.Tensor:
+        """The product's top-left k × k entries, from k rows of A and k columns of B."""
+        return self.A[..., :k, :] @ self.B[..., :, :k]
+
+    def __matmul__(self, other) -> FactoredMatrix:
+        if isinstance(other, FactoredMatrix):
+            return FactoredMatrix(self.A, (self.B @ other.A) @ other.B)
+        if isinstance(other, torch.Tensor):
+            return FactoredMatrix(self.A, self.B @ other)
+        return NotImplemented
+
+    def __rmatmul__(self, other) -> FactoredMatrix:
+        if isinstance(other, torch.Tensor):
+            return FactoredMatrix(other @ self.A, self.B)
+        return NotImplemented
+
+    def __getitem__(self, index) -> FactoredMatrix:
+        index = index if isinstance(index, tuple) else (index,)
+        lead = self.ndim - 2
+        if len(index) > lead or any(i is Ellipsis or i is None for i in index):
+            raise IndexError(
+                f"a FactoredMatrix of shape {tuple(self.shape)} is indexed along its {lead} leading axes "
+                "only (use .AB for entries of the product, .get_corner() for a corner)"
+            )
+        return FactoredMatrix(self.A[index], self.B[index])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"FactoredMatrix(shape={tuple(self.shape)}, inner={self.inner})"
