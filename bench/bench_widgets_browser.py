@@ -32,7 +32,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
-from labserver import CHROMIUM, CHROMIUM_ARGS, Lab  # noqa: E402
+from labserver import CHROMIUM, CHROMIUM_ARGS, Lab, code_notebook  # noqa: E402
 
 QUIET_MS = 300
 WATCH = """
@@ -73,13 +73,6 @@ PROMPTS = [f"The little cat sat on the mat{' and the dog' * i} by the door." for
 def preamble(package: str | None) -> str:
     path = f"import sys; sys.path.insert(0, {package!r})\n" if package else ""
     return path + "import torch\ntorch.set_num_threads(1)\n"
-
-
-def notebook(path: Path, cells: list[str]) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
 
 
 class Page:
@@ -167,7 +160,7 @@ def has_text(scope: str) -> str:
 
 
 def bench_tiny(browser, lab, root: Path, package: str | None) -> dict:
-    notebook(
+    code_notebook(
         root / "tiny.ipynb",
         [
             preamble(package) + "import nemo_explore as ne\nmodel = ne.load('tiny')",
@@ -241,7 +234,7 @@ _, cache = model.run_with_cache(text, names_filter=lambda n: n.endswith(points),
                                 pattern_window=(1536, 2048), hidden_attn_window=(1536, 2048))
 print(len(cache.str_tokens), "tokens")"""
     )
-    notebook(
+    code_notebook(
         root / "big.ipynb",
         [
             setup,

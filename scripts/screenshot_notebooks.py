@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
-from labserver import CHROMIUM, CHROMIUM_ARGS, Lab  # noqa: E402
+from labserver import CHROMIUM, CHROMIUM_ARGS, Lab, open_notebook  # noqa: E402
 
 
 def screenshot(notebooks: list[Path], out: Path = ROOT / "artifacts" / "notebooks") -> None:
@@ -41,9 +41,7 @@ def screenshot(notebooks: list[Path], out: Path = ROOT / "artifacts" / "notebook
                 shots.mkdir(parents=True)
                 # a workspace per notebook: the default one would reopen the notebooks before it as well
                 url = lab.url(nb.name, app=f"lab/workspaces/{nb.stem}/tree")
-                page.goto(url, wait_until="domcontentloaded")
-                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-                page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
+                open_notebook(page, url)
                 page.click(".lm-MenuBar-itemLabel >> text=Run")
                 page.click(".lm-Menu-itemLabel >> text=Run All Cells")
                 page.wait_for_function(  # every code cell ran: its prompt shows a number, none "[*]" or "[ ]"

@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -130,6 +132,15 @@ def assert_no_js_errors(events: dict) -> None:
     assert events["requestfailed"] == [], events["requestfailed"]
     bad = [m for m in events["console"] if m.startswith("error") and SLOW_START not in m]
     assert bad == [], bad
+
+
+def code_notebook(path: Path, cells: list[str]) -> Path:
+    """Write a notebook of code ``cells`` for the python3 kernel to ``path``."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
 
 
 def open_notebook(page, url: str) -> None:

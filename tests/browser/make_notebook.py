@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import nbformat
+from labserver import code_notebook
 
 HERE = Path(__file__).resolve().parent
 # "<script>" is token 26: on a tick even when the axis shows every other token
@@ -72,11 +72,7 @@ text_view""",
 
 
 def write_notebook(path: Path, text: str = TEXT) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells(text)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
+    return code_notebook(path, cells(text))
 
 
 if __name__ == "__main__":

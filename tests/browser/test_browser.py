@@ -14,13 +14,13 @@ import shutil
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 from labserver import (
     CHROMIUM,
     CHROMIUM_ARGS,
     Lab,
     assert_no_js_errors,
+    code_notebook,
     open_notebook,
     open_offline,
     run_all,
@@ -386,10 +386,7 @@ HOLD_NEXT_FIGURE = """() => {
 def notebook_alone(events, root, browser, name: str, cells: list[str]):
     """A notebook of ``cells`` opened in a browser context (its own renderer: held busy, it stalls no other
     page) and a workspace of its own (no other notebook restored next to it): ``(context, page)``."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, root / f"{name}.ipynb")
+    code_notebook(root / f"{name}.ipynb", cells)
     context = browser.new_context(viewport={"width": 1000, "height": 800})
     page = context.new_page()
     open_notebook(page, events["lab"].url(f"{name}.ipynb", app=f"lab/workspaces/{name}/tree"))
@@ -454,15 +451,10 @@ def test_figures_made_with_the_first_import_draw_each_trace_once(session):
 
 def test_widgets_draw_in_notebook_7(session):
     _, events, root, browser = session
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            "import nemo_explore as ne\nfrom nemo_explore.widgets import Explorer\n"
-            "ex = Explorer(ne.load('tiny'))\nex.add_class('t-nb7')\nex"
-        )
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, root / "nb7.ipynb")
+    code_notebook(root / "nb7.ipynb", [
+        "import nemo_explore as ne\nfrom nemo_explore.widgets import Explorer\n"
+        "ex = Explorer(ne.load('tiny'))\nex.add_class('t-nb7')\nex"
+    ])  # fmt: skip
     nb7 = browser.new_page(viewport={"width": 1300, "height": 1000})
     nb7.goto(events["lab"].url("nb7.ipynb", app="notebooks"))
     nb7.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)

@@ -8,13 +8,13 @@ import shutil
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 from labserver import (
     CHROMIUM,
     CHROMIUM_ARGS,
     Lab,
     assert_no_js_errors,
+    code_notebook,
     open_notebook,
     open_offline,
     run_all,
@@ -53,10 +53,7 @@ def session(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     root, work = tmp_path_factory.mktemp("lab-root"), tmp_path_factory.mktemp("lab-work")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, root / NOTEBOOK)
+    code_notebook(root / NOTEBOOK, CELLS)
     SHOTS.mkdir(parents=True, exist_ok=True)
     events = {"console": [], "pageerror": [], "requestfailed": [], "dialog": []}
     with Lab(root, work) as lab, sync_playwright() as pw:
