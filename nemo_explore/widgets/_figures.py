@@ -39,6 +39,12 @@ def figure_widget(width: int, height: int, **layout):
     )
 
 
+def fit_height(fig, plot: int, bottom: int) -> None:
+    """Set ``fig``'s bottom margin to ``bottom`` px and its height to its top margin + ``plot`` + that."""
+    fig.layout.margin.b = bottom
+    fig.layout.height = fig.layout.margin.t + plot + bottom
+
+
 def pooled(maps: torch.Tensor, size: int, diagonal: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Block means of maps (..., n, m) -> (..., t, u), t = min(n, size), u = min(m, size); and where the
     causal lower triangle (column ≤ row + ``diagonal``) reaches, (t, u) bool, so blocks wholly above it can

@@ -125,8 +125,10 @@ export default () => {
         keep[name] = () => { const v = model.get(name); if (v) early.push([name, v]); };
         model.on("change:" + name, keep[name]);
       }
-      for (const name of WHOLE) keep[name] = () => { early.length = 0; };
-      for (const name of WHOLE) model.on("change:" + name, keep[name]);
+      for (const name of WHOLE) {
+        keep[name] = () => { early.length = 0; };
+        model.on("change:" + name, keep[name]);
+      }
       guardMessages(model);  // from here on, listening: messages may be applied
       ready = bundle(model).then(async (mod) => {
         for (const name of [...EDITS, ...WHOLE]) model.off("change:" + name, keep[name]);

@@ -291,13 +291,19 @@ class AttentionHeads(CacheView):
         """What the view draws now: ``maps`` (h, n_q, n_k) for the window's query rows × key columns,
         ``tokens`` (n_q) and ``start`` of the query rows, ``keys`` (n_k) and ``key_start`` of the key
         columns, ``kind`` ('attention' or 'mamba') and ``mode`` ('pattern', 'signed' or 'share')."""
+        view = self._labels()
+        s, ks = view["start"], view["key_start"]
+        maps = self._rows(s, s + len(view["tokens"]), ks, ks + len(view["keys"]), view["mode"])
+        return dict(maps=maps, **view)
+
+    def _labels(self) -> dict:
+        """``shown()`` but the maps: the window's query and key tokens, their starts, kind and mode."""
         s, e = self._window.start, self._window.stop
         ks, ke = self._keys.start, self._keys.stop
         mode = "pattern" if self._kind == "attention" else self.mode
         tokens = self._all_tokens[s - self._offset : e - self._offset]
         keys = self._all_tokens[ks - self._offset : ke - self._offset]
-        maps = self._rows(s, e, ks, ke, mode)
-        return dict(maps=maps, tokens=tokens, start=s, keys=keys, key_start=ks, kind=self._kind, mode=mode)
+        return dict(tokens=tokens, start=s, keys=keys, key_start=ks, kind=self._kind, mode=mode)
 
     def _rows(self, s: int, e: int, ks: int, ke: int, mode: str, head: int | None = None) -> torch.Tensor:
         """Query rows s..e-1 × key columns ks..ke-1 as ``mode`` shows them: (h, n_q, n_k), or (n_q, n_k)
@@ -327,8 +333,9 @@ class AttentionHeads(CacheView):
         }[mode]
 
     def _redraw(self) -> None:
+        view = self._labels()
         s, e, ks, ke = self._window.start, self._window.stop, self._keys.start, self._keys.stop
-        mode = "pattern" if self._kind == "attention" else self.mode
+        mode = view["mode"]
         nq, nk = e - s, ke - ks
         # The first token sees only itself (p = 1, and a share of 1): leave that row out of the colour
         # range, or it would wash out every other row. Hover still shows its value. Most heads also put
@@ -340,10 +347,6 @@ class AttentionHeads(CacheView):
         future = np.arange(ks, ke)[None, :] > np.arange(s, e)[:, None]  # keys after their query
         if not z[future].any():  # a causal map: those cells are blank, not zero
             z[future] = np.nan
-        view = dict(
-            tokens=self._all_tokens[s - self._offset : e - self._offset], start=s, mode=mode, key_start=ks,
-            keys=self._all_tokens[ks - self._offset : ke - self._offset],
-        )  # fmt: skip
         self._draw_detail(z, view, self._scale(z, mode, skip, sink))
         grid_scale = {**self._scale(z, mode, 0, 0), "zmin": -1 if mode == "signed" else 0, "zmax": 1}
         self._draw_grid(mode, skip, grid_scale)

@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import torch
 
 from ._base import STYLE, CacheView
-from ._figures import figure_widget
+from ._figures import figure_widget, fit_height
 from ._static import Page
 from ._tokens import Window, escape, labels, tick_room, ticks, token_chips, visible
 
@@ -259,8 +259,7 @@ class MoERouting(CacheView):
                 f"{k}, weight %{{customdata[1]:.4g}}<extra>top-k</extra>",
             )
             self.routing.update_xaxes(**ticks(view["tokens"], start, pixels=PLOT_PX))
-            self.routing.layout.margin.b = room
-            self.routing.layout.height = self.routing.layout.margin.t + plot + room
+            fit_height(self.routing, plot, room)
             key = (
                 f"□ = top-{k} choice"
                 if marks or not view["marks"]

@@ -15,7 +15,7 @@ import ipywidgets as widgets
 import torch
 
 from ._base import STYLE, CacheView
-from ._figures import figure_widget
+from ._figures import figure_widget, fit_height
 from ._static import Page
 from ._tokens import Window, labels, tick_room, ticks
 
@@ -230,8 +230,7 @@ class SSMStateNorms(CacheView):
             self.heads.layout.xaxis.update(**axis)
             # the horizon axis's numbers and title need 48 px below the plot
             bottom = max(room, 48) if self._horizons else room
-            self.heads.layout.margin.b = bottom
-            self.heads.layout.height = self.heads.layout.margin.t + min(560, max(140, 14 * h)) + bottom
+            fit_height(self.heads, min(560, max(140, 14 * h)), bottom)
             self.heads.layout.title = dict(
                 text=f"block {layer} · mamba: state norm per token and head ({what})"
             )
@@ -256,9 +255,7 @@ class SSMStateNorms(CacheView):
                     line=dict(color="#e4572e", width=2),
                 )
             ]
-            self.overview.layout.margin.b = room
-            rows = min(350, max(70, 22 * len(names)))
-            self.overview.layout.height = self.overview.layout.margin.t + rows + room
+            fit_height(self.overview, min(350, max(70, 22 * len(names))), room)
             self.overview.layout.title = dict(text=f"all Mamba layers: mean over heads ({what}); click a row")
         note = (
             "<b>State norm</b> ‖h<sub>t</sub>‖ of each head's recurrent state after token t (Frobenius norm, "
