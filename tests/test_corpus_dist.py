@@ -40,7 +40,7 @@ def corpus_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.slow  # three process starts: ~40 s on two shared cores
+@pytest.mark.slow  # four process starts: ~50 s on two shared cores
 def test_two_processes_equal_one(tmp_path, corpus_file):
     args = ["collect", "--model", "tiny", "--data", str(corpus_file), "--seq-len", "64", "--batch-size", "4",
             "--shard-docs", "3", "--top-k", "5", "--window", "3", "--no-progress"]  # fmt: skip
@@ -60,4 +60,12 @@ def test_two_processes_equal_one(tmp_path, corpus_file):
     for p in two.glob("*.parquet"):
         p.unlink()
     print(corpus.merge(two))
+    assert all(tables(two)[n].equals(a[n]) for n in a)
+    # --overwrite: each rank removes its own old shards (here a stale one of rank 1), rank 0 the rest
+    stale = two / "shards" / "shard-00009.npz"
+    stale.write_bytes(b"old")
+    before = (two / "shards" / "shard-00000.npz").stat().st_mtime_ns
+    run([*torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "nemo_explore.corpus",
+         *args, "--out", str(two), "--overwrite"])  # fmt: skip
+    assert not stale.exists() and (two / "shards" / "shard-00000.npz").stat().st_mtime_ns != before
     assert all(tables(two)[n].equals(a[n]) for n in a)

@@ -43,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--device-map", help="accelerate device map for a model bigger than one device, e.g. auto")
     c.add_argument("--dtype", help="e.g. bfloat16")
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard what --out holds (shards, tables, manifest) and start afresh",
+    )
     m = sub.add_parser("merge", help="fold the shards of DIR into its tables and manifest")
     m.add_argument("dir")
     return ap
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out, shard_docs=args.shard_docs, text_column=args.text_column,
         label_column=args.label_column,
         kinds=None if args.kinds is None else args.kinds.split(","), max_docs=args.max_docs,
-        progress=not args.no_progress,
+        progress=not args.no_progress, overwrite=args.overwrite,
     )  # fmt: skip
     if result is not None:
         print(result)

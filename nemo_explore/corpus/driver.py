@@ -24,6 +24,7 @@ from ..model import HookedNemotronH
 from ..token_text import token_text
 from . import store, tables
 from .batches import batches
+from .fingerprint import weights_fingerprint
 from .result import CorpusResult
 from .stats import HORIZON_EDGES, STATS, fold
 from .text import CLASSES, Corpus, open_corpus, token_classes
@@ -48,6 +49,8 @@ DEFINITIONS = {
     "contexts": "top_k per unit by (score desc, doc asc, position asc); MoE score: the expert's routing "
     "weight; Mamba: the state-norm jump norm[p] − norm[p−1] within a row; attention: the query's distance. "
     "position: index in the document's tokens (BOS = 0); window: ±window tokens within the row",
+    "weights": "model.weights: 16 hex digits of SHA-256 over every state-dict tensor's name, dtype, shape "
+    "and bytes (whole up to 2^20 elements, else about 2^16 at an odd stride); part of the run's identity",
 }
 
 
@@ -66,14 +69,18 @@ def collect(
     kinds: str | Sequence[str] | None = None,
     max_docs: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> CorpusResult | None:
     """Stream ``data`` through ``model`` and reduce per-block statistics inside hook functions.
 
     ``data``: texts; ``(text, label)`` pairs or dicts (``text_column`` / ``label_column``); a text file
     (documents separated by blank lines); a ``datasets`` Dataset or IterableDataset. ``kinds``: some of
     ``'moe'``, ``'mamba'``, ``'attention'`` (default: all the model has). ``out``: a directory for the
-    shards, tables and manifest (a re-run with the same ``out`` resumes); None keeps it in memory.
-    Returns the ``CorpusResult`` (None on the non-zero ranks of a distributed run).
+    shards, tables and manifest; None keeps it in memory. A re-run with the same ``out`` resumes if the run
+    is the same (settings, data, model and its weights' fingerprint) and raises if anything differs;
+    ``overwrite=True`` discards what ``out`` holds and starts afresh. A shard file that cannot be read is
+    computed again (with a warning). Returns the ``CorpusResult`` (None on the non-zero ranks of a
+    distributed run).
     """
     started = time.perf_counter()
     check_model(model)
@@ -96,7 +103,9 @@ def collect(
     if world > 1 and out is None:
         raise ValueError(f"a distributed run ({world} processes) needs out=DIR, a directory all ranks share")
     out = None if out is None else Path(out)
-    if out is not None:
+    if out is not None and overwrite:
+        store.clear(out, rank, world)  # each rank its own shards: no rank removes another's new ones
+    if out is not None and not (overwrite and rank):  # rank 0 may not have rewritten settings.json yet
         store.check_settings(out, settings, write=rank == 0)
     key = store.settings_hash(settings)
     runner = ShardRunner(model, kinds, settings)
@@ -105,18 +114,18 @@ def collect(
     with _progress(progress and rank == 0, corpus.size) as bar:
         for index, chunk in enumerate(_shards(corpus, shard_docs)):
             shards, items = index + 1, items + len(chunk)
-            if index % world != rank or (out is not None and store.shard_done(out, index, key)):
+            if index % world != rank or (out is not None and store.shard_done(out, index, key, settings)):
                 bar.update(len(chunk))
                 continue
             parts, meta = runner.run(index, items - len(chunk), chunk, bar)
-            meta["settings_hash"] = key
+            meta["settings_hash"], meta["weights"] = key, settings["model"]["weights"]
             if out is None:
                 kept.append((parts, meta))
             else:
                 store.write_shard(out, index, parts, meta)
     if items == 0:
         raise ValueError("the corpus is empty: it holds no document")
-    if out is not None:
+    if out is not None and rank == 0:  # rank 0 alone: with overwrite, no rank's old file outlives clear
         store.write_stream_end(out, shards, items)
     if world > 1:
         _barrier()
@@ -129,7 +138,8 @@ def collect(
 
 
 def merge(out: str | os.PathLike, *, collect_seconds: float | None = None) -> CorpusResult:
-    """Fold the shards in ``out`` (in shard order) and write the Parquet tables and ``manifest.json``."""
+    """Fold the shards in ``out`` (in shard order) and write the Parquet tables and ``manifest.json``.
+    Refuses a shard written by a run of another identity than ``settings.json``, or damaged."""
     out = Path(out)
     end = store.read_stream_end(out)
     settings = json.loads((out / store.SETTINGS).read_text())
@@ -140,14 +150,25 @@ def merge(out: str | os.PathLike, *, collect_seconds: float | None = None) -> Co
             f"{out}: {len(missing)} of {end['shards']} shards are not written (shards {shown}); run collect "
             "again with the same settings and out to compute them"
         )
-    parts, metas = fold_shards(
-        (store.read_shard(store.shard_path(out, i)) for i in range(end["shards"])), settings["top_k"]
-    )
-    if any(m["settings_hash"] != store.settings_hash(settings) for m in metas):
-        raise ValueError(f"{out}: some shards were written with other settings than {store.SETTINGS}")
+    parts, metas = fold_shards(_checked_shards(out, end["shards"], settings), settings["top_k"])
     result = _result(settings, parts, metas, end["items"], collect_seconds, out)
     store.write_result(out, {n: result.table(n) for n in result.table_names}, result.manifest)
     return result
+
+
+def _checked_shards(out: Path, n: int, settings: dict) -> Iterator[tuple[dict, dict]]:
+    key = store.settings_hash(settings)
+    for i in range(n):
+        path = store.shard_path(out, i)
+        try:
+            parts, meta = store.read_shard(path)
+        except store.DamagedShard as e:
+            raise store.DamagedShard(
+                f"{e}. Run collect again with the same settings and out: it deletes the file and computes "
+                "the shard again"
+            ) from e
+        store.check_shard(path, meta, key, settings)
+        yield parts, meta
 
 
 def fold_shards(shards: Iterable[tuple[dict, dict]], top_k: int) -> tuple[dict, list[dict]]:
@@ -313,6 +334,7 @@ def model_summary(model: HookedNemotronH) -> dict:
         "num_attention_heads": cfg.num_attention_heads, "mamba_num_heads": cfg.mamba_num_heads,
         "dtype": str(next(model.hf_model.parameters()).dtype),
         "parameters": sum(p.numel() for p in model.hf_model.parameters()),
+        "weights": weights_fingerprint(model.hf_model),
     }  # fmt: skip
 
 
