@@ -8,13 +8,13 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from .formatting import format_bytes
-from .layer_types import HOOK_PREFIX, LAYER_COLORS, canonical, to_pattern
+from .layer_types import HOOK_PREFIX, LAYER_COLORS, block_index, canonical, to_pattern
 from .residual import ResidualStreamTools
 from .utils import get_act_name
 
 
 class ActivationCache(ResidualStreamTools, Mapping):
-    """Hook name -> tensor (batch-first, shapes as in DESIGN.md's hook table).
+    """Hook name -> tensor (batch-first, shapes as in the README's hook table).
 
     Besides the mapping it carries what a view needs to label its axes:
     ``tokens`` (b p), ``str_tokens`` (one list of strings per row, as the tokenizer produced them),
@@ -71,8 +71,8 @@ class ActivationCache(ResidualStreamTools, Mapping):
         raise unknown_name_error(name, known, layer_types=self.layer_types)
 
     def _tl_name(self, name: str, layer: int | None = None, layer_type: str | None = None) -> str:
-        if layer is not None and isinstance(layer, int) and layer < 0:
-            layer += len(self.layer_types)
+        if layer is not None:
+            layer = block_index(layer, len(self.layer_types), f"cache[{name!r}, {layer!r}]")
         return get_act_name(name, layer, layer_type)
 
     def __iter__(self) -> Iterator[str]:

@@ -7,6 +7,7 @@ The package speaks of ``mamba``, ``attention``, ``mlp`` and ``moe``. HF transfor
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 
 MAMBA, ATTENTION, MLP, MOE = "mamba", "attention", "mlp", "moe"
@@ -58,3 +59,20 @@ def to_pattern(layer_types: Iterable[str]) -> str:
 def to_hf(layer_types: Iterable[str]) -> list[str]:
     """Our names (or any spelling) -> HF transformers >= 5 names for ``layers_block_type``."""
     return [HF_NAME[canonical(t)] for t in layer_types]
+
+
+def block_index(layer, n_layers: int, what: str, allow_end: bool = False) -> int:
+    """A block index as a user may give it (an int, a 0-d integer tensor, a numpy integer; negative counts
+    from the end) -> 0..n_layers-1 (or n_layers, past the last block, with ``allow_end``); else an error
+    that says what exists. ``what``: the call, for the message."""
+    try:
+        i = operator.index(layer)
+    except TypeError:
+        raise TypeError(f"{what}: a block index must be an integer, got {layer!r}") from None
+    top = n_layers if allow_end else n_layers - 1
+    if not -n_layers <= i <= top:
+        end = f", or {n_layers} for after the last" if allow_end else ""
+        raise IndexError(
+            f"{what}: this model has {n_layers} blocks: 0..{n_layers - 1} (negative counts from the end{end})"
+        )
+    return i + n_layers if i < 0 else i

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .hook_names import HookNameError, unknown_name_error
-from .layer_types import ATTENTION, HOOK_PREFIX, canonical
+from .layer_types import ATTENTION, HOOK_PREFIX, block_index, canonical
 from .utils import get_act_name
 
 PosSlice = int | slice | tuple | list | torch.Tensor | None
@@ -96,9 +96,13 @@ class ResidualStreamTools:
 
     def ln_scale(self, layer: int | None = None) -> torch.Tensor:
         """The scale ``1/RMS`` (float32, ``(b, p, 1)``) the run's norm used: that of block ``layer``'s
-        pre-norm, or (None, n_layers) the final norm's; computed from the cached stream as HF's RMSNorm does.
+        pre-norm (negative: counted from the end, -1 the last block), or (None, n_layers) the final norm's;
+        computed from the cached stream as HF's RMSNorm does.
         """
-        k = self._n() if layer is None else layer
+        n = self._n()
+        if layer is not None:
+            layer = block_index(layer, n, "ln_scale", allow_end=True)
+        k = n if layer is None else layer
         x = self._batched(self._stream(k)).to(torch.float32)
         eps = self._norm(layer).variance_epsilon
         return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)

@@ -203,3 +203,26 @@ def test_explorer_on_a_model_without_mamba_or_moe(model):
     plain = ne.HookedNemotronH(random_model("*-*", vocab_size=model.cfg.vocab_size), model.tokenizer)
     ex = Explorer(plain, TEXT)  # its cache of Mamba / MoE points would be empty: it must still run
     assert ex.cache.str_tokens == model.to_str_tokens(TEXT)
+
+
+# -------------------------------------------------------------- block indices as people write them
+def test_block_indices_count_from_the_end_and_may_be_tensors(model):
+    _, cache = model.run_with_cache(TEXT, names_filter=lambda n: "resid" in n or n.endswith("hook_pattern"))
+    n, attn = len(model.layer_types), model.layers("attention")[0]
+    assert torch.equal(cache.ln_scale(-1), cache.ln_scale(n - 1))  # the last block's pre-norm
+    x = cache[f"blocks.{n - 1}.hook_resid_pre"].float()
+    eps = model.hf_model.model.layers[n - 1].norm.variance_epsilon
+    torch.testing.assert_close(cache.ln_scale(-1), torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    pattern = cache[f"blocks.{attn}.attn.hook_pattern"]
+    for layer in (torch.tensor(attn), attn - n, torch.tensor(attn).numpy()[()]):
+        assert cache["attn", layer] is pattern and cache["pattern", layer] is pattern
+
+
+@pytest.mark.parametrize("bad", [99, -99, torch.tensor(99), 2.5, torch.tensor([1, 2])], ids=repr)
+def test_a_block_index_that_does_not_exist_says_what_does(model, bad):
+    _, cache = model.run_with_cache(TEXT, names_filter=lambda n: "resid" in n)
+    error = (IndexError, TypeError)
+    with pytest.raises(error, match=r"this model has 7 blocks: 0\.\.6|must be an integer"):
+        cache["resid_pre", bad]
+    with pytest.raises(error, match=r"this model has 7 blocks: 0\.\.6|must be an integer"):
+        cache.ln_scale(bad)
