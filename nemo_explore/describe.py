@@ -490,7 +490,7 @@ def _hf_ties_embeddings() -> bool:
 def _point_shapes(
     c, b: int, p: int, positions, heads, window, pattern_window
 ) -> dict[str, tuple[int, ...]]:
-    """Shape of every hook point of every layer kind (DESIGN.md's table), for b × p tokens."""
+    """Shape of every hook point of every layer kind (the README's table), for b × p tokens."""
     from .options import query_rows, state_positions
     from .ssd import _heads
 

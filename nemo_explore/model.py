@@ -55,7 +55,8 @@ class HookedNemotronH:
 
     def __init__(self, hf_model, tokenizer=None) -> None:
         check_nemotron_h(hf_model)
-        self.hf_model = hf_model.eval()  # PITFALLS 9: training mode bypasses the instrumented path
+        # eval: in training mode HF's Mamba forward may take a fused path that skips the hooks
+        self.hf_model = hf_model.eval()
         self.tokenizer = tokenizer
         self.cfg = TLConfig(hf_model.config, self)  # the HF config, plus TransformerLens' names
         self.layer_types: list[str] = parse_pattern(hf_model.config.layers_block_type)

@@ -14,8 +14,8 @@ Training runs HF's own PyTorch forward in train mode (without the ``mamba_ssm`` 
 its PyTorch path; its fused training shortcut needs the kernels), so the saved weights are HF's by
 construction. Measured on this shape (2M parameters, 16 × 128 tokens, 2 threads): 0.6 s a step, about
 3,300 tokens/s; a third of it is matmuls, and a hand-written quadratic scan was no faster than HF's chunked
-one (PITFALLS' ~500 tokens/s was under load). What did cost 3× was subnormal floats late in training:
-``torch.set_flush_denormal(True)`` keeps every step at full speed.
+one (an earlier ~500 tokens/s was measured under load). What did cost 3× was subnormal floats late in
+training: ``torch.set_flush_denormal(True)`` keeps every step at full speed.
 
 The model: ``MEM*M-M`` — Mamba, MoE, Mamba, attention, Mamba, MLP, Mamba (the Mamba/MoE alternation of
 Nemotron-3 Nano with one attention layer in the middle). Attention has no position embedding, so it learns
@@ -123,6 +123,9 @@ def build_model(tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         **MODEL,
     )
+    # dt clamped at time_step_min, as transformers <= 5.24 does whatever the config says; 5.25 reads the
+    # limit from the config, so it is stated here and the checkpoint computes the same on both
+    cfg.time_step_limit = (cfg.time_step_min, float("inf"))
     return NemotronHForCausalLM(cfg)
 
 

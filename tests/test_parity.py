@@ -266,7 +266,7 @@ def test_right_padded_batch_rows_equal_each_row_alone():
 
 def test_decode_steps_fire_rows_of_the_full_forward(pair):
     """During generation each decode step's pattern is the last row of a full forward over the sequence,
-    and hook_dt reports the unclamped softplus(dt + bias) the decode step really uses (PITFALLS 1)."""
+    and hook_dt reports the unclamped softplus(dt + bias) the decode step really uses."""
     hf, model = pair
     prompt = tokens(b=1, p=6, seed=9)
     steps: dict[str, list] = {}

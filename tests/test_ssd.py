@@ -223,8 +223,8 @@ def mixer_inputs(model, ids, layer):
 
 
 def hf_state_after(model, ids, t, layer):
-    """The recurrent state HF's chunked path leaves in its cache after the prefix ids[:, :t+1] (PITFALLS 1:
-    a prefix forward, not decode steps, whose dt is not clamped)."""
+    """The recurrent state HF's chunked path leaves in its cache after the prefix ids[:, :t+1] (a prefix
+    forward, not decode steps, whose dt is not clamped)."""
     return model(ids[:, : t + 1], use_cache=True).past_key_values.get_recurrent_state(layer).clone()
 
 
