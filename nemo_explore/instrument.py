@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 
 from transformers.integrations.accelerate import force_accelerate_hooks
@@ -30,7 +31,7 @@ def instrument_mixer(mixer, kind: str, fire: Fire) -> Callable[[], None]:
 
     if kind in _READ_DIRECTLY:
         instrumented = force_accelerate_hooks(_READ_DIRECTLY[kind])(instrumented)
-    setattr(mixer, attr, functools.partial(instrumented, mixer))
+    setattr(mixer, attr, functools.partial(_routed_as_hf(mixer, instrumented), mixer))
 
     def detach() -> None:
         if had:
@@ -39,3 +40,23 @@ def instrument_mixer(mixer, kind: str, fire: Fire) -> Callable[[], None]:
             delattr(mixer, attr)
 
     return detach
+
+
+def _routed_as_hf(mixer, forward: Callable) -> Callable:
+    """``forward`` under the routing HF's own forward of this mixer runs under, if any.
+
+    With the ``kernels`` package (a dependency of transformers >= 5.25), HF decorates a mixer class with
+    ``use_kernelized_func``: its forward sends each HF module function it calls (conv, scan, ...) to this
+    mixer's own copy, which ``kernelize`` / ``use_kernels=True`` may have swapped for a hub kernel. The
+    instrumented forward replaces ``forward`` on the instance, so it gets the same decorator, over the same
+    functions (those named in the mixer's ``_kernel_funcs``); without it, a kernelized model would run
+    HF's default functions here and its hub kernels in HF's forward.
+    """
+    own = mixer.__dict__.get("_kernel_funcs")
+    if not own:
+        return forward
+    from transformers.integrations.hub_kernels import use_kernelized_func  # noqa: PLC0415
+
+    hf = sys.modules[type(mixer).__module__]
+    funcs = [f for f in vars(hf).values() if getattr(f, "kernel_layer_name", None) in own]
+    return use_kernelized_func(funcs)(type("Routed", (), {"forward": forward})).forward

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 
 OLDEST_VERIFIED = "5.21.0"
-NEWEST_VERIFIED = "5.24.0"
+NEWEST_VERIFIED = "5.25.0"
 
 
 class MirrorError(RuntimeError):
@@ -48,10 +48,20 @@ def drift_error(what: str) -> MirrorError:
     )
 
 
+# Releases whose whole test suite failed (scripts/verify_release.py writes them): the guard refuses every
+# mirrored hook point on them, with the reason, whatever its self-check says.
+REFUSED: dict[str, str] = {
+}
+
 # ------------------------------------------------------------------------------- the code that was verified
 # HF code each kind's instrumented forward mirrors (the block's call into the mixer included).
 MIRRORED = {
-    "mamba": ("NemotronHBlock.forward", "NemotronHMamba2Mixer.forward"),
+    "mamba": (
+        "NemotronHBlock.forward",
+        "NemotronHMamba2Mixer.forward",
+        "causal_conv1d_forward",  # transformers >= 5.25: the conv step and the scan moved out of the forward
+        "mamba2_scan_forward",
+    ),
     "attention": ("NemotronHBlock.forward", "NemotronHAttention.forward", "eager_attention_forward"),
     "moe": ("NemotronHBlock.forward", "NemotronHMoE.forward", "NemotronHTopkRouter.forward"),
     "mlp": ("NemotronHBlock.forward", "NemotronHMLP.forward"),
@@ -60,20 +70,21 @@ MIRRORED = {
 # each (CI: OLDEST_VERIFIED and NEWEST_VERIFIED). Written by scripts/fingerprint_hf.py.
 VERIFIED_CODE: dict[str, dict[str, str]] = {
     'mamba': {
-        '19a2082f4745ba28': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
-        'f8b39b13717fdf95': '5.24.0',
+        '9548d4eaf9c4875f': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
+        '052221846a92a29d': '5.24.0',
+        '86d4a28e01f0e324': '5.25.0',
     },
     'attention': {
         'bc468f4c5363517d': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
-        '7c7cde1aebbfa143': '5.24.0',
+        '7c7cde1aebbfa143': '5.24.0, 5.25.0',
     },
     'moe': {
         'a5eae9b08c5fe96e': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
-        '2cb11f5c2ceeb3be': '5.24.0',
+        '2cb11f5c2ceeb3be': '5.24.0, 5.25.0',
     },
     'mlp': {
         'e3e61d6702e42c2c': '5.21.0, 5.21.1, 5.22.0, 5.22.1, 5.22.2, 5.23.0',
-        '4f9c335aa62bbf12': '5.24.0',
+        '4f9c335aa62bbf12': '5.24.0, 5.25.0',
     },
 }
 

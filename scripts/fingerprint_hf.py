@@ -31,23 +31,32 @@ def modeling_source(version: str, wheels: Path) -> str:
         return wheel.read(MODELING).decode()
 
 
+def fingerprint_table(versions: list[str], wheels: Path) -> dict[str, dict[str, str]]:
+    """kind -> fingerprint -> the releases (comma-separated) among ``versions`` that ship that code."""
+    table: dict[str, dict[str, list[str]]] = {}
+    for version in versions:
+        for kind, fingerprint in code_fingerprints(modeling_source(version, wheels)).items():
+            table.setdefault(kind, {}).setdefault(fingerprint, []).append(version)
+    return {kind: {fp: ", ".join(vs) for fp, vs in prints.items()} for kind, prints in table.items()}
+
+
+def render(table: dict[str, dict[str, str]]) -> str:
+    """The ``VERIFIED_CODE = {...}`` assignment of nemo_explore/versions.py for ``table``."""
+    lines = ["VERIFIED_CODE: dict[str, dict[str, str]] = {"]
+    for kind, prints in table.items():
+        lines.append(f"    {kind!r}: {{")
+        lines += [f"        {fingerprint!r}: {versions!r}," for fingerprint, versions in prints.items()]
+        lines.append("    },")
+    return "\n".join([*lines, "}"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("versions", nargs="+")
     parser.add_argument("--wheels", type=Path, default=Path(tempfile.gettempdir()) / "transformers-wheels")
     args = parser.parse_args()
     args.wheels.mkdir(parents=True, exist_ok=True)
-    table: dict[str, dict[str, list[str]]] = {}
-    for version in args.versions:
-        for kind, fingerprint in code_fingerprints(modeling_source(version, args.wheels)).items():
-            table.setdefault(kind, {}).setdefault(fingerprint, []).append(version)
-    print("VERIFIED_CODE: dict[str, dict[str, str]] = {")
-    for kind, prints in table.items():
-        print(f"    {kind!r}: {{")
-        for fingerprint, versions in prints.items():
-            print(f"        {fingerprint!r}: {', '.join(versions)!r},")
-        print("    },")
-    print("}")
+    print(render(fingerprint_table(args.versions, args.wheels)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 ``output_attentions`` — every point observed, compared with the plain HF model (and hook_pattern with HF's
 eager attention weights, an independent computation of the same probabilities)."""
 
+import contextlib
 import copy
+import re
 
 import pytest
 import torch
@@ -155,3 +157,47 @@ def test_output_attentions_survive_hooks(pair):
     want = ref.attentions[0]
     torch.testing.assert_close(got["p"][0], want[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["p"][1][:, rows[1]], want[1][:, rows[1]], rtol=1e-5, atol=1e-6)
+
+
+def generate_twice(hf, model, x, observe: bool, **extra):
+    """Greedy generation on one cache, then again on the same cache with two more prompt tokens: the
+    sequences, every step's logits and the cache's token count after each call."""
+    cache = DynamicCache(config=hf.config)
+    kw = dict(do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True, **extra)
+    kw[cache_keyword(hf)] = cache
+    out = []
+    with observe_all(model) if observe else contextlib.nullcontext():
+        first = hf.generate(x, max_new_tokens=4, **kw)
+        out += [first.sequences, *first.logits, int(cache.get_seq_length())]
+        again = hf.generate(torch.cat([first.sequences, x[:, :2]], dim=1), max_new_tokens=4, **kw)
+        out += [again.sequences, *again.logits, int(cache.get_seq_length())]
+    return out
+
+
+def assert_same(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w) if isinstance(w, torch.Tensor) else g == w
+
+
+def test_generate_twice_on_one_cache_equals_hf(pair):
+    """The second generate continues from the cache the first one left: its recurrent and conv states and
+    its bookkeeping (transformers >= 5.25 counts tokens in the Mamba layers) must be HF's exactly."""
+    hf, model = pair
+    assert_same(generate_twice(hf, model, ids(b=1), observe=True), generate_twice(hf, model, ids(b=1), False))
+
+
+def test_prompt_lookup_decoding_equals_hf(pair):
+    """Assisted (prompt-lookup) decoding verifies several drafted tokens in one call and crops the cache
+    back to the accepted ones: the Mamba layers must keep the states HF keeps for that crop. Releases that
+    refuse assisted decoding for Nemotron-H (before 5.25) refuse it with every point observed too."""
+    hf, model = pair
+    x = torch.cat([ids(b=1, p=6), ids(b=1, p=3)], dim=1)  # ends on a 3-gram seen before: drafts to verify
+    lookup = dict(prompt_lookup_num_tokens=3)
+    try:
+        want = generate_twice(hf, model, x, observe=False, **lookup)
+    except ValueError as refused:
+        with pytest.raises(ValueError, match=re.escape(str(refused)[:60])):
+            generate_twice(hf, model, x, observe=True, **lookup)
+        return
+    assert_same(generate_twice(hf, model, x, observe=True, **lookup), want)

@@ -155,6 +155,19 @@ def test_all_four_layer_types(model):
     assert 4 <= cfg.n_routed_experts <= 8 and cfg.num_experts_per_tok == 2
 
 
+def test_the_hf_numerics_these_numbers_assume(model):
+    """Every number in this file assumes HF's Mamba forward clamps dt = softplus(raw + dt_bias) at
+    ``time_step_min`` (1e-3) from below and not above: what the checkpoint was trained under. transformers
+    <= 5.24 hardcodes that clamp; 5.25 reads it from ``config.time_step_limit``, which the checkpoint's
+    config states as (time_step_min, inf) so that both compute the same. (5.25's default, (0, inf), would
+    change HF's own logits on this checkpoint by up to 0.8.)"""
+    cfg = model.config
+    for layer in model.model.layers:
+        if isinstance(layer.mixer, hf_nh.NemotronHMamba2Mixer):
+            assert tuple(layer.mixer.time_step_limit) == (cfg.time_step_min, float("inf"))
+    assert cfg.time_step_min == 1e-3
+
+
 def test_tokenizer_specials_and_round_trip(model, tok):
     cfg = model.config
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (

@@ -1,14 +1,18 @@
 """Mamba-2 mixer: in_proj → causal conv → selective scan → gated RMSNorm → out_proj, with every step hooked.
 
 Two paths, as in HF: the chunked scan over a whole sequence (also the first step of generation) and the
-one-token recurrent update during decoding. They treat dt differently (PITFALLS 1): the chunked path
-clamps softplus(dt + bias) at ``time_step_min``, the decode step does not; ``hook_dt`` reports the value
-the path actually uses.
+one-token recurrent update during decoding. They treat dt differently: the chunked path clamps
+softplus(dt + bias) to ``time_step_limit``, the decode step does not (so the state after feeding tokens one
+by one differs from the state after one forward over them, by up to ~1e-3 relative where dt is below the
+limit); ``hook_dt`` reports the value each token actually used.
+
+The conv step and the scan are HF's own functions where the installed release has them (``hf_step``), so
+the cache's bookkeeping is HF's; the mirror computes only what is hooked on the side, and runs its own scan
+only when a hook wrote ``hook_dt`` or ``hook_state``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import warnings
 
@@ -68,10 +72,10 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
+def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> tuple[list[int], torch.Tensor] | None:
     """State norms, hidden attention and states of a chunked call, each only when hooked.
 
-    Returns the states written through ``hook_state`` (b n_pos h d n), or None if nobody wrote them.
+    Returns (positions, states (b n_pos h d n)) when a hook wrote ``hook_state``, else None.
     """
     if not any(fire.wants(p) for p in ("hook_state_norm", "hook_hidden_attn", "hook_state")):
         return None
@@ -104,8 +108,7 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> torch.Tensor | None:
         states = ssd.states_at(x, dt, A, B, positions, initial_state=initial)
         new = fire("hook_state", states)
         if new is not states:
-            fire.options["_state_cut"] = positions
-            return new
+            return positions, new
     return None
 
 
@@ -120,11 +123,6 @@ def mamba_forward(
     batch, seq_len, _ = hidden_states.shape
     heads, head_dim, groups, d_state = mixer.num_heads, mixer.head_dim, mixer.n_groups, mixer.ssm_state_size
     dtype = hidden_states.dtype
-    if cache is not None:
-        conv_state = cache.get_conv_state(mixer.layer_idx, state_idx=0)
-        recurrent_state = cache.get_recurrent_state(mixer.layer_idx, state_idx=0)
-    else:
-        conv_state, recurrent_state = None, None
 
     hidden_states = hf.apply_mask_to_padding_states(hidden_states, attention_mask)
     projected = fire("hook_in_proj", mixer.in_proj(hidden_states))
@@ -132,58 +130,67 @@ def mamba_forward(
     gate, xBC, dt_raw = projected.split([mixer.intermediate_size, mixer.conv_dim, heads], dim=-1)
     gate = fire("hook_gate", gate)
 
-    # Causal conv1d (+ activation), exactly HF's two paths.
-    xBC = xBC.transpose(1, 2)
-    weight = mixer.conv1d.weight.squeeze(1)
-    if conv_state is not None and seq_len == 1 and not cache.is_recording_past(mixer.layer_idx):
-        xBC = hf.causal_conv1d_update(xBC, conv_state, weight, mixer.conv1d.bias, activation=mixer.activation)
-    else:
-        if cache is not None:
-            xBC = cache.update_conv_state(xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size)
-        xBC = hf.causal_conv1d_fn(xBC, weight, mixer.conv1d.bias, activation=mixer.activation, **kwargs)
-        if cache is not None:
-            xBC = xBC[:, :, -seq_len:]
+    xBC = _conv(hf, mixer, xBC.transpose(1, 2), cache, kwargs)
     xBC = fire("hook_conv_out", hf.apply_mask_to_padding_states(xBC.transpose(1, 2), attention_mask))
     x, B, C = torch.split(xBC, [mixer.intermediate_size, groups * d_state, groups * d_state], dim=-1)
     x = fire("hook_x", x.view(batch, seq_len, heads, head_dim))
     B = fire("hook_B", B.view(batch, seq_len, groups, d_state))
     C = fire("hook_C", C.view(batch, seq_len, groups, d_state))
 
-    if recurrent_state is not None and seq_len == 1:
-        y = _decode_step(hf, mixer, fire, x, dt_raw, A, B, C, recurrent_state, kwargs)
+    initial = cache.get_recurrent_state(mixer.layer_idx, state_idx=0) if cache is not None else None
+    if initial is not None and seq_len == 1:
+        y = _decode(hf, mixer, fire, x, dt_raw, A, B, C, cache, kwargs)
     else:
-        y, final_state = _chunked(hf, mixer, fire, x, dt_raw, A, B, C, recurrent_state, kwargs)
-        if cache is not None:
-            cache.update_recurrent_state(final_state, layer_idx=mixer.layer_idx)
+        y = _chunked(hf, mixer, fire, x, dt_raw, A, B, C, cache, initial, kwargs)
     y = fire("hook_ssm_out", y)
     y = mixer.norm(y.reshape(batch, seq_len, -1), gate)
     return mixer.out_proj(y.to(dtype))
 
 
-def _chunked(hf, mixer, fire: Fire, x, dt_raw, A, B, C, initial, kwargs):
-    """The full-sequence path. Returns (y (b p h d), final state or None)."""
-    limit = mixer.time_step_limit
-    derived = ("hook_dt", "hook_state_norm", "hook_hidden_attn", "hook_state")
-    if not any(fire.wants(p) for p in derived):
-        return _hf_chunk_scan(hf, mixer, x, dt_raw, A, B, C, initial, kwargs, dt_done=False)
+def hf_step(hf, name: str):
+    """HF's module-level function ``name`` where the installed release has it, else None.
 
-    dt = torch.clamp(F.softplus(dt_raw + mixer.dt_bias.to(dt_raw.dtype)), min=limit[0], max=limit[1])
-    new_dt = fire("hook_dt", dt)
-    new_states = _fire_derived(fire, x.float(), new_dt, A, B, C, initial)
-    if new_states is not None:
-        positions = fire.options.pop("_state_cut")
-        return _segmented_scan(hf, mixer, x, new_dt, A, B, C, positions, new_states, initial, kwargs)
-    if new_dt is not dt:
-        return _hf_chunk_scan(hf, mixer, x, new_dt, A, B, C, initial, kwargs, dt_done=True)
-    return _hf_chunk_scan(hf, mixer, x, dt_raw, A, B, C, initial, kwargs, dt_done=False)
+    transformers >= 5.25 moved the conv step (``causal_conv1d_forward``, which also counts the cache's
+    tokens) and the scan (``mamba2_scan_forward``, which also keeps the recent states that assisted
+    decoding's ``crop`` rolls back to) out of the mixer's forward. Called where they exist, they do that
+    bookkeeping exactly as HF does; earlier releases have neither, and the mirror does their steps inline.
+    """
+    return getattr(hf, name, None)
 
 
-def _hf_chunk_scan(hf, mixer, x, dt, A, B, C, initial, kwargs, *, dt_done: bool):
-    """HF's chunked scan, called as HF calls it (``dt_done=False``: raw dt, HF adds bias, softplus, clamp)
-    or with a dt that is already final (``dt_done=True``)."""
-    return hf.mamba2_chunk_scan(
+def _conv(hf, mixer, xBC, cache, kwargs) -> torch.Tensor:
+    """The causal conv1d + activation with the cache's conv state, as HF runs it: (b conv_dim p)."""
+    conv = hf_step(hf, "causal_conv1d_forward")
+    if conv is not None:
+        return conv(mixer.conv1d, xBC, cache, mixer.layer_idx, activation=mixer.activation, **kwargs)
+    seq_len, weight = xBC.shape[-1], mixer.conv1d.weight.squeeze(1)
+    conv_state = cache.get_conv_state(mixer.layer_idx, state_idx=0) if cache is not None else None
+    if conv_state is not None and seq_len == 1 and not cache.is_recording_past(mixer.layer_idx):
+        return hf.causal_conv1d_update(
+            xBC, conv_state, weight, mixer.conv1d.bias, activation=mixer.activation
+        )
+    if cache is not None:
+        xBC = cache.update_conv_state(xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size)
+    xBC = hf.causal_conv1d_fn(xBC, weight, mixer.conv1d.bias, activation=mixer.activation, **kwargs)
+    return xBC[:, :, -seq_len:] if cache is not None else xBC
+
+
+def _hf_scan(hf, mixer, x, dt_raw, A, B, C, cache, kwargs) -> torch.Tensor:
+    """HF's own selective scan from raw dt, the cache read and written as HF does: y (b p h d)."""
+    batch, seq_len, heads, head_dim = x.shape
+    scan = hf_step(hf, "mamba2_scan_forward")
+    if scan is not None:
+        flat = (batch, seq_len, -1)
+        y = scan(mixer, x.reshape(flat), B.reshape(flat), C.reshape(flat), dt_raw, cache, **kwargs)
+        return y.view(batch, seq_len, heads, head_dim)
+    initial = cache.get_recurrent_state(mixer.layer_idx, state_idx=0) if cache is not None else None
+    if initial is not None and seq_len == 1:  # decoding: HF updates the cache's state in place
+        dt = dt_raw.transpose(1, 2).expand(-1, -1, head_dim)
+        bias = mixer.dt_bias[:, None].expand(-1, head_dim)
+        return _state_update(hf, mixer, initial, x[:, 0], dt, A, B[:, 0], C[:, 0], bias, kwargs)[:, None]
+    y, final = hf.mamba2_chunk_scan(
         x,
-        dt,
+        dt_raw,
         A,
         B,
         C,
@@ -191,38 +198,119 @@ def _hf_chunk_scan(hf, mixer, x, dt, A, B, C, initial, kwargs, *, dt_done: bool)
         D=mixer.D,
         z=None,
         return_final_states=True,
-        dt_bias=None if dt_done else mixer.dt_bias,
-        dt_softplus=not dt_done,
+        dt_bias=mixer.dt_bias,
+        dt_softplus=True,
         initial_states=initial,
-        dt_limit=(0.0, math.inf) if dt_done else mixer.time_step_limit,
+        dt_limit=mixer.time_step_limit,
         **kwargs,
     )
+    if cache is not None:
+        cache.update_recurrent_state(final, layer_idx=mixer.layer_idx)
+    return y
 
 
-def _decode_step(hf, mixer, fire: Fire, x, dt_raw, A, B, C, state, kwargs):
-    """One-token recurrent update (state mutated in place, as HF does). Returns y (b 1 h d)."""
-    batch, _, heads, head_dim = x.shape
-    dt_exp = dt_raw.transpose(1, 2).expand(-1, -1, head_dim)
-    bias_exp = mixer.dt_bias[:, None].expand(-1, head_dim)
-    dt_done = False
-    if fire.wants("hook_dt"):
-        dt = F.softplus(dt_exp + bias_exp.to(dt_exp.dtype))[..., 0].reshape(batch, 1, heads)
-        new_dt = fire("hook_dt", dt)
-        if new_dt is not dt:
-            dt_exp, dt_done = new_dt.reshape(batch, heads, 1).expand(-1, -1, head_dim), True
-    y = hf.mamba2_selective_state_update(
+def _state_update(hf, mixer, state, x, dt, A, B, C, dt_bias, kwargs) -> torch.Tensor:
+    """One recurrent step on ``state`` (b h d n, updated in place) for one token: x (b h d), dt (b h d),
+    A (h), B and C (b g n); ``dt_bias`` None when dt is already final. Returns y (b h d)."""
+    head_dim = x.shape[-1]
+    return hf.mamba2_selective_state_update(
         state,
-        x.view(batch, heads, head_dim),
-        dt_exp,
+        x,
+        dt,
         A[:, None, None].expand(-1, head_dim, mixer.ssm_state_size),
-        B.view(batch, mixer.n_groups, -1),
-        C.view(batch, mixer.n_groups, -1),
+        B,
+        C,
         mixer.D[:, None].expand(-1, head_dim),
         z=None,
-        dt_bias=None if dt_done else bias_exp,
-        dt_softplus=not dt_done,
+        dt_bias=dt_bias,
+        dt_softplus=dt_bias is not None,
         **kwargs,
     )
+
+
+def _states_to_keep(cache, layer_idx: int, seq_len: int) -> int:
+    """How many of a chunked call's last tokens HF steps one by one, keeping each state for a later
+    ``crop`` (transformers >= 5.25, while assisted decoding records the past; else 0)."""
+    if cache is None or not hasattr(cache, "get_recurrent_states_to_keep"):
+        return 0
+    return min(cache.get_recurrent_states_to_keep(layer_idx), seq_len)
+
+
+def _dt_used(mixer, dt_raw, keep: int) -> torch.Tensor:
+    """softplus(dt + dt_bias) (b p h) as HF uses it: clamped to ``time_step_limit`` where the chunked scan
+    runs, not on the last ``keep`` tokens, which HF steps one by one."""
+    dt = F.softplus(dt_raw + mixer.dt_bias.to(dt_raw.dtype))
+    lo, hi = mixer.time_step_limit
+    clamped = torch.clamp(dt, min=lo, max=hi)
+    if keep == 0:
+        return clamped
+    head = dt_raw.shape[1] - keep
+    return torch.cat([clamped[:, :head], dt[:, head:]], dim=1)
+
+
+def _chunked(hf, mixer, fire: Fire, x, dt_raw, A, B, C, cache, initial, kwargs) -> torch.Tensor:
+    """The path of a call with more than one token (or the first one on a fresh cache): y (b p h d)."""
+    derived = ("hook_dt", "hook_state_norm", "hook_hidden_attn", "hook_state")
+    if not any(fire.wants(p) for p in derived):
+        return _hf_scan(hf, mixer, x, dt_raw, A, B, C, cache, kwargs)
+
+    keep = _states_to_keep(cache, mixer.layer_idx, x.shape[1])
+    dt = _dt_used(mixer, dt_raw, keep)
+    new_dt = fire("hook_dt", dt)
+    written_states = _fire_derived(fire, x.float(), new_dt, A, B, C, initial)
+    if written_states is None and new_dt is dt:
+        return _hf_scan(hf, mixer, x, dt_raw, A, B, C, cache, kwargs)
+    positions, states = written_states or ([], None)
+    return _written_scan(hf, mixer, x, new_dt, A, B, C, cache, initial, keep, positions, states, kwargs)
+
+
+def _written_scan(hf, mixer, x, dt, A, B, C, cache, initial, keep, positions, states, kwargs):
+    """HF's scan with a dt that is already final and the state replaced by ``states[:, j]`` after each
+    position ``positions[j]``: the chunked scan up to the last ``keep`` tokens, which are stepped one by
+    one as HF does (their states handed to the cache for a later ``crop``). Returns y (b p h d)."""
+    batch, seq_len, heads, head_dim = x.shape
+    head = seq_len - keep
+    outs, state = [], initial
+    if head > 0:
+        early = [j for j, t in enumerate(positions) if t < head]
+        part = slice(0, head)
+        y, state = _segmented_scan(
+            hf, mixer, x[:, part], dt[:, part], A, B[:, part], C[:, part],
+            [positions[j] for j in early], states[:, early] if early else None, initial, kwargs,
+        )  # fmt: skip
+        outs.append(y)
+    if keep:  # stepped in place from here on: never the cache's or the hook's own tensor
+        shape = (batch, heads, head_dim, mixer.ssm_state_size)
+        state = state.clone() if state is not None else x.new_zeros(shape, dtype=torch.float32)
+    replace = {t: j for j, t in enumerate(positions) if t >= head}
+    history = []
+    for t in range(head, seq_len):
+        dt_t = dt[:, t, :, None].expand(-1, -1, head_dim)
+        outs.append(
+            _state_update(hf, mixer, state, x[:, t], dt_t, A, B[:, t], C[:, t], None, kwargs)[:, None]
+        )
+        if t in replace:
+            state.copy_(states[:, replace[t]])
+        history.append(state.clone())
+    if cache is not None:  # a list: the states of the tokens stepped one by one, for a later crop
+        cache.update_recurrent_state(history if len(history) > 1 else state, layer_idx=mixer.layer_idx)
+    return torch.cat(outs, dim=1)
+
+
+def _decode(hf, mixer, fire: Fire, x, dt_raw, A, B, C, cache, kwargs) -> torch.Tensor:
+    """One token on a cache: HF's recurrent step (or the same step with a written dt), then the new
+    state's points. Returns y (b 1 h d)."""
+    batch, _, heads, head_dim = x.shape
+    dt = new_dt = None
+    if fire.wants("hook_dt"):
+        dt = F.softplus(dt_raw + mixer.dt_bias.to(dt_raw.dtype))
+        new_dt = fire("hook_dt", dt)
+    if new_dt is dt:
+        y = _hf_scan(hf, mixer, x, dt_raw, A, B, C, cache, kwargs)
+    else:
+        initial = cache.get_recurrent_state(mixer.layer_idx, state_idx=0)
+        y = _written_scan(hf, mixer, x, new_dt, A, B, C, cache, initial, 1, [], None, kwargs)
+    state = cache.get_recurrent_state(mixer.layer_idx, state_idx=0)
     if fire.wants("hook_state_norm"):
         fire("hook_state_norm", state.float().flatten(2).norm(dim=-1).view(batch, 1, heads))
     if fire.wants("hook_state"):
@@ -230,4 +318,4 @@ def _decode_step(hf, mixer, fire: Fire, x, dt_raw, A, B, C, state, kwargs):
         new = fire("hook_state", observed)
         if new is not observed:
             state.copy_(new[:, 0])
-    return y.view(batch, 1, heads, head_dim)
+    return y
