@@ -2,7 +2,9 @@
 
 A hook function is ``fn(tensor, hook) -> tensor | None``. Returning None, or the very tensor it was
 given untouched, observes; returning anything else, or editing the tensor in place, replaces the value
-downstream (a write).
+downstream (a write). The rule is the same with grad enabled, under ``torch.no_grad()`` and under
+``torch.inference_mode()``: where an in-place edit of the value itself would go unseen, the hook is handed
+a copy (``_editable``), and the value flows on untouched unless the hook wrote.
 """
 
 from __future__ import annotations
@@ -100,14 +102,21 @@ class HookRegistry:
         return name in self._fns
 
     def fire(self, point: HookPoint, value: torch.Tensor) -> torch.Tensor:
-        """Run every hook function of ``point`` on ``value``; return the value that flows on."""
+        """Run every hook function of ``point`` on ``value``; return the value that flows on.
+
+        Until one of them writes, the hooks share one tensor (``value`` or its copy, see ``_editable``);
+        a value nobody wrote flows on as the very object it was, which is how the mixers tell a write
+        (``new is not old`` in ``mixers/``)."""
+        handed = None  # what the hooks see of ``value``
         for _, fn in self._fns.get(point.name, ()):
-            before = _version(value)
-            out = fn(value, point)
-            if out is None or out is value:
-                if before is None or _version(value) == before:
+            if handed is None:
+                handed = _editable(value)
+            before = handed._version
+            out = _call(fn, handed, point)
+            if out is None or out is handed:
+                if handed._version == before:
                     continue
-                out = value.clone()  # edited in place: a write, made visible as a new tensor
+                out = handed.clone()  # edited in place: a write, made visible as a new tensor
             if point.short in READ_ONLY:
                 raise ReadOnlyHookError(
                     f"{point.name} is read-only: it describes the computation and is not part of it. "
@@ -124,16 +133,38 @@ class HookRegistry:
                 )
             if out.is_floating_point() != value.is_floating_point():
                 raise TypeError(f"hook on {point.name} returned {out.dtype} for a {value.dtype} point")
-            value = out
+            value, handed = out, None
         return value
 
 
-def _version(t: torch.Tensor) -> int | None:
-    """The tensor's in-place version counter (None under inference mode, which does not track it)."""
+def _editable(value: torch.Tensor) -> torch.Tensor:
+    """The tensor to hand a hook for ``value``: an inference tensor (made under ``torch.inference_mode()``)
+    keeps no version counter, so the hook gets a normal-tensor copy of it, outside any graph; any other
+    tensor is handed as itself (a hook that keeps it for its gradient, ``retain_grad``, must hold the
+    tensor that flows on)."""
+    if value.is_inference():
+        with torch.inference_mode(False), torch.no_grad():
+            return value.clone()
+    return value
+
+
+# Grouped-query attention: these points have n_key_value_heads heads, not n_heads.
+_KV_POINTS = frozenset({"hook_k", "hook_v"})
+
+
+def _call(fn: HookFn, tensor: torch.Tensor, point: HookPoint) -> torch.Tensor | None:
+    """``fn(tensor, point)``; an IndexError on ``hook_k`` / ``hook_v`` says how their heads are counted."""
     try:
-        return t._version
-    except RuntimeError:
-        return None
+        return fn(tensor, point)
+    except IndexError as err:
+        if point.short not in _KV_POINTS:
+            raise
+        kv = tensor.shape[2]
+        raise IndexError(
+            f"{err}. In a hook on {point.name}: this point has n_key_value_heads = {kv} heads, "
+            f"shape (batch, pos, {kv}, d_head), not n_heads (grouped-query attention); query head h reads "
+            "KV head h // (n_heads // n_key_value_heads). For per-query-head edits, hook hook_q or hook_z."
+        ) from err
 
 
 class Fire:

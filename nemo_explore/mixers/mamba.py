@@ -13,6 +13,7 @@ only when a hook wrote ``hook_dt`` or ``hook_state``.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
 
@@ -127,12 +128,13 @@ def mamba_forward(
     hidden_states = hf.apply_mask_to_padding_states(hidden_states, attention_mask)
     projected = fire("hook_in_proj", mixer.in_proj(hidden_states))
     A = -torch.exp(mixer.A_log.float())
-    gate, xBC, dt_raw = projected.split([mixer.intermediate_size, mixer.conv_dim, heads], dim=-1)
+    # slices, not split(): the same views, but ones autograd lets a hook edit in place with grad enabled
+    gate, xBC, dt_raw = _pieces(projected, [mixer.intermediate_size, mixer.conv_dim, heads])
     gate = fire("hook_gate", gate)
 
     xBC = _conv(hf, mixer, xBC.transpose(1, 2), cache, kwargs)
     xBC = fire("hook_conv_out", hf.apply_mask_to_padding_states(xBC.transpose(1, 2), attention_mask))
-    x, B, C = torch.split(xBC, [mixer.intermediate_size, groups * d_state, groups * d_state], dim=-1)
+    x, B, C = _pieces(xBC, [mixer.intermediate_size, groups * d_state, groups * d_state])
     x = fire("hook_x", x.view(batch, seq_len, heads, head_dim))
     B = fire("hook_B", B.view(batch, seq_len, groups, d_state))
     C = fire("hook_C", C.view(batch, seq_len, groups, d_state))
@@ -156,6 +158,13 @@ def hf_step(hf, name: str):
     bookkeeping exactly as HF does; earlier releases have neither, and the mirror does their steps inline.
     """
     return getattr(hf, name, None)
+
+
+def _pieces(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """``t`` cut along its last axis into pieces of ``sizes``, as slices of it (what ``split`` returns,
+    without the view kind that forbids in-place edits under autograd)."""
+    edges = [0, *itertools.accumulate(sizes)]
+    return [t[..., a:b] for a, b in itertools.pairwise(edges)]
 
 
 def _conv(hf, mixer, xBC, cache, kwargs) -> torch.Tensor:
