@@ -593,6 +593,9 @@ class HookedNemotronH:
                 wanted[f"mixer.{i}"] = lambda i=i: self._attach_mixer(i)
         for key in [k for k in self._installed if k not in wanted]:
             self._installed.pop(key)()
+        new = [key for key in wanted if key.startswith("mixer.") and key not in self._installed]
+        kinds = sorted({self.layer_types[int(key.removeprefix("mixer."))] for key in new})
+        guard.ensure(*kinds)  # the mirror check of every kind about to be instrumented, in one run
         for key, attach in wanted.items():
             if key not in self._installed:
                 self._installed[key] = attach()
