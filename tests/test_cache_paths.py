@@ -159,14 +159,14 @@ def test_output_attentions_survive_hooks(pair):
     torch.testing.assert_close(got["p"][1][:, rows[1]], want[1][:, rows[1]], rtol=1e-5, atol=1e-6)
 
 
-def generate_twice(hf, model, x, observe: bool, **extra):
+def generate_twice(hf, model, x, observe: bool, hooks=None, **extra):
     """Greedy generation on one cache, then again on the same cache with two more prompt tokens: the
     sequences, every step's logits and the cache's token count after each call."""
     cache = DynamicCache(config=hf.config)
     kw = dict(do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True, **extra)
     kw[cache_keyword(hf)] = cache
     out = []
-    with observe_all(model) if observe else contextlib.nullcontext():
+    with model.hooks(hooks) if hooks else observe_all(model) if observe else contextlib.nullcontext():
         first = hf.generate(x, max_new_tokens=4, **kw)
         out += [first.sequences, *first.logits, int(cache.get_seq_length())]
         again = hf.generate(torch.cat([first.sequences, x[:, :2]], dim=1), max_new_tokens=4, **kw)
@@ -201,3 +201,8 @@ def test_prompt_lookup_decoding_equals_hf(pair):
             generate_twice(hf, model, x, observe=True, **lookup)
         return
     assert_same(generate_twice(hf, model, x, observe=True, **lookup), want)
+    # dt written back unchanged (a copy): the instrumented scan, with the drafted tokens stepped one by one
+    # and their states kept for the crop as HF keeps them, must give HF's numbers exactly
+    mamba = [i for i, t in enumerate(model.layer_types) if t == "mamba"]
+    rewrite = [(f"blocks.{i}.mamba.hook_dt", lambda dt, hook: dt.clone()) for i in mamba]
+    assert_same(generate_twice(hf, model, x, observe=False, hooks=rewrite, **lookup), want)
