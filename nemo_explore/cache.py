@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from .formatting import format_bytes
+from .hook_names import BLOCK_POINTS
 from .layer_types import HOOK_PREFIX, LAYER_COLORS, block_index, canonical, to_pattern
 from .residual import ResidualStreamTools
 from .utils import get_act_name
@@ -157,12 +158,7 @@ class ActivationCache(ResidualStreamTools, Mapping):
     def point(self, i: int, name: str) -> torch.Tensor:
         """``cache.point(3, 'hook_pattern')`` -> ``cache['blocks.3.attn.hook_pattern']``: the kind prefix is
         filled in from block ``i``'s layer type."""
-        if name.startswith("hook_") and name not in (
-            "hook_resid_pre",
-            "hook_resid_post",
-            "hook_mixer_in",
-            "hook_mixer_out",
-        ):
+        if name.startswith("hook_") and name not in BLOCK_POINTS:
             name = f"{HOOK_PREFIX[self.layer_types[i]]}.{name}"
         return self[f"blocks.{i}.{name}"]
 

@@ -38,6 +38,7 @@ import torch
 from .formatting import format_bytes, format_count
 from .hook_names import BLOCK_POINTS, all_names, unknown_name_error
 from .layer_types import ATTENTION, LAYER_COLORS, LAYER_TYPES, MAMBA, MLP, MOE, PATTERN_CHAR, parse_pattern
+from .points import row, sizes
 from .sources import TINY, CheckpointError, cached_config, is_hub_id, read_config, tiny_dir
 
 __all__ = ["ModelDescription", "describe", "format_bytes"]
@@ -219,13 +220,16 @@ class ModelDescription:
         ``hook_hidden_attn`` keeps, which query rows ``hook_pattern`` / ``hook_attn_scores`` keep.
         """
         _check_positive(seq_len=seq_len, batch=batch)
-        windows = hidden_attn_heads, hidden_attn_window, pattern_window
-        sizes = _point_shapes(self.config, batch, seq_len, state_positions, *windows)
-        out = {}
-        for name in self.hook_names(hooks):
-            point = name.rsplit(".", 1)[-1]
-            out[name] = sizes[point]
-        return out
+        s = sizes(
+            self.config,
+            batch,
+            seq_len,
+            state_positions=state_positions,
+            hidden_attn_heads=hidden_attn_heads,
+            hidden_attn_window=hidden_attn_window,
+            pattern_window=pattern_window,
+        )
+        return {name: row(name).size(s) for name in self.hook_names(hooks)}
 
     def activation_memory(
         self,
@@ -482,60 +486,6 @@ def _hf_ties_embeddings() -> bool:
     from transformers import NemotronHForCausalLM
 
     return bool(getattr(NemotronHForCausalLM, "_tied_weights_keys", None))
-
-
-# ---------------------------------------------------------------------------------------- hook shapes
-
-
-def _point_shapes(
-    c, b: int, p: int, positions, heads, window, pattern_window
-) -> dict[str, tuple[int, ...]]:
-    """Shape of every hook point of every layer kind (the README's table), for b × p tokens."""
-    from .options import query_rows, state_positions
-    from .ssd import _heads
-
-    d, h, kv, hd = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    mh, md, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
-    inner = mh * md
-    conv_dim = inner + 2 * g * n
-    n_pos = len(state_positions(positions, p))
-    start, stop = query_rows(window, p, "hidden_attn_window")
-    q0, q1 = query_rows(pattern_window, p, "pattern_window")
-    shapes = {
-        "hook_embed": (b, p, d),
-        "hook_normalized": (b, p, d),
-        **{point: (b, p, d) for point in BLOCK_POINTS},
-        # attention
-        "hook_q": (b, p, h, hd),
-        "hook_k": (b, p, kv, hd),
-        "hook_v": (b, p, kv, hd),
-        "hook_attn_scores": (b, h, q1 - q0, p),
-        "hook_pattern": (b, h, q1 - q0, p),
-        "hook_z": (b, p, h, hd),
-        # mamba
-        "hook_in_proj": (b, p, inner + conv_dim + mh),
-        "hook_gate": (b, p, inner),
-        "hook_conv_out": (b, p, conv_dim),
-        "hook_x": (b, p, mh, md),
-        "hook_B": (b, p, g, n),
-        "hook_C": (b, p, g, n),
-        "hook_dt": (b, p, mh),
-        "hook_ssm_out": (b, p, mh, md),
-        "hook_state_norm": (b, p, mh),
-        "hook_hidden_attn": (b, len(_heads(heads, mh)), stop - start, p),
-        "hook_state": (b, n_pos, mh, md, n),
-        # moe
-        "hook_router_logits": (b, p, c.n_routed_experts),
-        "hook_router_scores": (b, p, c.n_routed_experts),
-        "hook_topk_indices": (b, p, c.num_experts_per_tok),
-        "hook_topk_weights": (b, p, c.num_experts_per_tok),
-        "hook_routed_out": (b, p, d),
-        "hook_shared_out": (b, p, d),
-        # mlp
-        "hook_pre": (b, p, c.intermediate_size),
-        "hook_post": (b, p, c.intermediate_size),
-    }
-    return shapes
 
 
 # ------------------------------------------------------------------------------------------- helpers

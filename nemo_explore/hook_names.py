@@ -10,38 +10,18 @@ import difflib
 import re
 
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE
+from .points import BLOCK, MODEL, POINTS, names
 
-MODEL_POINTS = ("hook_embed", "ln_final.hook_normalized")
-BLOCK_POINTS = ("hook_resid_pre", "hook_mixer_in", "hook_mixer_out", "hook_resid_post")
+# Every list of points comes from the one table of them, points.POINTS (forward order within a kind).
+MODEL_POINTS = names(MODEL)  # hook_embed, ln_final.hook_normalized
+BLOCK_POINTS = names(BLOCK)  # resid_pre, mixer_in (before the mixer's points), mixer_out, resid_post
 MIXER_POINTS: dict[str, tuple[str, ...]] = {
-    ATTENTION: ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"),
-    MAMBA: (
-        "hook_in_proj",
-        "hook_gate",
-        "hook_conv_out",
-        "hook_x",
-        "hook_B",
-        "hook_C",
-        "hook_dt",
-        "hook_ssm_out",
-        "hook_state_norm",
-        "hook_hidden_attn",
-        "hook_state",
-    ),
-    MOE: (
-        "hook_router_logits",
-        "hook_router_scores",
-        "hook_topk_indices",
-        "hook_topk_weights",
-        "hook_routed_out",
-        "hook_shared_out",
-    ),
-    MLP: ("hook_pre", "hook_post"),
+    kind: names(kind) for kind in dict.fromkeys(p.kind for p in POINTS if p.kind)
 }
 # Derived points that describe a value rather than carry it: they may be read, never replaced.
-READ_ONLY = frozenset({"hook_state_norm", "hook_hidden_attn"})
-# Costly derived points: computed only when someone asks for them.
-DERIVED = frozenset({"hook_state_norm", "hook_hidden_attn", "hook_state", "hook_attn_scores", "hook_pattern"})
+READ_ONLY = frozenset(p.name for p in POINTS if not p.writable)
+# Derived points: computed on the side, only when someone asks for them.
+DERIVED = frozenset(p.name for p in POINTS if p.derived)
 
 # The nearest point another kind of layer has, for "wrong kind" errors (attention <-> Mamba analogies).
 _ANALOGUE = {
@@ -69,22 +49,17 @@ _BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.(?:(\w+)\.)?(hook_\w+)$")
 def block_point_names(i: int, kind: str) -> list[str]:
     """Every hook name of block ``i`` of the given kind, in the order the forward pass reaches them."""
     prefix = f"blocks.{i}."
-    mixer = [f"{prefix}{HOOK_PREFIX[kind]}.{p}" for p in MIXER_POINTS[kind]]
-    return [
-        prefix + "hook_resid_pre",
-        prefix + "hook_mixer_in",
-        *mixer,
-        prefix + "hook_mixer_out",
-        prefix + "hook_resid_post",
-    ]
+    mixer = [f"{HOOK_PREFIX[kind]}.{p}" for p in MIXER_POINTS[kind]]
+    return [prefix + p for p in (*BLOCK_POINTS[:2], *mixer, *BLOCK_POINTS[2:])]
 
 
 def all_names(layer_types: list[str]) -> list[str]:
     """Every hook name of a model with these layer types, in forward order."""
-    names = ["hook_embed"]
+    embed, normalized = MODEL_POINTS
+    out = [embed]
     for i, kind in enumerate(layer_types):
-        names += block_point_names(i, kind)
-    return names + ["ln_final.hook_normalized"]
+        out += block_point_names(i, kind)
+    return [*out, normalized]
 
 
 def parse(name: str) -> tuple[int | None, str | None, str]:

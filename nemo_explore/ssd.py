@@ -301,6 +301,9 @@ def _heads(heads, h) -> list[int]:
     return [j % h for j in idx]
 
 
+head_indices = _heads  # public: points.sizes counts the heads hook_hidden_attn keeps with it
+
+
 def _positions(positions, p) -> list[int]:
     idx = [positions] if isinstance(positions, int) else [int(t) for t in positions]
     bad = [t for t in idx if not -p <= t < p]

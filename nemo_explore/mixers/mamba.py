@@ -21,10 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from ..hooks import Fire
+from ..layer_types import MAMBA
 from ..options import state_positions
+from ..points import names
 from ._call import check_keywords, take_cache
 
 HIDDEN_ATTN_WARN_LEN = 2048
+# The derived points (points.py: computed on the side, only when hooked): wanting one takes _chunked off
+# HF's plain scan; _fire_derived computes all of them but hook_dt, which _chunked fires itself.
+_DERIVED = names(MAMBA, derived=True)
+_FROM_SSD = tuple(p for p in _DERIVED if p != "hook_dt")
 _warned_long = False
 
 
@@ -61,10 +67,12 @@ def _segmented_scan(hf, mixer, x, dt, A, B, C, positions, states, initial, kwarg
 
 def _user_stacklevel() -> int:
     """The ``stacklevel`` for the caller's ``warnings.warn`` that points at the first frame outside
-    nemo_explore, torch, transformers and accelerate: the user's line, not the library's."""
+    nemo_explore, torch, transformers, accelerate and kernels: the user's line, not the library's."""
     import os  # noqa: PLC0415 (only when warning)
 
-    packages = [sys.modules.get(p) for p in ("nemo_explore", "torch", "transformers", "accelerate")]
+    packages = [
+        sys.modules.get(p) for p in ("nemo_explore", "torch", "transformers", "accelerate", "kernels")
+    ]
     dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in packages if getattr(m, "__file__", None))
     skip = (*dirs, sys.modules["contextlib"].__file__)  # `with model.hooks(...)` inside the library
     frame, level = sys._getframe(1), 1  # level 1: the function that calls warnings.warn
@@ -78,7 +86,7 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> tuple[list[int], torch
 
     Returns (positions, states (b n_pos h d n)) when a hook wrote ``hook_state``, else None.
     """
-    if not any(fire.wants(p) for p in ("hook_state_norm", "hook_hidden_attn", "hook_state")):
+    if not any(fire.wants(p) for p in _FROM_SSD):
         return None
     from .. import ssd  # noqa: PLC0415 (the SSD math is needed only for these derived points)
 
@@ -259,8 +267,7 @@ def _dt_used(mixer, dt_raw, keep: int) -> torch.Tensor:
 
 def _chunked(hf, mixer, fire: Fire, x, dt_raw, A, B, C, cache, initial, kwargs) -> torch.Tensor:
     """The path of a call with more than one token (or the first one on a fresh cache): y (b p h d)."""
-    derived = ("hook_dt", "hook_state_norm", "hook_hidden_attn", "hook_state")
-    if not any(fire.wants(p) for p in derived):
+    if not any(fire.wants(p) for p in _DERIVED):
         return _hf_scan(hf, mixer, x, dt_raw, A, B, C, cache, kwargs)
 
     keep = _states_to_keep(cache, mixer.layer_idx, x.shape[1])
