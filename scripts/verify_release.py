@@ -1,6 +1,6 @@
 """Take a transformers release from "pip serves it" to verified or refused, in one command.
 
-    python3 scripts/verify_release.py 5.26.0
+    bash scripts/verify_release.sh 5.26.0      (runs this file in the project's venv)
 
 1. Fingerprints the release's Nemotron-H code (scripts/fingerprint_hf.py) into ``VERIFIED_CODE`` of
    nemo_explore/versions.py, makes it ``NEWEST_VERIFIED`` if it is newer, and regenerates the pins
@@ -11,7 +11,7 @@
    the newest end) and the README's "Supported versions" to update.
    Failed: every change is undone and the release is added to ``REFUSED`` in nemo_explore/versions.py with
    the tests that failed, so that the guard refuses the mirrored hook points on it at run time (the
-   residual stream keeps working). The log stays in .venv-verify/verify.log.
+   residual stream keeps working). The suite's output stays in verify-VERSION.log.
 
 pyproject.toml sets no upper bound on transformers: a release nobody verified yet runs only if the guard's
 bit-for-bit self-check passes on it (with a warning where its code is new), and is refused otherwise.
@@ -116,19 +116,18 @@ def verify(version: str, run: Callable = subprocess.run, wheels: Path | None = N
     print(f"verify: transformers {version}: new Nemotron-H code for {', '.join(new_code) or 'no kind'}")
     VERSIONS.write_text(verified_text(before[VERSIONS], version, prints))
     venv = ROOT / ".venv-verify"
-    log = venv / "verify.log"
+    log = ROOT / f"verify-{version}.log"
     try:
         run(["bash", "scripts/lock.sh"], cwd=ROOT, check=True)
         run(["rm", "-rf", str(venv)], check=True)
-        env = {"NEMO_VENV": str(venv), "NEMO_CONSTRAINTS": "constraints/newest.txt"}
-        done = run(
-            ["bash", "scripts/test.sh"], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
-        )
-        output, passed = done.stdout + done.stderr, done.returncode == 0
+        env = {**os.environ, "NEMO_VENV": str(venv), "NEMO_CONSTRAINTS": "constraints/newest.txt"}
+        print(f"verify: setting up {venv.name} and running the whole suite (log: {log})", flush=True)
+        with open(log, "w") as out:
+            done = run(["bash", "scripts/test.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        output, passed = log.read_text(), done.returncode == 0
     except subprocess.CalledProcessError as err:
         output, passed = f"{err.cmd} failed with exit status {err.returncode}", False
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(output)
+        log.write_text(output)
     if passed:
         changed = ", ".join(str(p.relative_to(ROOT)) for p in PINNED)
         print(

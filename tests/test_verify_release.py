@@ -39,12 +39,16 @@ def repo(tmp_path, monkeypatch):
 
 
 def suite(returncode: int, output: str = ""):
-    """A stand-in for subprocess.run: lock.sh and rm succeed, test.sh ends with ``returncode``."""
+    """A stand-in for subprocess.run: lock.sh and rm succeed, test.sh prints ``output`` and ends with
+    ``returncode``."""
     calls = []
 
-    def run(cmd, **kwargs):
+    def run(cmd, stdout=None, **kwargs):
         calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, returncode if "scripts/test.sh" in cmd else 0, output, "")
+        if "scripts/test.sh" not in cmd:
+            return subprocess.CompletedProcess(cmd, 0)
+        stdout.write(output)
+        return subprocess.CompletedProcess(cmd, returncode)
 
     return run, calls
 
