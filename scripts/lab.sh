@@ -11,4 +11,6 @@ settings="$("$VENV/bin/python" -c 'import sys; print(sys.prefix)')/share/jupyter
 mkdir -p "$settings" && cp scripts/lab-overrides.json "$settings/overrides.json"
 extra=()
 [ "$(id -u)" = "0" ] && extra+=(--allow-root)
-exec "$VENV/bin/jupyter" lab --notebook-dir=notebooks "${extra[@]}" "$@"
+# Opens on the quickstart, as the Binder link does.
+exec "$VENV/bin/jupyter" lab --notebook-dir=notebooks --LabApp.default_url=/lab/tree/01_quickstart.ipynb \
+    "${extra[@]}" "$@"
