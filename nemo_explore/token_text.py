@@ -1,4 +1,11 @@
-"""How one token reads on its own: the single place every view, cache and figure gets its token labels."""
+"""How a token reads: the single place every view, cache, figure and static page gets its token text.
+
+:func:`token_text` decodes a token alone; :func:`join_pieces` shows a character split over several tokens
+on each of them; :func:`visible` makes the invisible visible (a space is ``␣``, a newline ``↵``, a tab
+``⇥``, other control characters ``\\xNN``) and :func:`escape` makes text safe for HTML and plotly's label
+markup alike, so a token ``<script>`` is shown, never run, and a quote reads as a quote (plotly shows
+``&quot;`` literally). :func:`shown` and :func:`position_labels` put them together for a label.
+"""
 
 from __future__ import annotations
 
@@ -113,3 +120,38 @@ def _utf8_length(data: list[int], i: int) -> int:
     except UnicodeDecodeError:
         return 0
     return size
+
+
+_SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"})
+
+
+def visible(token: str) -> str:
+    """``' cat\\n'`` -> ``'␣cat↵'``; an empty token becomes ``'∅'``. Plain text (not escaped)."""
+    if token == "":
+        return "∅"
+    out = []
+    for ch in token:
+        if ch in _SHOWN:
+            out.append(_SHOWN[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def escape(text: str) -> str:
+    """Plain text -> HTML text that plotly's label markup reads the same way: ``&``, ``<``, ``>`` as
+    entities, quotes as numeric references (plotly decodes ``&#34;`` but shows ``&quot;`` as is)."""
+    return text.translate(_ESCAPES)
+
+
+def shown(token: str) -> str:
+    """A token as every figure and page shows it: :func:`visible`, then :func:`escape`."""
+    return escape(visible(token))
+
+
+def position_labels(tokens: Sequence[str], start: int = 0) -> list[str]:
+    """Axis categories for positions ``start..``: ``'12 ␣cat'``, escaped; unique even when tokens repeat."""
+    return [escape(f"{start + j} {visible(t)}") for j, t in enumerate(tokens)]

@@ -361,7 +361,7 @@ def test_lens_and_attribution_of_padded_texts(worded):
         dla.per_block[:, 1, :2], direct_logit_attribution(worded, short).per_block[:, 0]
     )
     fig = lens.figure(batch=1)
-    assert list(fig.data[0].x) == ["0: a", "1: big"]
+    assert list(fig.data[0].x) == ["0 a", "1 big"]
     by_block = dla.figure(batch=1).data[0].y
     assert by_block[1] == pytest.approx(float(dla.per_block[0, 1, :2].mean()))
 
@@ -408,4 +408,4 @@ def test_analysis_modules_import_plotly_only_inside_figure():
 
 
 def test_token_text_is_escaped():
-    assert _style.position_labels(["<b>x</b>", "a\nb"]) == ["0: &lt;b&gt;x&lt;/b&gt;", "1: a\\nb"]
+    assert _style.position_labels(["<b>x</b>", "a\nb"]) == ["0 &lt;b&gt;x&lt;/b&gt;", "1 a↵b"]

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from nemo_explore.cache import ActivationCache
+from nemo_explore.token_text import visible
 from nemo_explore.widgets import AttentionHeads, Explorer, MoERouting, SSMStateNorms
 from nemo_explore.widgets._static import script_json
-from nemo_explore.widgets._tokens import tick_room, visible
+from nemo_explore.widgets._tokens import tick_room
 from nemo_explore.widgets.attention import OVERVIEW
 from nemo_explore.widgets.attention import PAIRWISE_WINDOW as W
 
@@ -604,6 +605,23 @@ def test_split_characters_joined_and_fragments_kept():
     assert list(view.routing.data[0].x[1:4]) == ["1 —₁", "2 —₂", "3 —₃"]
     assert view.routing.data[0].x[4] == "4 ␣&#34;q&#34;"  # plotly shows &quot; literally, &#34; as "
     assert "&quot;" not in view.tokens.value and "—₂" in view.tokens.value
+
+
+def test_analysis_figures_read_tokens_as_the_widgets_do(model):
+    """One token-text rule (nemo_explore/token_text.py): an analysis figure's axis labels read as a
+    widget's tick labels, built from the same tokens; quotes plotly decodes, never ``&quot;``."""
+    from nemo_explore.analysis import logit_lens
+
+    text = "a\"<&\n\t'b"
+    lens = logit_lens(model, text).figure()
+    _, cache = model.run_with_cache(text, names_filter="blocks.1.attn.hook_pattern")
+    axis = AttentionHeads(cache).detail.layout.xaxis
+    assert list(axis.tickvals) == list(axis.ticktext)  # tokens short enough to show whole on a tick
+    shown = list(lens.data[0].x)  # positions 0..p-2: the lens scores next-token targets
+    assert shown == list(axis.ticktext)[: len(shown)]
+    assert shown == ["0 a", "1 &#34;", "2 &lt;", "3 &amp;", "4 ↵", "5 ⇥", "6 &#39;"]
+    figure = json.dumps([lens.to_plotly_json(), axis.to_plotly_json()], default=str)
+    assert "&quot;" not in figure and "\\n" not in figure
 
 
 def test_long_tokens_short_on_ticks_whole_on_hover():

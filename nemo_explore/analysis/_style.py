@@ -1,17 +1,18 @@
-"""One look for every analysis figure: a colour per layer type, block labels, and token text.
+"""One look for every analysis figure: a colour per layer type, block labels, and token text (read by
+the package's one rule, :mod:`nemo_explore.token_text`, as in the widgets).
 
 Nothing here imports plotly at module level; the helpers that build traces import it when called.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 
 import torch
 
 from ..layer_types import ATTENTION, LAYER_COLORS, MAMBA, MLP, MOE
-from ..token_text import token_text
+from ..token_text import join_pieces, shown, token_text
+from ..token_text import position_labels as _position_labels
 
 EMBED_COLOR = "#4c5b6b"  # slate: the embedding row/bar of a figure
 SHORT_NAME = {MAMBA: "mamba", ATTENTION: "attn", MLP: "mlp", MOE: "moe"}
@@ -44,14 +45,13 @@ def str_tokens(model, ids: torch.Tensor) -> list[list[str]]:
     return [[text[i] for i in row] for row in ids.tolist()]
 
 
-def escape(token: str) -> str:
-    """Token text made safe and visible on a plotly axis: HTML escaped, newlines and tabs shown."""
-    return html.escape(token).replace("\n", "\\n").replace("\t", "\\t")
+escape = shown  # one token's text, safe and visible in a figure: ' "a"\n' -> '␣&#34;a&#34;↵'
 
 
 def position_labels(tokens: Sequence[str], start: int = 0) -> list[str]:
-    """Unique x-axis categories for a row of tokens: ``'3: cat'`` (repeated tokens stay distinct)."""
-    return [f"{start + j}: {escape(t)}" for j, t in enumerate(tokens)]
+    """Unique axis categories for a row of tokens, as the widgets label them: ``'3 ␣cat'`` (a character
+    split over several tokens shown on each, ``join_pieces``)."""
+    return _position_labels(join_pieces(tokens), start)
 
 
 def add_type_legend(fig, kinds: Iterable[str]) -> None:

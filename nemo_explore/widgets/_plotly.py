@@ -12,21 +12,34 @@ loads it the same way.
 
 2-D numeric arrays (heatmap ``z``, ``customdata``) go to the browser as float32 binary buffers, one per row,
 rather than as JSON text of Python floats (17 digits each, NaN not allowed): 4 bytes a value.
+
+What this relies on of plotly's and anywidget's private code is listed, and checked once, in _private.py.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import uuid
-from functools import cache
-from pathlib import Path
 
 import anywidget
 import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
-from plotly.serializers import _js_to_py, _py_to_js
 from traitlets import Dict, Instance, List, Unicode, default
+
+from ._private import bundle, serializers
+
+_py_to_js, _js_to_py = serializers()
+
+# plotly's private FigureWidget traits the loader listens to (checked in _private.py): its edit messages,
+# and the whole figure, which plotly re-sends when a figure is displayed
+EDITS = tuple(
+    "_py2js_" + m
+    for m in ("addTraces", "deleteTraces", "moveTraces", "restyle", "relayout", "update", "animate")
+    + ("removeLayoutProps", "removeTraceProps")
+)
+WHOLE = ("_widget_data", "_widget_layout")
+FIGURE_TRAITS = EDITS + WHOLE
 
 # plotly's widget bundle, imported once per page: a promise kept on the page's global object.
 IMPORT = """
@@ -73,6 +86,9 @@ async function guardMessages(model) {
   const cls = Object.getPrototypeOf(own);
   if (!cls.__nemo_explore_guarded__) {
     const anywidget = cls._handle_comm_msg, widgets = Object.getPrototypeOf(cls)._handle_comm_msg;
+    // anywidget's own handler over ipywidgets' (checked in nemo_explore/widgets/_private.py): without
+    // either, the guard stays off and anywidget handles the messages as it does for any widget
+    if (!Object.hasOwn(cls, "_handle_comm_msg") || typeof widgets !== "function") return;
     cls._handle_comm_msg = function (...msg) {
       return this.get("_ne_uid") ? start(this).started.then(() => widgets.apply(this, msg))
         : anywidget.apply(this, msg);
@@ -109,9 +125,8 @@ function bundle(model) {
 // to plotly's model once it listens. A whole figure sent after them (plotly re-sends its data and layout
 // when a figure is displayed) already holds them: those kept before it are dropped, or a trace added early
 // would be added twice.
-const EDITS = ["addTraces", "deleteTraces", "moveTraces", "restyle", "relayout", "update", "animate",
-  "removeLayoutProps", "removeTraceProps"].map((m) => "_py2js_" + m);
-const WHOLE = ["_widget_data", "_widget_layout"];
+const EDITS = $EDITS;
+const WHOLE = $WHOLE;
 
 export default () => {
   let ready;
@@ -148,21 +163,7 @@ export default () => {
     },
   };
 };
-"""
-
-
-# After every edit plotly's front end diffs each trace's full data (z included) and the full layout against
-# what it was sent, and sends the defaults it filled in back to Python. That costs 30-100 ms of main thread
-# per update at 256×256, for values no view reads. Both methods return at once.
-ROUND_TRIPS = re.compile(r"_send(?:TraceDeltas|LayoutDelta)\((\w+)\)\{")
-
-
-@cache
-def _bundle() -> str:
-    import plotly
-
-    code = (Path(plotly.__file__).parent / "package_data" / "widgetbundle.js").read_text(encoding="utf-8")
-    return ROUND_TRIPS.sub(r"\g<0>return;", code, count=2)
+""".replace("$EDITS", json.dumps(EDITS)).replace("$WHOLE", json.dumps(WHOLE))
 
 
 _KEPT = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "float32"}
@@ -202,7 +203,7 @@ class PlotlyBundle(anywidget.AnyWidget):
 
     def __init__(self) -> None:
         uid = uuid.uuid4().hex
-        super().__init__(code=_bundle(), model_id=uid, _ne_uid=uid)
+        super().__init__(code=bundle(), model_id=uid, _ne_uid=uid)
 
 
 _shared: PlotlyBundle | None = None

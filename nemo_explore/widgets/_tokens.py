@@ -1,13 +1,9 @@
-"""Token text as the widgets show it, and the position window that keeps long inputs fast.
+"""Token text on the widgets' axes and chips, and the position window that keeps long inputs fast.
 
-One rule for every view and static page. Tokens are shown as the tokenizer produced them, with the
-invisible made visible (a space is ``␣``, a newline ``↵``, a tab ``⇥``, other control characters
-``\\xNN``); a character split over several tokens shows on each of them with the piece's number
-(``—₁ —₂ —₃``, :func:`nemo_explore.token_text.join_pieces`). Every string that reaches HTML or a plotly
-label goes through :func:`escape` first, so a token ``<script>`` is shown, never run; quotes become
-numeric references, which both HTML and plotly's label markup read (plotly shows ``&quot;`` literally).
-Axis ticks show at most ``TICK_CHARS`` characters of a token (``␣×40`` for a run of spaces); the full
-text is the category, which hover shows.
+Every view and static page shows tokens by the package's one rule (``visible``, ``escape``,
+``position_labels`` in :mod:`nemo_explore.token_text`), which the analysis figures follow too. Axis
+ticks show at most ``TICK_CHARS`` characters of a token (``␣×40`` for a run of spaces); the full text is
+the category, which hover shows.
 """
 
 from __future__ import annotations
@@ -17,33 +13,10 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-_SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+from ..token_text import escape, position_labels, visible
 
-
-def visible(token: str) -> str:
-    """``' cat\\n'`` -> ``'␣cat↵'``; an empty token becomes ``'∅'``. Plain text (not escaped)."""
-    if token == "":
-        return "∅"
-    out = []
-    for ch in token:
-        if ch in _SHOWN:
-            out.append(_SHOWN[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"})
 TICK_CHARS = 12
 _RUN = re.compile(r"(.)\1{3,}")
-
-
-def escape(text: str) -> str:
-    """Plain text -> HTML text that plotly's label markup reads the same way: ``&``, ``<``, ``>`` as
-    entities, quotes as numeric references (plotly decodes ``&#34;`` but shows ``&quot;`` as is)."""
-    return text.translate(_ESCAPES)
 
 
 def short(text: str, limit: int = TICK_CHARS) -> str:
@@ -53,21 +26,17 @@ def short(text: str, limit: int = TICK_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def labels(tokens: Sequence[str], start: int = 0) -> list[str]:
-    """Axis categories for positions ``start..``: ``'12 ␣cat'``, escaped; unique even when tokens repeat."""
-    return [escape(f"{start + j} {visible(t)}") for j, t in enumerate(tokens)]
-
-
 def ticks(tokens: Sequence[str], start: int = 0, pixels: int = 500, spacing: int = 11) -> dict:
     """Tick settings for a categorical token axis of ``pixels``: at most one tick per ``spacing`` pixels,
     each token shortened (:func:`short`); the categories themselves (what hover shows) stay whole."""
     step = max(1, math.ceil(len(tokens) * spacing / max(1, pixels)))
     keep = range(0, len(tokens), step)
+    categories = position_labels(tokens, start)
     return dict(
         type="category",
         ticklabeloverflow="allow",  # (the default for a category axis) plotly measures no label for it
         tickmode="array",
-        tickvals=[escape(f"{start + j} {visible(tokens[j])}") for j in keep],
+        tickvals=[categories[j] for j in keep],
         ticktext=[escape(f"{start + j} {short(visible(tokens[j]))}") for j in keep],
     )
 

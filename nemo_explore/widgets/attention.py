@@ -18,6 +18,7 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
+from ..token_text import position_labels, visible
 from ._base import STYLE, CacheView
 from ._figures import (
     DIVERGING,
@@ -30,7 +31,7 @@ from ._figures import (
     tile_rect,
 )
 from ._static import Page, StaticHTML, circuitsvis_html
-from ._tokens import Window, labels, tick_room, ticks, visible
+from ._tokens import Window, tick_room, ticks
 
 PAIRWISE_WINDOW = 256  # ≥ 1.8 px per cell in the detail plot: every value drawn, none pooled
 OVERVIEW = 128
@@ -382,8 +383,8 @@ class AttentionHeads(CacheView):
         with self.detail.batch_update():
             trace = self.detail.data[0]
             trace.update(
-                x=labels(keys, ks),
-                y=labels(tokens, start),
+                x=position_labels(keys, ks),
+                y=position_labels(tokens, start),
                 z=z.astype(np.float32),
                 colorbar=dict(title=dict(text=what)),
                 **scale,

@@ -14,10 +14,11 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..layer_types import LAYER_COLORS, canonical
+from ..token_text import escape, visible
 from ._base import STYLE
 from ._figures import SEQUENTIAL, SHARE, figure_widget
 from ._static import Page
-from ._tokens import escape, token_chips, visible
+from ._tokens import token_chips
 
 KINDS = {"moe": "MoE experts", "mamba": "Mamba heads", "attention": "Attention heads"}
 UNITS = {"moe": "expert", "mamba": "head", "attention": "head"}

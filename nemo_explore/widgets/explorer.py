@@ -20,9 +20,9 @@ import torch
 from ..analysis._style import LAYER_COLORS
 from ..cache import ActivationCache
 from ..layer_types import PATTERN_CHAR
+from ..token_text import escape
 from ._base import STYLE
 from ._static import Page
-from ._tokens import escape
 from .attention import AttentionHeads
 from .moe import MoERouting
 from .ssm import SSMStateNorms

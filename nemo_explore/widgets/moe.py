@@ -15,10 +15,11 @@ from __future__ import annotations
 import ipywidgets as widgets
 import torch
 
+from ..token_text import escape, position_labels, visible
 from ._base import STYLE, CacheView
 from ._figures import figure_widget, fit_height
 from ._static import Page
-from ._tokens import Window, escape, labels, tick_room, ticks, token_chips, visible
+from ._tokens import Window, tick_room, ticks, token_chips
 
 TOKEN_WINDOW = 1024  # ≤ 0.5 MB of float32 per map at 128 heads or experts; a slider moves it
 EXPECTED = {"moe": "blocks.{i}.moe.hook_topk_indices"}
@@ -229,7 +230,7 @@ class MoERouting(CacheView):
     def _redraw(self) -> None:
         view = self.shown()
         start, n_exp, layer, expert = view["start"], self._n_experts, self.layer, self.expert
-        cats = labels(view["tokens"], start)
+        cats = position_labels(view["tokens"], start)
         experts = [f"e{k}" for k in range(n_exp)]
         what = VALUES[self.values]
         # weights: from 0 to the largest; scores: the sigmoid's whole range

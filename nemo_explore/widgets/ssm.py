@@ -14,10 +14,11 @@ from collections.abc import Mapping
 import ipywidgets as widgets
 import torch
 
+from ..token_text import position_labels
 from ._base import STYLE, CacheView
 from ._figures import figure_widget, fit_height
 from ._static import Page
-from ._tokens import Window, labels, tick_room, ticks
+from ._tokens import Window, tick_room, ticks
 
 TOKEN_WINDOW = 1024  # ≤ 0.5 MB of float32 per map at 128 heads or experts; a slider moves it
 EXPECTED = {"mamba": "blocks.{i}.mamba.hook_state_norm"}
@@ -202,7 +203,7 @@ class SSMStateNorms(CacheView):
 
     def _redraw(self) -> None:
         view = self.shown()
-        cats = labels(view["tokens"], view["start"])
+        cats = position_labels(view["tokens"], view["start"])
         axis = ticks(view["tokens"], view["start"], pixels=560 if self._horizons else 610)
         room = tick_room(view["tokens"], view["start"])
         layer, what = self.layer, NORMS[self.norm]
