@@ -54,8 +54,8 @@ def test_the_widgets_extra_admits_the_pinned_versions_and_bounds_them(pins):
 
 def test_the_figures_traits_are_the_ones_checked():
     own = {n for n, t in vars(_plotly.Figure).items() if isinstance(t, TraitType) and n.startswith("_py2js_")}
-    assert own | {"_widget_data"} <= set(_plotly.FIGURE_TRAITS)
-    assert all(f'"{name}"' in _plotly.LOADER for name in _plotly.FIGURE_TRAITS)  # the loader's lists
+    assert own | {"_widget_data"} <= set(_private.FIGURE_TRAITS)
+    assert all(f'"{name}"' in _plotly.LOADER for name in _private.FIGURE_TRAITS)  # the loader's lists
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,7 @@ def test_a_serializer_that_changed_warns(monkeypatch):
 
 
 def test_a_missing_figure_trait_warns(monkeypatch):
-    monkeypatch.setattr(_plotly, "FIGURE_TRAITS", (*_plotly.FIGURE_TRAITS, "_py2js_gone"))
+    monkeypatch.setattr(_private, "FIGURE_TRAITS", (*_private.FIGURE_TRAITS, "_py2js_gone"))
     text = only_warning("figure traits")
     assert "syncs no _py2js_gone" in text and "may be lost" in text
 

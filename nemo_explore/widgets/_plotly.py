@@ -27,19 +27,10 @@ import numpy as np
 import plotly.graph_objects as go
 from traitlets import Dict, Instance, List, Unicode, default
 
-from ._private import bundle, serializers
+from ._private import EDITS, WHOLE, bundle, serializers
 
 _py_to_js, _js_to_py = serializers()
 
-# plotly's private FigureWidget traits the loader listens to (checked in _private.py): its edit messages,
-# and the whole figure, which plotly re-sends when a figure is displayed
-EDITS = tuple(
-    "_py2js_" + m
-    for m in ("addTraces", "deleteTraces", "moveTraces", "restyle", "relayout", "update", "animate")
-    + ("removeLayoutProps", "removeTraceProps")
-)
-WHOLE = ("_widget_data", "_widget_layout")
-FIGURE_TRAITS = EDITS + WHOLE
 
 # plotly's widget bundle, imported once per page: a promise kept on the page's global object.
 IMPORT = """

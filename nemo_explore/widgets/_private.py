@@ -27,6 +27,16 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
+# plotly's private FigureWidget traits the loader listens to (checked below): its edit messages,
+# and the whole figure, which plotly re-sends when a figure is displayed
+EDITS = tuple(
+    "_py2js_" + m
+    for m in ("addTraces", "deleteTraces", "moveTraces", "restyle", "relayout", "update", "animate")
+    + ("removeLayoutProps", "removeTraceProps")
+)
+WHOLE = ("_widget_data", "_widget_layout")
+FIGURE_TRAITS = EDITS + WHOLE
+
 
 class PrivateCodeWarning(UserWarning):
     """A touch of plotly's or anywidget's private code no longer holds at the installed version."""
@@ -118,8 +128,6 @@ def _check_round_trips() -> str | None:
 
 
 def _check_traits() -> str | None:
-    from ._plotly import FIGURE_TRAITS
-
     missing = sorted(set(FIGURE_TRAITS) - set(go.FigureWidget.class_trait_names(sync=True)))
     return f"FigureWidget syncs no {', '.join(missing)}" if missing else None
 
