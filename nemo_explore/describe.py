@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .dtypes import as_dtype
 from .formatting import format_bytes, format_count
 from .hook_names import BLOCK_POINTS, all_names, unknown_name_error
 from .layer_types import ATTENTION, LAYER_COLORS, LAYER_TYPES, MAMBA, MLP, MOE, PATTERN_CHAR, parse_pattern
@@ -43,11 +44,6 @@ from .sources import TINY, CheckpointError, cached_config, is_hub_id, read_confi
 
 __all__ = ["ModelDescription", "describe", "format_bytes"]
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}  # fmt: skip
 LOAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INT_POINTS = frozenset({"hook_topk_indices"})  # int64 whatever the cache dtype
 
@@ -173,7 +169,7 @@ class ModelDescription:
 
     def tensor_bytes(self, dtype: torch.dtype | str = torch.bfloat16) -> dict[str, int]:
         """Full name -> bytes of every parameter and buffer once loaded in ``dtype`` (see ``load_bytes``)."""
-        dtype = _dtype(dtype)
+        dtype = as_dtype(dtype)
         kept = _kept_in_float32(dtype)
         return {
             name: n * (4 if kept is not None and kept.search(name) else dtype.itemsize)
@@ -269,7 +265,7 @@ class ModelDescription:
         with ``headroom`` (a fraction) left for the forward pass; else a message saying what to do."""
         if not isinstance(device_memory_bytes, int) or device_memory_bytes <= 0:
             raise ValueError(f"device_memory_bytes must be a positive int, not {device_memory_bytes!r}")
-        dtype = _dtype(dtype)
+        dtype = as_dtype(dtype)
         weights = self.load_bytes(dtype)
         acts = self.activation_memory(seq_len, batch, hooks, dtype) if seq_len else 0
         need = weights + acts
@@ -491,19 +487,8 @@ def _hf_ties_embeddings() -> bool:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).removeprefix("torch.").lower()
-    if key not in _DTYPES:
-        raise ValueError(
-            f"unknown dtype {dtype!r}: use torch.float32 / torch.bfloat16 / torch.float16 or a name"
-        )
-    return _DTYPES[key]
-
-
 def _itemsize(dtype: torch.dtype | str) -> int:
-    return _dtype(dtype).itemsize
+    return as_dtype(dtype).itemsize
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .dtypes import as_dtype
 from .model import HookedNemotronH
 from .sources import TINY, CheckpointError, read_config, resolve, weight_files
 
@@ -37,7 +38,8 @@ def load(
 
     ``source``: ``"tiny"`` (bundled, offline), a hub id (``"nvidia/Nemotron-H-8B-Base-8K"``; resolved
     through the normal HF cache, so ``HF_HUB_OFFLINE=1`` works for cached models), a local checkpoint
-    directory, or a ``NemotronHForCausalLM`` already built. ``dtype`` (``torch.bfloat16`` or ``"bfloat16"``),
+    directory, or a ``NemotronHForCausalLM`` already built. ``dtype`` (``torch.bfloat16``, ``"bfloat16"``,
+    ``"bf16"``, ``"fp16"``...: ``dtypes.as_dtype``),
     ``device`` and ``device_map`` (accelerate: ``"auto"``, ``{"model.layers.0": 0, ...}``) go to transformers;
     a CUDA device that this torch build or machine lacks is refused (``ValueError``) before anything loads.
     ``tokenizer``: a tokenizer to use instead of the checkpoint's own.
@@ -47,7 +49,7 @@ def load(
         check_devices(device, None)
         model = source
         if dtype is not None:
-            model = model.to(dtype=_dtype(dtype))
+            model = model.to(dtype=as_dtype(dtype))
         if device is not None:
             model = model.to(device)
         return HookedNemotronH(model, tokenizer)
@@ -74,7 +76,7 @@ def load(
     announce_memory(config, dtype, device, device_map)
     kwargs = dict(config=config, trust_remote_code=False, use_safetensors=not allow_pickle or None)
     if dtype is not None:
-        kwargs["dtype"] = _dtype(dtype)
+        kwargs["dtype"] = as_dtype(dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
     elif device is not None:
@@ -86,13 +88,17 @@ def load(
     if quiet:
         hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*falling back to its reference PyTorch.*")
-            model = NemotronHForCausalLM.from_pretrained(str(where), **kwargs)
+        model = NemotronHForCausalLM.from_pretrained(str(where), **kwargs)
     finally:
         if quiet:
             hf_logging.enable_progress_bar()
     return HookedNemotronH(model, tokenizer if tokenizer is not None else _tokenizer(where))
+
+
+# Where transformers logs its kernel advice, and the words that tell it from the logger's other messages.
+# tests/test_kernel_advice.py runs a real CPU forward and fails when transformers changes either.
+KERNEL_LOGGER = "transformers.integrations.hub_kernels"
+KERNEL_ADVICE = "falling back to its reference PyTorch"
 
 
 class _CpuKernelAdvice(logging.Filter):
@@ -102,12 +108,12 @@ class _CpuKernelAdvice(logging.Filter):
     stderr box. Where CUDA is available the message stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return torch.cuda.is_available() or "falling back to its reference PyTorch" not in record.getMessage()
+        return torch.cuda.is_available() or KERNEL_ADVICE not in record.getMessage()
 
 
 def quiet_cpu_kernel_advice() -> None:
     """Install :class:`_CpuKernelAdvice` on transformers' kernel logger (once)."""
-    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    logger = logging.getLogger(KERNEL_LOGGER)
     if not any(isinstance(f, _CpuKernelAdvice) for f in logger.filters):
         logger.addFilter(_CpuKernelAdvice())
 
@@ -125,7 +131,7 @@ def announce_memory(config, dtype, device, device_map) -> None:
         device_map is not None and torch.cuda.is_available()
     )
     stored = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float32
-    dt = _dtype(dtype) if dtype is not None else stored
+    dt = as_dtype(dtype) if dtype is not None else stored
     if on_gpu and dt == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise CheckpointError(
             f"{torch.cuda.get_device_name()} cannot run bfloat16; "
@@ -209,15 +215,6 @@ def _free_memory(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype).replace("torch.", ""), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}: use e.g. torch.bfloat16, 'bfloat16', 'float32'")
-    return value
 
 
 def _tokenizer(where: Path):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from . import guard
+from . import guard, hf_layout
 from .cache import ActivationCache
 from .describe import describe
 from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
@@ -34,8 +34,7 @@ def check_nemotron_h(hf_model) -> None:
     """Raise a clear error unless ``hf_model`` is a native transformers Nemotron-H causal LM."""
     config = getattr(hf_model, "config", None)
     model_type = getattr(config, "model_type", None)
-    layers = getattr(getattr(hf_model, "model", None), "layers", None)
-    if model_type != "nemotron_h" or layers is None or not hasattr(hf_model, "lm_head"):
+    if model_type != "nemotron_h" or not hf_layout.has_layout(hf_model):
         found = f"{type(hf_model).__name__} (config model_type={model_type!r})"
         raise NotNemotronHError(
             f"nemo_explore needs a Nemotron-H causal LM (transformers' NemotronHForCausalLM); got {found}. "
@@ -59,7 +58,7 @@ class HookedNemotronH:
         self.hf_model = hf_model.eval()
         self.tokenizer = tokenizer
         self.cfg = TLConfig(hf_model.config, self)  # the HF config, plus TransformerLens' names
-        self.layer_types: list[str] = parse_pattern(hf_model.config.layers_block_type)
+        self.layer_types: list[str] = parse_pattern(hf_layout.block_types(hf_model.config))
         self._names = all_names(self.layer_types)
         self._name_set = set(self._names)
         self._registry = HookRegistry()
@@ -92,17 +91,17 @@ class HookedNemotronH:
     @property
     def W_E(self) -> torch.Tensor:
         """Token embedding ``(d_vocab, d_model)``."""
-        return self.hf_model.model.embeddings.weight
+        return hf_layout.embedding(self.hf_model).weight
 
     @property
     def W_U(self) -> torch.Tensor:
         """Unembedding ``(d_model, d_vocab)``: ``logits = ln_final(resid) @ W_U`` (+ ``b_U``, zeros)."""
-        return self.hf_model.lm_head.weight.T
+        return hf_layout.unembed(self.hf_model).weight.T
 
     @property
     def b_U(self) -> torch.Tensor:
         """Unembedding bias ``(d_vocab,)``: zeros (Nemotron-H's lm_head has none)."""
-        head = self.hf_model.lm_head
+        head = hf_layout.unembed(self.hf_model)
         if head.bias is not None:
             return head.bias
         return torch.zeros(head.weight.shape[0], dtype=head.weight.dtype, device=head.weight.device)
@@ -125,11 +124,11 @@ class HookedNemotronH:
     @property
     def ln_final(self):
         """The final RMSNorm (HF's ``norm_f``); ``ln_final.hook_normalized`` includes its weight."""
-        return self.hf_model.model.norm_f
+        return hf_layout.final_norm(self.hf_model)
 
     @property
     def device(self) -> torch.device:
-        return self.hf_model.model.embeddings.weight.device
+        return hf_layout.embedding(self.hf_model).weight.device
 
     def layers(self, layer_type: str) -> list[int]:
         """Indices of the blocks of one kind (any spelling: ``'mamba'``, ``'M'``, ``'linear_attention'``)."""
@@ -338,7 +337,7 @@ class HookedNemotronH:
         s = stop_at_layer + n if stop_at_layer < 0 else stop_at_layer
         if not 0 <= s <= n:
             raise ValueError(f"stop_at_layer={stop_at_layer}: this model has {n} blocks; use -{n}..{n}")
-        module = self.hf_model.model.layers[s] if s < n else self.hf_model.model.norm_f
+        module = hf_layout.block(self.hf_model, s) if s < n else hf_layout.final_norm(self.hf_model)
 
         def stop(mod, args, kwargs):
             raise _StopForward(args[0] if args else kwargs["hidden_states"])
@@ -602,12 +601,13 @@ class HookedNemotronH:
 
     def _attach_model_point(self, name: str) -> Callable[[], None]:
         assert name in MODEL_POINTS
-        module = self.hf_model.model.embeddings if name == "hook_embed" else self.hf_model.model.norm_f
+        hf = self.hf_model
+        module = hf_layout.embedding(hf) if name == "hook_embed" else hf_layout.final_norm(hf)
         point = self._registry.point(name, None, None)
         return module.register_forward_hook(lambda m, a, out: self._registry.fire(point, out)).remove
 
     def _attach_block_point(self, name: str, i: int, short: str) -> Callable[[], None]:
-        block, point = self.hf_model.model.layers[i], self._registry.point(name, i, self.layer_types[i])
+        block, point = hf_layout.block(self.hf_model, i), self._registry.point(name, i, self.layer_types[i])
         fire = self._registry.fire
         if short == "hook_resid_pre":
 
@@ -620,7 +620,8 @@ class HookedNemotronH:
 
             return block.register_forward_pre_hook(pre, with_kwargs=True).remove
         if short == "hook_mixer_in":
-            return block.norm.register_forward_hook(lambda m, a, out: fire(point, out)).remove
+            norm = hf_layout.block_norm(self.hf_model, i)
+            return norm.register_forward_hook(lambda m, a, out: fire(point, out)).remove
         if short == "hook_mixer_out":
 
             def post(module, args, out):
@@ -628,7 +629,7 @@ class HookedNemotronH:
                     return (fire(point, out[0]), *out[1:])
                 return fire(point, out)
 
-            return block.mixer.register_forward_hook(post).remove
+            return hf_layout.mixer(self.hf_model, i).register_forward_hook(post).remove
         if short == "hook_resid_post":
             return block.register_forward_hook(lambda m, a, out: fire(point, out)).remove
         raise AssertionError(name)
@@ -638,7 +639,7 @@ class HookedNemotronH:
         kind = self.layer_types[i]
         guard.ensure(kind)
         fire = Fire(self._registry, i, kind, f"blocks.{i}.{HOOK_PREFIX[kind]}.", self._options)
-        return instrument_mixer(self.hf_model.model.layers[i].mixer, kind, fire)
+        return instrument_mixer(hf_layout.mixer(self.hf_model, i), kind, fire)
 
 
 def _per_layer(name: str, kind: str) -> property:

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import torch
 
+from . import hf_layout
 from .hook_names import HookNameError, unknown_name_error
 from .layer_types import ATTENTION, HOOK_PREFIX, block_index, canonical
 from .utils import get_act_name
 
 PosSlice = int | slice | tuple | list | torch.Tensor | None
+
+
+def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The scale ``1/RMS`` an RMSNorm with epsilon ``eps`` multiplies ``x`` ``(..., d)`` by, as HF's does it:
+    float32, ``(..., 1)``."""
+    x = x.to(torch.float32)
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def slice_axis(t: torch.Tensor, index: PosSlice, dim: int) -> torch.Tensor:
@@ -78,8 +86,10 @@ class ResidualStreamTools:
         return t if self.has_batch_dim else t[None]
 
     def _norm(self, layer: int | None):
-        hf = self._need_model().hf_model.model
-        return hf.norm_f if layer is None or layer >= self._n() else hf.layers[layer].norm
+        hf = self._need_model().hf_model
+        if layer is None or layer >= self._n():
+            return hf_layout.final_norm(hf)
+        return hf_layout.block_norm(hf, layer)
 
     # ------------------------------------------------------------------ TL tools
     def remove_batch_dim(self):
@@ -103,9 +113,7 @@ class ResidualStreamTools:
         if layer is not None:
             layer = block_index(layer, n, "ln_scale", allow_end=True)
         k = n if layer is None else layer
-        x = self._batched(self._stream(k)).to(torch.float32)
-        eps = self._norm(layer).variance_epsilon
-        return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        return rms_scale(self._batched(self._stream(k)), hf_layout.norm_eps(self._norm(layer)))
 
     def apply_ln_to_stack(
         self,

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import hf_layout
+
 # TL config name -> how to compute it from the HF config ``c`` and the HookedNemotronH ``m``.
 _TL_NAMES = {
     "n_layers": lambda c, m: c.num_hidden_layers,
     "d_model": lambda c, m: c.hidden_size,
     "n_heads": lambda c, m: c.num_attention_heads,
-    "n_key_value_heads": lambda c, m: c.num_key_value_heads,
-    "d_head": lambda c, m: getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+    "n_key_value_heads": lambda c, m: hf_layout.n_kv_heads(c),
+    "d_head": lambda c, m: hf_layout.attention_head_dim(c),
     "d_vocab": lambda c, m: c.vocab_size,
     "d_vocab_out": lambda c, m: c.vocab_size,
-    "d_mlp": lambda c, m: c.intermediate_size,
-    "n_ctx": lambda c, m: c.max_position_embeddings,
-    "eps": lambda c, m: c.layer_norm_epsilon,
-    "act_fn": lambda c, m: c.mlp_hidden_act,
+    "d_mlp": lambda c, m: hf_layout.mlp_width(c),
+    "n_ctx": lambda c, m: hf_layout.max_positions(c),
+    "eps": lambda c, m: hf_layout.norm_epsilon(c),
+    "act_fn": lambda c, m: hf_layout.mlp_activation(c),
     "normalization_type": lambda c, m: "RMS",
     "final_rms": lambda c, m: True,
     "gated_mlp": lambda c, m: False,
@@ -29,10 +31,10 @@ _TL_NAMES = {
     "positional_embedding_type": lambda c, m: "none",
     "original_architecture": lambda c, m: "NemotronHForCausalLM",
     "model_name": lambda c, m: getattr(c, "_name_or_path", "") or "nemotron_h",
-    "num_experts": lambda c, m: c.n_routed_experts,
-    "experts_per_token": lambda c, m: c.num_experts_per_tok,
+    "num_experts": lambda c, m: hf_layout.n_experts(c),
+    "experts_per_token": lambda c, m: hf_layout.experts_per_token(c),
     "device": lambda c, m: m.device,
-    "dtype": lambda c, m: m.hf_model.model.embeddings.weight.dtype,
+    "dtype": lambda c, m: hf_layout.embedding(m.hf_model).weight.dtype,
     "default_prepend_bos": lambda c, m: True,
     "layer_types": lambda c, m: list(m.layer_types),
 }

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from . import hf_layout
 from .factored import FactoredMatrix
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE
 
@@ -46,19 +47,23 @@ class AttentionWeights:
 
     @property
     def n_rep(self) -> int:
-        return self._attn.config.num_attention_heads // self._attn.config.num_key_value_heads
+        return hf_layout.attn_kv_repeats(self._attn)
+
+    @property
+    def _d_head(self) -> int:
+        return hf_layout.attn_head_dim(self._attn)
 
     @property
     def W_Q(self) -> torch.Tensor:
-        return _by_head(self._attn.q_proj, self._attn.head_dim)
+        return _by_head(hf_layout.query_proj(self._attn), self._d_head)
 
     @property
     def _W_K(self) -> torch.Tensor:
-        return _by_head(self._attn.k_proj, self._attn.head_dim)
+        return _by_head(hf_layout.key_proj(self._attn), self._d_head)
 
     @property
     def _W_V(self) -> torch.Tensor:
-        return _by_head(self._attn.v_proj, self._attn.head_dim)
+        return _by_head(hf_layout.value_proj(self._attn), self._d_head)
 
     @property
     def W_K(self) -> torch.Tensor:
@@ -70,8 +75,8 @@ class AttentionWeights:
 
     @property
     def W_O(self) -> torch.Tensor:
-        o = self._attn.o_proj.weight  # (d, h·d_head)
-        return o.T.view(-1, self._attn.head_dim, o.shape[0])
+        o = hf_layout.output_proj(self._attn).weight  # (d, h·d_head)
+        return o.T.view(-1, self._d_head, o.shape[0])
 
     @property
     def QK(self) -> FactoredMatrix:
@@ -86,15 +91,15 @@ class AttentionWeights:
 
     @property
     def b_Q(self) -> torch.Tensor:
-        return _bias(self._attn.q_proj, (-1, self._attn.head_dim))
+        return _bias(hf_layout.query_proj(self._attn), (-1, self._d_head))
 
     @property
     def _b_K(self) -> torch.Tensor:
-        return _bias(self._attn.k_proj, (-1, self._attn.head_dim))
+        return _bias(hf_layout.key_proj(self._attn), (-1, self._d_head))
 
     @property
     def _b_V(self) -> torch.Tensor:
-        return _bias(self._attn.v_proj, (-1, self._attn.head_dim))
+        return _bias(hf_layout.value_proj(self._attn), (-1, self._d_head))
 
     @property
     def b_K(self) -> torch.Tensor:
@@ -106,7 +111,7 @@ class AttentionWeights:
 
     @property
     def b_O(self) -> torch.Tensor:
-        return _bias(self._attn.o_proj, (-1,))
+        return _bias(hf_layout.output_proj(self._attn), (-1,))
 
     def __getattr__(self, name: str):
         return getattr(self._attn, name)
@@ -120,19 +125,19 @@ class MLPWeights:
 
     @property
     def W_in(self) -> torch.Tensor:
-        return self._mlp.up_proj.weight.T
+        return hf_layout.mlp_up(self._mlp).weight.T
 
     @property
     def W_out(self) -> torch.Tensor:
-        return self._mlp.down_proj.weight.T
+        return hf_layout.mlp_down(self._mlp).weight.T
 
     @property
     def b_in(self) -> torch.Tensor:
-        return _bias(self._mlp.up_proj, (-1,))
+        return _bias(hf_layout.mlp_up(self._mlp), (-1,))
 
     @property
     def b_out(self) -> torch.Tensor:
-        return _bias(self._mlp.down_proj, (-1,))
+        return _bias(hf_layout.mlp_down(self._mlp), (-1,))
 
     def __getattr__(self, name: str):
         return getattr(self._mlp, name)
@@ -146,8 +151,9 @@ class Block:
     mixer also under its kind's name as in the hook names — ``.attn`` / ``.mlp`` in TL layout, ``.mamba``,
     ``.moe`` — and TL's ``.ln1`` for the pre-norm."""
 
-    def __init__(self, hf_block, index: int, kind: str) -> None:
-        self._block, self._index, self._kind = hf_block, index, kind
+    def __init__(self, hf_model, index: int, kind: str) -> None:
+        self._hf, self._index, self._kind = hf_model, index, kind
+        self._block = hf_layout.block(hf_model, index)
 
     def __getattr__(self, name: str):
         if name in HOOK_PREFIX.values():
@@ -157,9 +163,9 @@ class Block:
                     f"its mixer is blocks[{self._index}].{HOOK_PREFIX[self._kind]} "
                     f"(hook points blocks.{self._index}.{HOOK_PREFIX[self._kind]}.*)"
                 )
-            return _VIEW[self._kind](self._block.mixer)
+            return _VIEW[self._kind](hf_layout.mixer(self._hf, self._index))
         if name == "ln1":
-            return self._block.norm
+            return hf_layout.block_norm(self._hf, self._index)
         if name == "ln2":
             raise AttributeError("a Nemotron-H block has one norm (ln1 = .norm) before its single mixer")
         return getattr(self._block, name)
@@ -187,7 +193,7 @@ class Blocks(Sequence):
         j = i + n if i < 0 else i
         if not 0 <= j < n:
             raise IndexError(f"block {i}: this model has {n} blocks (0..{n - 1})")
-        return Block(self._model.hf_model.model.layers[j], j, self._model.layer_types[j])
+        return Block(self._model.hf_model, j, self._model.layer_types[j])
 
     def __iter__(self) -> Iterator[Block]:
         return (self[j] for j in range(len(self)))

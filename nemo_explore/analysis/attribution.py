@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import hf_layout
+from ..residual import rms_scale
 from . import _style
 from .logit_lens import Targets, apply_lens, resolve_targets, target_mask
 
@@ -131,9 +133,9 @@ def direct_logit_attribution(
     _, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask)
 
     hf = model.hf_model
-    norm, unembed = hf.model.norm_f, hf.lm_head
-    final = cache[f"blocks.{n - 1}.hook_resid_post"][:, :q].float()
-    scale = torch.rsqrt(final.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)  # b q 1
+    norm, unembed = hf_layout.final_norm(hf), hf_layout.unembed(hf)
+    # b q 1: the final norm's 1/RMS as the run computed it (cache.ln_scale(), for the q scored columns)
+    scale = rms_scale(cache[f"blocks.{n - 1}.hook_resid_post"][:, :q], hf_layout.norm_eps(norm))
     w = norm.weight.float()
     direction = unembed.weight[tgt].float() * w  # b q d
     if other is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import hf_layout
 from . import _style
 
 Targets = int | str | Sequence[int] | torch.Tensor | None
@@ -17,9 +18,9 @@ Targets = int | str | Sequence[int] | torch.Tensor | None
 
 def apply_lens(model, resid: torch.Tensor) -> torch.Tensor:
     """Residual stream ``(..., d)`` -> logits ``(..., vocab)`` in float32, through the model's own
-    ``norm_f`` and ``lm_head`` exactly as its forward does (so the last block's lens is the output)."""
+    final norm and unembedding exactly as its forward does (so the last block's lens is the output)."""
     hf = model.hf_model
-    return hf.lm_head(hf.model.norm_f(resid)).float()
+    return hf_layout.unembed(hf)(hf_layout.final_norm(hf)(resid)).float()
 
 
 def single_token(model, token: int | str) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import hf_layout
 from ..layer_types import ATTENTION, MAMBA, MLP, MOE, canonical
 from ..model import HookedNemotronH
 from ..token_text import token_text
@@ -329,9 +330,8 @@ def model_summary(model: HookedNemotronH) -> dict:
     return {
         "name": getattr(model.hf_model, "name_or_path", "") or type(model.hf_model).__name__,
         "pattern": model.pattern, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size,
-        "n_routed_experts": getattr(cfg, "n_routed_experts", None),
-        "num_experts_per_tok": getattr(cfg, "num_experts_per_tok", None),
-        "num_attention_heads": cfg.num_attention_heads, "mamba_num_heads": cfg.mamba_num_heads,
+        "n_routed_experts": hf_layout.n_experts(cfg), "num_experts_per_tok": hf_layout.experts_per_token(cfg),
+        "num_attention_heads": cfg.num_attention_heads, "mamba_num_heads": hf_layout.n_mamba_heads(cfg),
         "dtype": str(next(model.hf_model.parameters()).dtype),
         "parameters": sum(p.numel() for p in model.hf_model.parameters()),
         "weights": weights_fingerprint(model.hf_model),

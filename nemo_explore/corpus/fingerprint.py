@@ -14,6 +14,8 @@ import hashlib
 
 import torch
 
+from .. import hf_layout
+
 WHOLE = 1 << 20  # tensors of at most this many elements are hashed whole
 SAMPLE = 1 << 16  # of bigger ones, about this many elements
 
@@ -36,17 +38,9 @@ def _values(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> torch.Te
     """The tensor's values; for one on the meta device, the copy an accelerate offload hook keeps."""
     if not tensor.is_meta:
         return tensor
-    path = name.split(".")
-    for depth in range(len(path) - 1, -1, -1):  # the owning module first, then its ancestors
-        module = model.get_submodule(".".join(path[:depth]))
-        hook = getattr(module, "_hf_hook", None)
-        for h in getattr(hook, "hooks", None) or [hook]:  # accelerate's SequentialHook holds several
-            weights = getattr(h, "weights_map", None)
-            if weights is not None:
-                try:
-                    return weights[".".join(path[depth:])]
-                except KeyError:
-                    pass
+    offloaded = hf_layout.offloaded_value(model, name)
+    if offloaded is not None:
+        return offloaded
     raise ValueError(
         f"{name} is on the meta device and no accelerate offload hook holds its values: the weights are not "
         "loaded, so they can be neither run nor fingerprinted"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import hf_layout
 from ..layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MOE
 from . import topk
 from .batches import Batch
@@ -101,7 +102,7 @@ class MoEStats(Stats):
     }
 
     def __init__(self, model, blocks, current, top_k, window):
-        self.n_experts = model.config.n_routed_experts
+        self.n_experts = hf_layout.n_experts(model.config)
         self.n_labels = 0
         super().__init__(model, blocks, current, top_k, window)
 
@@ -168,10 +169,10 @@ class MambaStats(Stats):
     }
 
     def __init__(self, model, blocks, current, top_k, window):
-        self.n_heads = model.config.mamba_num_heads
-        self.rate_scale = {
-            b: model.hf_model.model.layers[b].mixer.A_log.detach().double().exp() for b in blocks
-        }
+        self.n_heads = hf_layout.n_mamba_heads(model.config)
+        mixers = {b: hf_layout.mixer(model.hf_model, b) for b in blocks}
+        # exp(A_log) = -A: each head's decay rate per unit of dt
+        self.rate_scale = {b: hf_layout.mamba_A_log(m).detach().double().exp() for b, m in mixers.items()}
         self.edges = torch.tensor(HORIZON_EDGES)
         super().__init__(model, blocks, current, top_k, window)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import ipywidgets as widgets
 import torch
 
+from .. import hf_layout
 from ..analysis._style import LAYER_COLORS
 from ..cache import ActivationCache
 from ..layer_types import PATTERN_CHAR
@@ -192,8 +193,8 @@ class Explorer(widgets.VBox):
 
     def _horizons(self, cache) -> dict[int, torch.Tensor] | None:
         """Each Mamba head's mean memory horizon (tokens), from hook_dt and the layer's A, when available."""
-        blocks = getattr(self.model, "blocks", None)
-        if blocks is None:
+        hf = getattr(self.model, "hf_model", None)
+        if hf is None:
             return None
         from ..analysis import mean_memory_horizon
 
@@ -201,7 +202,7 @@ class Explorer(widgets.VBox):
         for i in cache.layers("mamba"):
             name = f"blocks.{i}.mamba.hook_dt"
             if name in cache:
-                A = -torch.exp(blocks[i].mixer.A_log.detach().float().cpu())
+                A = -torch.exp(hf_layout.mamba_A_log(hf_layout.mixer(hf, i)).detach().float().cpu())
                 mask = getattr(cache, "attention_mask", None)
                 mask = None if mask is None else mask[:1].cpu()
                 out[i] = mean_memory_horizon(cache[name][:1].float().cpu(), A, mask)
