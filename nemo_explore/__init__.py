@@ -10,6 +10,7 @@ from .hooks import HookPoint, ReadOnlyHookError
 from .layer_types import LAYER_TYPES
 from .loading import MemoryWarning, load
 from .model import HookedNemotronH
+from .options import RunOptions
 from .sources import CheckpointError, NotNemotronHError
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "HookedNemotronH",
     "NotNemotronHError",
     "ReadOnlyHookError",
+    "RunOptions",
     "load",
 ]
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ import torch
 from .formatting import format_bytes
 from .hook_names import BLOCK_POINTS
 from .layer_types import HOOK_PREFIX, LAYER_COLORS, block_index, canonical, to_pattern
+from .options import RunOptions, state_positions
 from .residual import ResidualStreamTools
 from .utils import get_act_name
 
@@ -39,6 +40,7 @@ class ActivationCache(ResidualStreamTools, Mapping):
         attention_mask: torch.Tensor | None = None,
         config=None,
         model=None,
+        options: RunOptions | None = None,
     ) -> None:
         self._data = dict(data)
         self.layer_types = [canonical(t) for t in layer_types]
@@ -48,8 +50,27 @@ class ActivationCache(ResidualStreamTools, Mapping):
         self.config = config
         self.model = model
         self.has_batch_dim = True
-        self.state_positions: list[int] | None = None
-        self.hidden_attn_heads = self.hidden_attn_window = self.pattern_window = None
+        self.options = options or RunOptions()
+
+    # the options the run was made with, as they shaped the derived points
+    @property
+    def state_positions(self) -> list[int] | None:
+        """The positions ``hook_state`` holds (None when it was not cached)."""
+        if self.tokens is None or not any(n.endswith("hook_state") for n in self._data):
+            return None
+        return state_positions(self.options.state_positions, self.tokens.shape[-1])
+
+    @property
+    def hidden_attn_heads(self):
+        return self.options.hidden_attn_heads
+
+    @property
+    def hidden_attn_window(self) -> tuple[int, int] | None:
+        return self.options.hidden_attn_window
+
+    @property
+    def pattern_window(self) -> tuple[int, int] | None:
+        return self.options.pattern_window
 
     # Mapping protocol
     def __getitem__(self, name: str | tuple) -> torch.Tensor:

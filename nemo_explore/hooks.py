@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .hook_names import READ_ONLY, parse
+from .options import RunOptions
 
 HookFn = Callable[..., "torch.Tensor | None"]
 
@@ -168,13 +169,24 @@ def _call(fn: HookFn, tensor: torch.Tensor, point: HookPoint) -> torch.Tensor | 
 
 
 class Fire:
-    """The hooks of one block, bound to its name prefix: ``fire('hook_q', q)`` inside a mixer forward."""
+    """The hooks of one block, bound to its name prefix: ``fire('hook_q', q)`` inside a mixer forward.
+    ``fire.options``: the ``RunOptions`` of the forward now running (``options``: a function that gives
+    them; none: the defaults)."""
 
     def __init__(
-        self, registry: HookRegistry, layer: int, layer_type: str, prefix: str, options: dict | None = None
+        self,
+        registry: HookRegistry,
+        layer: int,
+        layer_type: str,
+        prefix: str,
+        options: Callable[[], RunOptions] | None = None,
     ) -> None:
         self.registry, self.layer, self.layer_type, self.prefix = registry, layer, layer_type, prefix
-        self.options = options if options is not None else {}
+        self._options = options or RunOptions
+
+    @property
+    def options(self) -> RunOptions:
+        return self._options()
 
     def wants(self, point: str) -> bool:
         return f"{self.prefix}{point}" in self.registry

@@ -19,7 +19,7 @@ from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
 from .hooks import Fire, HookFn, HookPoint, HookRegistry
 from .instrument import instrument_mixer
 from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, canonical, parse_pattern
-from .options import check_options, state_positions
+from .options import RunOptions
 from .sources import NotNemotronHError
 from .tl_config import TLConfig
 from .tl_weights import ATTENTION_WEIGHTS, MLP_WEIGHTS, Blocks, PerLayer
@@ -62,7 +62,7 @@ class HookedNemotronH:
         self._names = all_names(self.layer_types)
         self._name_set = set(self._names)
         self._registry = HookRegistry()
-        self._options: dict = {}
+        self._options = RunOptions()  # of the forward now running: hooks() contexts set them
         self._installed: dict[str, Callable[[], None]] = {}  # what is attached -> how to detach it
         self._added: dict[int, bool] = {}  # add_hook's handles -> is_permanent
 
@@ -442,6 +442,7 @@ class HookedNemotronH:
         ids, mask = self.to_inputs(input, attention_mask, prepend_bos=prepend_bos)
         with self.hooks([(n, keep) for n in names], **options):
             out = self(ids, mask, return_type, loss_per_token=loss_per_token, stop_at_layer=stop_at_layer)
+            run_options = self._options
         if copying:
             torch.cuda.synchronize()  # the cache is read on the host: every copy has landed
         ordered = {n: store[n] for n in self._names if n in store}
@@ -453,12 +454,8 @@ class HookedNemotronH:
             attention_mask=mask,
             config=self.config,
             model=self,
+            options=run_options,
         )
-        cache.hidden_attn_heads = options.get("hidden_attn_heads")
-        cache.hidden_attn_window = options.get("hidden_attn_window")
-        cache.pattern_window = options.get("pattern_window")
-        if any(n.endswith("hook_state") for n in ordered):
-            cache.state_positions = state_positions(options.get("state_positions"), ids.shape[1])
         if remove_batch_dim:
             cache.remove_batch_dim()
         return out, cache
@@ -513,22 +510,21 @@ class HookedNemotronH:
     ) -> Iterator[HookedNemotronH]:
         """Context in which ``fwd_hooks`` are active; they (and only they) are removed on exit, even on error.
         Contexts nest; options (``state_positions``...) apply inside this context."""
-        check_options(options)
+        saved_options = self._options
+        run_options = saved_options.updated(**options)  # checked before anything changes
         handles: list[int] = []
-        saved_options = dict(self._options)
         try:
             for target, fn in fwd_hooks:
                 if not callable(fn):
                     raise TypeError(f"hook for {target!r} is not callable: {fn!r}")
                 for name in self._resolve(target):
                     handles.append(self._registry.add(name, fn))
-            self._options.update(options)
+            self._options = run_options
             self._sync()
             yield self
         finally:
             self._registry.remove(handles)
-            self._options.clear()
-            self._options.update(saved_options)
+            self._options = saved_options
             self._sync()
 
     def add_hook(
@@ -638,7 +634,7 @@ class HookedNemotronH:
         """Swap block i's mixer forward for the instrumented one, once the mirror check of its kind passed."""
         kind = self.layer_types[i]
         guard.ensure(kind)
-        fire = Fire(self._registry, i, kind, f"blocks.{i}.{HOOK_PREFIX[kind]}.", self._options)
+        fire = Fire(self._registry, i, kind, f"blocks.{i}.{HOOK_PREFIX[kind]}.", lambda: self._options)
         return instrument_mixer(hf_layout.mixer(self.hf_model, i), kind, fire)
 
 

@@ -3,6 +3,7 @@ points carry. Checked here, read by the mixers and by ``describe`` alike."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable
 
@@ -17,6 +18,23 @@ def check_options(options: Iterable[str]) -> None:
         close = difflib.get_close_matches(unknown[0], OPTIONS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise TypeError(f"unknown option {unknown[0]!r}.{hint} Options: {', '.join(OPTIONS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """The options one forward runs under, set with ``run_with_cache`` / ``run_with_hooks`` / ``hooks()``
+    (contexts nest: the inner one's options over the outer's) and carried by the cache it makes. None: the
+    default (every position of a short input / all heads / all query rows)."""
+
+    state_positions: int | Iterable[int] | None = None  # which positions hook_state keeps
+    hidden_attn_heads: int | Iterable[int] | None = None  # which heads hook_hidden_attn keeps
+    hidden_attn_window: tuple[int, int] | None = None  # which query rows hook_hidden_attn keeps
+    pattern_window: tuple[int, int] | None = None  # which query rows hook_attn_scores / hook_pattern keep
+
+    def updated(self, **changes) -> RunOptions:
+        """These options with ``changes`` (checked: a misspelt option is an error naming the right one)."""
+        check_options(changes)
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 def state_positions(asked: int | Iterable[int] | None, seq_len: int) -> list[int]:

@@ -2,6 +2,8 @@
 in its cache after a forward over each prefix; hidden attention against HF's scan output; state patching
 against continuing HF from a cache whose state was replaced."""
 
+import dataclasses
+
 import pytest
 import torch
 from models import random_model
@@ -108,3 +110,22 @@ def test_state_positions_validation(pair):
         ids(), names_filter=["blocks.0.mamba.hook_state"], state_positions=[-1, 2]
     )
     assert cache.state_positions == [2, 12] and cache["blocks.0.mamba.hook_state"].shape[1] == 2
+
+
+def test_options_of_an_outer_context_shape_the_cache_and_say_so(pair):
+    """Options nest: those of a ``hooks()`` context apply to a ``run_with_cache`` inside it, and the cache
+    carries the options its points were made with (one immutable ``RunOptions``), not only the call's."""
+    _, model = pair
+    x = ids()
+    name = "blocks.2.mamba.hook_state"
+    with model.hooks(state_positions=[3, 7]):
+        _, inner = model.run_with_cache(x, names_filter=[name], hidden_attn_heads=[1])
+    assert inner[name].shape[1] == 2 and inner.state_positions == [3, 7]
+    assert inner.options == ne.RunOptions(state_positions=[3, 7], hidden_attn_heads=[1])
+    _, alone = model.run_with_cache(x, names_filter=[name])
+    assert alone.state_positions == list(range(13)) and alone.options == ne.RunOptions()
+    torch.testing.assert_close(inner[name], alone[name][:, [3, 7]], rtol=1e-6, atol=1e-7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        inner.options.state_positions = [1]
+    with pytest.raises(TypeError, match="unknown option 'state_position'. Did you mean 'state_positions'"):
+        model.run_with_cache(x, names_filter=[name], state_position=[1])

@@ -6,6 +6,7 @@ character tokenizer (``tests/browser/demo_model.py``). The real-browser test is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -320,7 +321,7 @@ def test_attention_pattern_for_a_window_of_query_rows(model):
         np.nan_to_num(got), np.tril(full["blocks.1.attn.hook_pattern"][0, 0, 7:, :].numpy(), 7), atol=1e-6
     )
     assert view.window_slider.min == 7
-    cache.pattern_window = None
+    cache.options = dataclasses.replace(cache.options, pattern_window=None)  # a cache that does not say
     with pytest.raises(ValueError, match=r"holds 5 query rows of 12 positions.*pattern_window=\(start"):
         AttentionHeads(cache)
     assert AttentionHeads(cache, pattern_window=(7, 12)).window_slider.min == 7

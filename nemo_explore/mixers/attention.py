@@ -85,7 +85,7 @@ def attention_forward(
 
     written, rows = False, slice(None)
     if fire.wants("hook_attn_scores") or fire.wants("hook_pattern"):
-        rows = pattern_rows(fire.options.get("pattern_window"), q.shape[2])
+        rows = pattern_rows(fire.options.pattern_window, q.shape[2])
         keep = keep_mask(attention_mask, q.shape[2], k.shape[2], q.device)
         scores, pattern = scores_and_pattern(q[:, :, rows], k, keep[..., rows, :], attn.scaling)
         new_scores = fire("hook_attn_scores", scores)

@@ -100,7 +100,7 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> tuple[list[int], torch
         if (
             seq_len > HIDDEN_ATTN_WARN_LEN
             and not _warned_long
-            and fire.options.get("hidden_attn_window") is None
+            and fire.options.hidden_attn_window is None
         ):
             _warned_long = True
             warnings.warn(
@@ -108,12 +108,12 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> tuple[list[int], torch
                 "hidden_attn_heads=[...] or hidden_attn_window=(start, stop) (query rows)",
                 stacklevel=_user_stacklevel(),
             )
-        heads, window = fire.options.get("hidden_attn_heads"), fire.options.get("hidden_attn_window")
+        heads, window = fire.options.hidden_attn_heads, fire.options.hidden_attn_window
         with torch.no_grad():
             hidden = ssd.hidden_attention(dt, A, B, C, heads=heads, query_window=window)
         fire("hook_hidden_attn", hidden)
     if fire.wants("hook_state"):
-        positions = state_positions(fire.options.get("state_positions"), seq_len)
+        positions = state_positions(fire.options.state_positions, seq_len)
         states = ssd.states_at(x, dt, A, B, positions, initial_state=initial)
         new = fire("hook_state", states)
         if new is not states:

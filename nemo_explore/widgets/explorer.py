@@ -21,6 +21,7 @@ from .. import hf_layout
 from ..analysis._style import LAYER_COLORS
 from ..cache import ActivationCache
 from ..layer_types import PATTERN_CHAR
+from ..options import RunOptions
 from ..token_text import escape
 from ._base import STYLE
 from ._static import Page
@@ -139,9 +140,7 @@ class Explorer(widgets.VBox):
         with torch.no_grad(), self._progress(n, "running"):
             wanted = [n for n in names if n.endswith(POINTS)] or ["hook_embed"]  # no Mamba / MoE block
             _, cache = self.model.run_with_cache(text, names_filter=wanted)
-        cache = OnDemandCache(cache, [n for n in names if n.endswith(PAIRWISE)], fetch)
-        cache.hidden_attn_window = options.get("hidden_attn_window")
-        cache.pattern_window = options.get("pattern_window")
+        cache = OnDemandCache(cache, [n for n in names if n.endswith(PAIRWISE)], fetch, RunOptions(**options))
         seconds = time.perf_counter() - t0
         wanted = {
             "attention": bool(cache.layers("attention") or cache.layers("mamba")),
@@ -267,7 +266,13 @@ class OnDemandCache(ActivationCache):
     before it is computed; iterating gives what is held now.
     """
 
-    def __init__(self, cache: ActivationCache, lazy: list[str], fetch: Callable[[str], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        cache: ActivationCache,
+        lazy: list[str],
+        fetch: Callable[[str], torch.Tensor],
+        options: RunOptions,
+    ) -> None:
         super().__init__(
             dict(cache),
             layer_types=cache.layer_types,
@@ -275,6 +280,8 @@ class OnDemandCache(ActivationCache):
             str_tokens=cache.str_tokens_all,
             attention_mask=cache.attention_mask,
             config=cache.config,
+            model=cache.model,
+            options=options,  # those ``fetch`` computes the lazy names under
         )
         self._lazy, self._fetch = set(lazy), fetch
         self._recent: OrderedDict[str, torch.Tensor] = OrderedDict()
