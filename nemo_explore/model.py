@@ -3,31 +3,30 @@
 Nothing is attached while nothing is hooked: the HF model runs as it is, fast paths included. Adding a
 hook installs only what that point needs — a plain torch hook for residual-stream points, an instrumented
 forward (``mixers/``) for points inside a mixer — and removing it takes exactly that away again.
+
+The class is composed of three mixins, each the one place for its concern: ``inputs.Inputs`` (text, ids
+and masks in, token strings out), ``lifecycle.HookLifecycle`` (the active hooks and what they attach to
+the HF modules) and ``tl_weights.TLWeights`` (the weights under TransformerLens' names). This module holds
+what runs the model: the forward and its loss, ``run_with_hooks``, ``run_with_cache`` and ``generate``.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 
 import torch
 
-from . import guard, hf_layout
+from . import hf_layout
 from .cache import ActivationCache
 from .describe import describe
-from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
-from .hooks import Fire, HookFn, HookPoint, HookRegistry
-from .instrument import instrument_mixer
-from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, canonical, parse_pattern
-from .options import RunOptions
+from .hooks import HookFn, HookPoint
+from .inputs import Input, Inputs, is_texts
+from .layer_types import ATTENTION, MAMBA, MLP, MOE, canonical, parse_pattern
+from .lifecycle import HookLifecycle, NamesFilter, no_bwd_hooks
 from .sources import NotNemotronHError
 from .tl_config import TLConfig
-from .tl_weights import ATTENTION_WEIGHTS, MLP_WEIGHTS, Blocks, PerLayer
-from .token_text import token_text
+from .tl_weights import TLWeights
 from .utils import lm_cross_entropy_loss
-
-NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
-Input = str | Sequence[str] | torch.Tensor
 
 
 def check_nemotron_h(hf_model) -> None:
@@ -42,7 +41,7 @@ def check_nemotron_h(hf_model) -> None:
         )
 
 
-class HookedNemotronH:
+class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
     """A Nemotron-H model whose every block exposes hook points named for its kind.
 
     ``model(tokens)`` returns logits; ``run_with_cache`` / ``run_with_hooks`` / ``hooks`` read and write
@@ -59,12 +58,7 @@ class HookedNemotronH:
         self.tokenizer = tokenizer
         self.cfg = TLConfig(hf_model.config, self)  # the HF config, plus TransformerLens' names
         self.layer_types: list[str] = parse_pattern(hf_layout.block_types(hf_model.config))
-        self._names = all_names(self.layer_types)
-        self._name_set = set(self._names)
-        self._registry = HookRegistry()
-        self._options = RunOptions()  # of the forward now running: hooks() contexts set them
-        self._installed: dict[str, Callable[[], None]] = {}  # what is attached -> how to detach it
-        self._added: dict[int, bool] = {}  # add_hook's handles -> is_permanent
+        self._init_hooks()  # names, registry, what is attached, the run's options (lifecycle.py)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -82,51 +76,6 @@ class HookedNemotronH:
         return "".join({MAMBA: "M", ATTENTION: "*", MLP: "-", MOE: "E"}[t] for t in self.layer_types)
 
     @property
-    def blocks(self) -> Blocks:
-        """The blocks: ``blocks[i]`` is HF's block (``.norm``, ``.mixer``), its mixer also under the kind's
-        name with TransformerLens' weights (``blocks[i].attn.W_Q``, ``blocks[i].mlp.W_in``)."""
-        return Blocks(self)
-
-    # ------------------------------------------------------------------ TransformerLens-layout weights
-    @property
-    def W_E(self) -> torch.Tensor:
-        """Token embedding ``(d_vocab, d_model)``."""
-        return hf_layout.embedding(self.hf_model).weight
-
-    @property
-    def W_U(self) -> torch.Tensor:
-        """Unembedding ``(d_model, d_vocab)``: ``logits = ln_final(resid) @ W_U`` (+ ``b_U``, zeros)."""
-        return hf_layout.unembed(self.hf_model).weight.T
-
-    @property
-    def b_U(self) -> torch.Tensor:
-        """Unembedding bias ``(d_vocab,)``: zeros (Nemotron-H's lm_head has none)."""
-        head = hf_layout.unembed(self.hf_model)
-        if head.bias is not None:
-            return head.bias
-        return torch.zeros(head.weight.shape[0], dtype=head.weight.dtype, device=head.weight.device)
-
-    def tokens_to_residual_directions(self, tokens: int | str | torch.Tensor) -> torch.Tensor:
-        """The unembedding direction ``W_U[:, t]`` of each token: one token (id or one-token string) ->
-        ``(d,)``, ids of any shape ``(...)`` -> ``(..., d)``. A residual vector's dot product with it, after
-        the final norm, is that token's logit."""
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        return self.W_U.T[torch.as_tensor(tokens, dtype=torch.long, device=self.W_U.device)]
-
-    @property
-    def W_pos(self):
-        raise AttributeError(
-            "Nemotron-H has no positional embedding (and its attention no RoPE): position information comes "
-            "from the Mamba layers"
-        )
-
-    @property
-    def ln_final(self):
-        """The final RMSNorm (HF's ``norm_f``); ``ln_final.hook_normalized`` includes its weight."""
-        return hf_layout.final_norm(self.hf_model)
-
-    @property
     def device(self) -> torch.device:
         return hf_layout.embedding(self.hf_model).weight.device
 
@@ -134,13 +83,6 @@ class HookedNemotronH:
         """Indices of the blocks of one kind (any spelling: ``'mamba'``, ``'M'``, ``'linear_attention'``)."""
         kind = canonical(layer_type)
         return [i for i, t in enumerate(self.layer_types) if t == kind]
-
-    def hook_names(self, layer_type: str | None = None) -> list[str]:
-        """Every hook point in forward order; with ``layer_type``, only the blocks of that kind."""
-        if layer_type is None:
-            return list(self._names)
-        wanted = set(self.layers(layer_type))
-        return [n for n in self._names if parse(n)[0] in wanted]
 
     def __repr__(self) -> str:
         counts = ", ".join(
@@ -151,132 +93,6 @@ class HookedNemotronH:
     def _repr_html_(self) -> str:
         """In a notebook: the model's description (layer map in colour, parameters, memory)."""
         return describe(self)._repr_html_()
-
-    # ------------------------------------------------------------------ tokens
-    def _need_tokenizer(self):
-        if self.tokenizer is None:
-            raise ValueError(
-                "this model has no tokenizer: pass token ids (a LongTensor), or load it with one"
-            )
-        return self.tokenizer
-
-    def to_tokens(
-        self, text: str | Sequence[str], prepend_bos: bool | None = None, padding_side: str = "right"
-    ) -> torch.Tensor:
-        """Text (or a list of texts, padded) -> token ids ``(b, p)`` on the model's device.
-
-        ``prepend_bos``: None does what the tokenizer does (Nemotron-H's adds BOS, as TL's default);
-        False leaves BOS out, True makes sure it is there."""
-        return self._encode(text, padding_side, prepend_bos)[0]
-
-    def to_single_token(self, string: str) -> int:
-        """A string that is exactly one token -> its id (an error says how many tokens it is otherwise)."""
-        from .analysis.logit_lens import single_token  # noqa: PLC0415 (analysis imports the model module)
-
-        if not isinstance(string, str):
-            raise TypeError(f"to_single_token takes a string, got {type(string).__name__}")
-        return single_token(self, string)
-
-    def _encode(
-        self, text: str | Sequence[str], padding_side: str = "right", prepend_bos: bool | None = None
-    ):
-        tok = self._need_tokenizer()
-        texts = [text] if isinstance(text, str) else list(text)
-        if prepend_bos is None:
-            enc = tok(texts, return_tensors="pt", padding=True, padding_side=padding_side)
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-        else:
-            ids, mask = _pad(
-                [self._bos(prepend_bos) + tok(t, add_special_tokens=False)["input_ids"] for t in texts],
-                tok.pad_token_id,
-                padding_side,
-            )
-        return ids.to(self.device), (None if bool(mask.all()) else mask.to(self.device))
-
-    def _bos(self, prepend: bool) -> list[int]:
-        if not prepend:
-            return []
-        bos = self.tokenizer.bos_token_id
-        if bos is None:
-            raise ValueError("prepend_bos=True, but this tokenizer has no BOS token: pass prepend_bos=False")
-        return [bos]
-
-    def to_str_tokens(
-        self, input: Input | Sequence[int] | int, prepend_bos: bool | None = None
-    ) -> list[str] | list[list[str]]:
-        """One string per token, as the tokenizer produced it (spaces and newlines kept; a piece of a
-        multi-byte character as its bytes, ``'\\xe2'``).
-
-        As in TransformerLens: a text, 1-D ids or ``(1, p)`` ids -> ``list[str]``; a list of texts or
-        ``(b, p)`` ids -> one ``list[str]`` per row (the padding of texts dropped); one id -> ``[str]``.
-        """
-        tok = self._need_tokenizer()
-        if isinstance(input, str):
-            return [token_text(tok, i) for i in self.to_tokens(input, prepend_bos)[0].tolist()]
-        if _is_texts(input):
-            return self._str_tokens_of(*self._encode(input, prepend_bos=prepend_bos))
-        ids = torch.as_tensor(input)
-        if ids.dim() == 0:
-            ids = ids[None]
-        if ids.dim() == 2 and ids.shape[0] == 1:
-            ids = ids[0]  # one row of a batch, as to_tokens(text) gives it
-        if ids.dim() > 2:
-            raise ValueError(f"token ids must be (batch, pos) or (pos,), got shape {tuple(ids.shape)}")
-        if ids.dim() == 2:
-            return [[token_text(tok, i) for i in row] for row in ids.tolist()]
-        return [token_text(tok, i) for i in ids.reshape(-1).tolist()]
-
-    def to_string(self, tokens: torch.Tensor | Sequence[int] | int) -> str | list[str]:
-        """Ids -> text: one id or ``(p,)`` -> a string, ``(b, p)`` -> one string per row."""
-        tok = self._need_tokenizer()
-        tokens = torch.as_tensor(tokens)
-        if tokens.dim() == 0:
-            return tok.decode([int(tokens)])
-        if tokens.dim() == 1:
-            return tok.decode(tokens.tolist())
-        return [tok.decode(row.tolist()) for row in tokens]
-
-    def to_inputs(self, input: Input, attention_mask: torch.Tensor | None = None,
-                  padding_side: str = "right", prepend_bos: bool | None = None):
-        """Text, texts or ids -> ``(input_ids (b p), attention_mask (b p) or None)`` on the model's device.
-        Texts are padded on ``padding_side`` (``prepend_bos``: as in ``to_tokens``); ids (any integer dtype)
-        are checked against the vocabulary."""
-        if isinstance(input, Sequence) and not isinstance(input, str) and len(input) == 0:
-            raise ValueError("the input has no tokens (an empty list): pass a text, texts or token ids")
-        if isinstance(input, str) or _is_texts(input):
-            if attention_mask is not None:
-                raise ValueError("attention_mask is built from the texts; pass it only with token ids")
-            ids, mask = self._encode(input, padding_side, prepend_bos)
-            if ids.shape[1] == 0:
-                raise ValueError("the input has no tokens (the tokenizer gave none): pass a non-empty text")
-            return ids, mask
-        ids = torch.as_tensor(input)
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise TypeError(f"token ids must be integers, got {ids.dtype}: pass ids.long() or a text")
-        ids = ids.long()
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.dim() != 2:
-            raise ValueError(f"token ids must be (batch, pos) or (pos,), got shape {tuple(ids.shape)}")
-        if ids.numel() == 0:
-            raise ValueError(
-                f"the input has no tokens (shape {tuple(ids.shape)}): pass at least one token id per row"
-            )
-        vocab = self.config.vocab_size
-        if ids.numel() and (int(ids.max()) >= vocab or int(ids.min()) < 0):
-            raise ValueError(f"token ids must lie in [0, {vocab}); got {int(ids.min())}..{int(ids.max())}")
-        if attention_mask is not None:
-            attention_mask = torch.as_tensor(attention_mask).reshape(ids.shape).to(self.device)
-        return ids.to(self.device), attention_mask
-
-    def _str_tokens_of(self, ids: torch.Tensor, mask: torch.Tensor | None) -> list[list[str]] | None:
-        if self.tokenizer is None:
-            return None
-        keep = mask.bool().tolist() if mask is not None else [[True] * ids.shape[1]] * ids.shape[0]
-        return [
-            [token_text(self.tokenizer, i) for i, k in zip(row, row_keep, strict=True) if k]
-            for row, row_keep in zip(ids.tolist(), keep, strict=True)
-        ]
 
     # ------------------------------------------------------------------ running
     def __call__(
@@ -372,7 +188,7 @@ class HookedNemotronH:
         replacement. ``return_type``, ``loss_per_token``, ``stop_at_layer``: as for ``model(...)``.
         ``clear_contexts``: empty every ``hook.ctx`` afterwards. Options: as for ``run_with_cache``."""
         _check_return_type(return_type)
-        _no_bwd_hooks(bwd_hooks)
+        no_bwd_hooks(bwd_hooks)
         if not reset_hooks_end:
             raise ValueError(
                 "reset_hooks_end=False: hooks that outlive the call are model.add_hook(name, fn), removed by "
@@ -474,7 +290,7 @@ class HookedNemotronH:
         """
         if return_type not in ("tokens", "str", "input"):
             raise ValueError(f"return_type must be 'tokens', 'str' or 'input', not {return_type!r}")
-        text_in = isinstance(input, str) or _is_texts(input)
+        text_in = isinstance(input, str) or is_texts(input)
         as_text = return_type == "str" or (return_type == "input" and text_in)
         kwargs.pop("verbose", None)  # TL's progress-bar switch
         sampling = [k for k in SAMPLING_ARGS if kwargs.get(k) is not None]
@@ -503,152 +319,6 @@ class HookedNemotronH:
         one = isinstance(input, str) or (isinstance(input, torch.Tensor) and input.dim() == 1)
         return texts[0] if one else texts
 
-    # ------------------------------------------------------------------ hooks
-    @contextlib.contextmanager
-    def hooks(
-        self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (), **options
-    ) -> Iterator[HookedNemotronH]:
-        """Context in which ``fwd_hooks`` are active; they (and only they) are removed on exit, even on error.
-        Contexts nest; options (``state_positions``...) apply inside this context."""
-        saved_options = self._options
-        run_options = saved_options.updated(**options)  # checked before anything changes
-        handles: list[int] = []
-        try:
-            for target, fn in fwd_hooks:
-                if not callable(fn):
-                    raise TypeError(f"hook for {target!r} is not callable: {fn!r}")
-                for name in self._resolve(target):
-                    handles.append(self._registry.add(name, fn))
-            self._options = run_options
-            self._sync()
-            yield self
-        finally:
-            self._registry.remove(handles)
-            self._options = saved_options
-            self._sync()
-
-    def add_hook(
-        self,
-        name: str | Callable[[str], bool],
-        hook: HookFn,
-        dir: str = "fwd",  # noqa: A002 (TransformerLens' keyword)
-        is_permanent: bool = False,
-    ) -> None:
-        """Add a hook that stays until ``reset_hooks()`` (TransformerLens' persistent hooks; ``is_permanent``
-        ones stay until ``reset_hooks(including_permanent=True)``). ``name``: a name or a predicate."""
-        _no_bwd_hooks([(name, hook)] if dir != "fwd" else ())
-        if not callable(hook):
-            raise TypeError(f"hook for {name!r} is not callable: {hook!r}")
-        for n in self._resolve(name):
-            self._added[self._registry.add(n, hook)] = is_permanent
-        self._sync()
-
-    def reset_hooks(
-        self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False
-    ) -> None:
-        """Remove every hook — those of ``add_hook`` and of any open context — except ``add_hook``'s
-        permanent ones unless ``including_permanent``; ``clear_contexts`` empties every ``hook.ctx``."""
-        keep = set() if including_permanent else {h for h, permanent in self._added.items() if permanent}
-        self._registry.remove([h for h in self._registry.handles() if h not in keep])
-        self._added = {h: True for h in keep}
-        if clear_contexts:
-            self._registry.clear_contexts()
-        self._sync()
-
-    def _resolve(self, target: NamesFilter) -> list[str]:
-        """A name, list of names, predicate or None -> the list of hook names it selects."""
-        if target is None:
-            return list(self._names)
-        if callable(target):
-            return [n for n in self._names if target(n)]
-        names = [target] if isinstance(target, str) else list(target)
-        for name in names:
-            if name not in self._name_set:
-                raise unknown_name_error(name, self._names, layer_types=self.layer_types)
-        return names
-
-    def _examples(self) -> list[str]:
-        """A few hook names, the first of each kind of point (for error messages)."""
-        first: dict[str, str] = {}
-        for name in self._names:
-            i, sub, _ = parse(name)
-            first.setdefault("model" if i is None else sub or "block", name)
-        return list(first.values())
-
-    def _sync(self) -> None:
-        """Attach what the active hooks need and detach what they no longer need."""
-        wanted: dict[str, Callable[[], Callable[[], None]]] = {}
-        for name in self._registry.names():
-            i, sub, point = parse(name)
-            if i is None:
-                wanted[name] = lambda name=name: self._attach_model_point(name)
-            elif sub is None:
-                wanted[name] = lambda name=name, i=i, point=point: self._attach_block_point(name, i, point)
-            else:
-                wanted[f"mixer.{i}"] = lambda i=i: self._attach_mixer(i)
-        for key in [k for k in self._installed if k not in wanted]:
-            self._installed.pop(key)()
-        new = [key for key in wanted if key.startswith("mixer.") and key not in self._installed]
-        kinds = sorted({self.layer_types[int(key.removeprefix("mixer."))] for key in new})
-        guard.ensure(*kinds)  # the mirror check of every kind about to be instrumented, in one run
-        for key, attach in wanted.items():
-            if key not in self._installed:
-                self._installed[key] = attach()
-
-    def _attach_model_point(self, name: str) -> Callable[[], None]:
-        assert name in MODEL_POINTS
-        hf = self.hf_model
-        module = hf_layout.embedding(hf) if name == "hook_embed" else hf_layout.final_norm(hf)
-        point = self._registry.point(name, None, None)
-        return module.register_forward_hook(lambda m, a, out: self._registry.fire(point, out)).remove
-
-    def _attach_block_point(self, name: str, i: int, short: str) -> Callable[[], None]:
-        block, point = hf_layout.block(self.hf_model, i), self._registry.point(name, i, self.layer_types[i])
-        fire = self._registry.fire
-        if short == "hook_resid_pre":
-
-            def pre(module, args, kwargs):
-                if args:
-                    new = fire(point, args[0])
-                    return (new, *args[1:]), kwargs
-                kwargs["hidden_states"] = fire(point, kwargs["hidden_states"])
-                return args, kwargs
-
-            return block.register_forward_pre_hook(pre, with_kwargs=True).remove
-        if short == "hook_mixer_in":
-            norm = hf_layout.block_norm(self.hf_model, i)
-            return norm.register_forward_hook(lambda m, a, out: fire(point, out)).remove
-        if short == "hook_mixer_out":
-
-            def post(module, args, out):
-                if isinstance(out, tuple):  # attention returns (output, weights)
-                    return (fire(point, out[0]), *out[1:])
-                return fire(point, out)
-
-            return hf_layout.mixer(self.hf_model, i).register_forward_hook(post).remove
-        if short == "hook_resid_post":
-            return block.register_forward_hook(lambda m, a, out: fire(point, out)).remove
-        raise AssertionError(name)
-
-    def _attach_mixer(self, i: int) -> Callable[[], None]:
-        """Swap block i's mixer forward for the instrumented one, once the mirror check of its kind passed."""
-        kind = self.layer_types[i]
-        guard.ensure(kind)
-        fire = Fire(self._registry, i, kind, f"blocks.{i}.{HOOK_PREFIX[kind]}.", lambda: self._options)
-        return instrument_mixer(hf_layout.mixer(self.hf_model, i), kind, fire)
-
-
-def _per_layer(name: str, kind: str) -> property:
-    return property(
-        lambda self: PerLayer(self, name, kind),
-        doc=f"TransformerLens' ``{name}`` of the {kind} blocks: ``model.{name}[L]`` (see ``tl_weights``).",
-    )
-
-
-for _name in ATTENTION_WEIGHTS:
-    setattr(HookedNemotronH, _name, _per_layer(_name, ATTENTION))
-for _name in MLP_WEIGHTS:
-    setattr(HookedNemotronH, _name, _per_layer(_name, MLP))
 
 RETURN_TYPES = ("logits", "loss", "loss_per_token", None)
 SAMPLING_ARGS = ("temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff")
@@ -663,13 +333,6 @@ def _check_return_type(return_type: str) -> None:
         raise ValueError(f"return_type must be one of {RETURN_TYPES}, not {return_type!r}.{hint}")
 
 
-def _is_texts(input) -> bool:
-    """A non-empty list (or tuple) of texts."""
-    if isinstance(input, str) or not isinstance(input, Sequence):
-        return False
-    return bool(input) and isinstance(input[0], str)
-
-
 def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy per position: logits (b p v), ids (b p) -> (b p-1)."""
     return lm_cross_entropy_loss(logits, ids, per_token=True)
@@ -681,24 +344,3 @@ class _StopForward(Exception):
     def __init__(self, resid: torch.Tensor) -> None:
         super().__init__("stop_at_layer")
         self.resid = resid
-
-
-def _no_bwd_hooks(bwd_hooks) -> None:
-    if list(bwd_hooks):
-        raise NotImplementedError(
-            "backward hooks are not supported: run the forward with grad enabled, keep the tensor in a "
-            "forward hook (t.retain_grad()) and read t.grad after loss.backward()"
-        )
-
-
-def _pad(rows: list[list[int]], pad_id: int | None, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> ``(ids, mask)`` ``(b, p)``, padded with ``pad_id`` on ``side``."""
-    width = max(len(r) for r in rows)
-    if pad_id is None and any(len(r) < width for r in rows):
-        raise ValueError("texts of different lengths need padding, and this tokenizer has no pad token")
-    ids = torch.full((len(rows), width), pad_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for k, row in enumerate(rows):
-        cols = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
-        ids[k, cols], mask[k, cols] = torch.tensor(row, dtype=torch.long), 1
-    return ids, mask

@@ -7,11 +7,13 @@ KV head, GQA expanded; ``_W_K`` / ``_W_V`` are the n_kv_heads themselves), ``W_O
 ``model.W_E`` (vocab, d), ``model.W_U`` (d, vocab), ``model.b_U`` (vocab,). Nemotron-H has no biases in
 attention or lm_head, so every ``b_*`` there is zeros. Circuits: ``blocks[L].attn.QK`` = W_Q W_Kᵀ and ``OV`` =
 W_V W_O, (h, d, d) as a :class:`~nemo_explore.factored.FactoredMatrix`; ``model.QK[L, h]``, ``model.OV[L]``.
+:class:`TLWeights` declares the model-level and across-block ones: ``HookedNemotronH`` inherits it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -231,3 +233,148 @@ class PerLayer:
             f"model.{self._name}: index it by block, model.{self._name}[L] for L in "
             f"{self._model.layers(self._kind)} (the {self._kind} blocks)"
         )
+
+
+class TLWeights:
+    """The model's weights under TransformerLens' names, a mixin of ``HookedNemotronH`` (``model.py``):
+    ``W_E``, ``W_U``, ``b_U``, ``ln_final``, ``blocks``, and each per-block weight across blocks
+    (``model.W_Q[L]``: a :class:`PerLayer`). The model supplies ``hf_model``, ``n_layers``, ``layer_types``,
+    ``layers()`` and ``to_single_token()``."""
+
+    hf_model: Any  # the HF NemotronHForCausalLM
+    to_single_token: Callable[[str], int]
+
+    @property
+    def blocks(self) -> Blocks:
+        """The blocks: ``blocks[i]`` is HF's block (``.norm``, ``.mixer``), its mixer also under the kind's
+        name with TransformerLens' weights (``blocks[i].attn.W_Q``, ``blocks[i].mlp.W_in``)."""
+        return Blocks(self)
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        """Token embedding ``(d_vocab, d_model)``."""
+        return hf_layout.embedding(self.hf_model).weight
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding ``(d_model, d_vocab)``: ``logits = ln_final(resid) @ W_U`` (+ ``b_U``, zeros)."""
+        return hf_layout.unembed(self.hf_model).weight.T
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        """Unembedding bias ``(d_vocab,)``: zeros (Nemotron-H's lm_head has none)."""
+        head = hf_layout.unembed(self.hf_model)
+        if head.bias is not None:
+            return head.bias
+        return torch.zeros(head.weight.shape[0], dtype=head.weight.dtype, device=head.weight.device)
+
+    def tokens_to_residual_directions(self, tokens: int | str | torch.Tensor) -> torch.Tensor:
+        """The unembedding direction ``W_U[:, t]`` of each token: one token (id or one-token string) ->
+        ``(d,)``, ids of any shape ``(...)`` -> ``(..., d)``. A residual vector's dot product with it, after
+        the final norm, is that token's logit."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        return self.W_U.T[torch.as_tensor(tokens, dtype=torch.long, device=self.W_U.device)]
+
+    @property
+    def W_pos(self):
+        raise AttributeError(
+            "Nemotron-H has no positional embedding (and its attention no RoPE): position information comes "
+            "from the Mamba layers"
+        )
+
+    @property
+    def ln_final(self):
+        """The final RMSNorm (HF's ``norm_f``); ``ln_final.hook_normalized`` includes its weight."""
+        return hf_layout.final_norm(self.hf_model)
+
+    # the ATTENTION_WEIGHTS and MLP_WEIGHTS across blocks (tests/test_tl_weights_mixin.py checks the lists)
+    @property
+    def W_Q(self) -> PerLayer:
+        """TransformerLens' ``W_Q`` of the attention blocks: ``model.W_Q[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "W_Q", ATTENTION)
+
+    @property
+    def W_K(self) -> PerLayer:
+        """TransformerLens' ``W_K`` of the attention blocks: ``model.W_K[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "W_K", ATTENTION)
+
+    @property
+    def W_V(self) -> PerLayer:
+        """TransformerLens' ``W_V`` of the attention blocks: ``model.W_V[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "W_V", ATTENTION)
+
+    @property
+    def W_O(self) -> PerLayer:
+        """TransformerLens' ``W_O`` of the attention blocks: ``model.W_O[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "W_O", ATTENTION)
+
+    @property
+    def _W_K(self) -> PerLayer:
+        """TransformerLens' ``_W_K`` of the attention blocks: ``model._W_K[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "_W_K", ATTENTION)
+
+    @property
+    def _W_V(self) -> PerLayer:
+        """TransformerLens' ``_W_V`` of the attention blocks: ``model._W_V[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "_W_V", ATTENTION)
+
+    @property
+    def b_Q(self) -> PerLayer:
+        """TransformerLens' ``b_Q`` of the attention blocks: ``model.b_Q[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "b_Q", ATTENTION)
+
+    @property
+    def b_K(self) -> PerLayer:
+        """TransformerLens' ``b_K`` of the attention blocks: ``model.b_K[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "b_K", ATTENTION)
+
+    @property
+    def b_V(self) -> PerLayer:
+        """TransformerLens' ``b_V`` of the attention blocks: ``model.b_V[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "b_V", ATTENTION)
+
+    @property
+    def b_O(self) -> PerLayer:
+        """TransformerLens' ``b_O`` of the attention blocks: ``model.b_O[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "b_O", ATTENTION)
+
+    @property
+    def _b_K(self) -> PerLayer:
+        """TransformerLens' ``_b_K`` of the attention blocks: ``model._b_K[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "_b_K", ATTENTION)
+
+    @property
+    def _b_V(self) -> PerLayer:
+        """TransformerLens' ``_b_V`` of the attention blocks: ``model._b_V[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "_b_V", ATTENTION)
+
+    @property
+    def QK(self) -> PerLayer:
+        """TransformerLens' ``QK`` of the attention blocks: ``model.QK[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "QK", ATTENTION)
+
+    @property
+    def OV(self) -> PerLayer:
+        """TransformerLens' ``OV`` of the attention blocks: ``model.OV[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "OV", ATTENTION)
+
+    @property
+    def W_in(self) -> PerLayer:
+        """TransformerLens' ``W_in`` of the mlp blocks: ``model.W_in[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "W_in", MLP)
+
+    @property
+    def W_out(self) -> PerLayer:
+        """TransformerLens' ``W_out`` of the mlp blocks: ``model.W_out[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "W_out", MLP)
+
+    @property
+    def b_in(self) -> PerLayer:
+        """TransformerLens' ``b_in`` of the mlp blocks: ``model.b_in[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "b_in", MLP)
+
+    @property
+    def b_out(self) -> PerLayer:
+        """TransformerLens' ``b_out`` of the mlp blocks: ``model.b_out[L]`` (see ``tl_weights``)."""
+        return PerLayer(self, "b_out", MLP)
