@@ -356,13 +356,22 @@ class ModelDescription:
                     for i, t in enumerate(self.layer_types)
                 )
                 value = f'<code style="word-break:break-all">{spans}</code>'
-            else:
-                value = html.escape(v)
+            else:  # a number stays with its unit, and a size or count with its label: "bfloat16 15.1 GiB"
+                value = " · ".join(
+                    f'<span style="white-space:nowrap">{html.escape(part)}</span>'
+                    if k in ("parameters", "weights")
+                    else _UNIT_SPACE.sub("\\1&nbsp;", html.escape(part))
+                    for part in v.split(" · ")
+                )
             cells.append(
                 f'<tr><th style="text-align:left;vertical-align:top">{html.escape(k)}</th>'
                 f'<td style="text-align:left">{value}</td></tr>'
             )
         return f"<div><b>{html.escape(self.name)}</b><table>{''.join(cells)}</table></div>"
+
+
+# a number and the unit after it ("30.2 GiB", "8.10 B", "32 heads"), kept on one line in the HTML table
+_UNIT_SPACE = re.compile(r"(\d) (?=(?:[KMGT]i)?B\b|[KMB]\b|heads\b|experts\b|groups\b)")
 
 
 # ------------------------------------------------------------------------------------ parameter counts

@@ -131,11 +131,13 @@ sentence of ordinary English said twice, one the model never saw in training."""
         "code",
         """
 import torch
+from IPython.display import Markdown
 
 import nemo_explore as ne
 from nemo_explore import analysis
 from nemo_explore.widgets import AttentionHeads
 
+torch.set_grad_enabled(False)  # no backward pass in this notebook
 model = ne.load("tiny")
 # a held-out sentence (checkpoints/tiny/heldout_sentences.txt): the model never saw it in training
 sentence = "What if he had written this piece with lyrics, as a song to be sung?"
@@ -158,7 +160,12 @@ scores = analysis.induction_scores(model, sentence)
 scores.figure()""",
     ),
     ("code", "scores.top(5, 'induction')"),
-    ("code", "analysis.induction_scores(model, seq_len=24, batch=4).top(5, 'induction')"),
+    (
+        "code",
+        """
+random_scores = analysis.induction_scores(model, seq_len=24, batch=4)
+random_scores.top(5, 'induction')""",
+    ),
     (
         "md",
         "Attention and Mamba's hidden attention on the same repeated sentence, side by side (switch layers):",
@@ -173,10 +180,11 @@ AttentionHeads(cache, layer=model.layers("attention")[0])""",
     (
         "code",
         """
+first_copy, second_copy = {}, {}  # mean loss change per layer type on each copy's tokens
 for kind in ("attention", "mamba", "mlp", "moe"):
     result = analysis.ablate_layers(model, tokens, layer_type=kind, mode="zero")
-    first, second = result.delta[0, :n], result.delta[0, n:]
-    print(f"{kind:>9}: loss change on the first copy {first.mean():+.3f}, on the second copy {second.mean():+.3f}")""",
+    first_copy[kind], second_copy[kind] = float(result.delta[0, :n].mean()), float(result.delta[0, n:].mean())
+    print(f"{kind:>9}: loss change on the first copy {first_copy[kind]:+.3f}, on the second copy {second_copy[kind]:+.3f}")""",
     ),
     (
         "code",
@@ -194,20 +202,29 @@ result.figure()""",
 lens = analysis.logit_lens(model, tokens)
 lens.figure()""",
     ),
-    ("md", "## Direct logit attribution by layer type"),
+    (
+        "md",
+        """
+## Direct logit attribution by layer type
+On the second copy's predictions after its first token (the first, " What" after "?", has nothing to copy
+from): the numbers printed and the bars drawn are the same mean.""",
+    ),
     (
         "code",
         """
 dla = analysis.direct_logit_attribution(model, tokens)
-print({k: round(float(v[0, n + 1:].mean()), 3) for k, v in dla.per_type.items()})
-dla.figure()""",
+copyable = slice(n + 1, None)  # column j predicts token j + 1: the second copy's tokens after its first
+dla_second = {k: float(v[0, copyable].mean()) for k, v in dla.per_type.items()}
+print({k: round(v, 3) for k, v in dla_second.items()})
+dla.figure(positions=copyable)""",
     ),
     (
         "md",
         """
 ## Activation patching: attention heads vs Mamba heads
 Clean: the sentence twice. Corrupted: the same with the first copy's words shuffled round by one. Which heads
-carry the answer (the last token, which the first copy predicts)?""",
+carry the answer (the last token, which the first copy predicts)? Both figures share one colour scale, ±100% of
+the clean logit difference, so a small effect looks small.""",
     ),
     (
         "code",
@@ -221,6 +238,15 @@ mamba_heads = analysis.patch(model, clean[:, :-1], corrupted[:, :-1], points="ma
 heads.figure()""",
     ),
     ("code", "mamba_heads.figure()"),
+    (
+        "code",
+        """
+ranked = sorted(((float(s), layer, h) for row, layer in zip(mamba_heads.scores, mamba_heads.row_layers, strict=True)
+                 for h, s in enumerate(row)), reverse=True)
+print("Mamba heads that restore the most:", ", ".join(f"block {b} head {h} {s:+.1%}" for s, b, h in ranked[:3]))
+print("and the least (negative: patched alone, they move the answer further away):",
+      ", ".join(f"block {b} head {h} {s:+.1%}" for s, b, h in ranked[::-1][:3]))""",
+    ),
     (
         "md",
         """
@@ -255,22 +281,48 @@ print(f"loss after the patch: clean {clean_loss[t:].mean():.3f}, patched {patche
         "md",
         """
 ## What this shows on the tiny checkpoint
-Measured on 2026-12-02 with the cells above (CPU, float32), on a held-out sentence said twice:
+Each number below is read from the cells above (CPU, float32), on a held-out sentence said twice;
+tests/test_notebooks.py checks every claim against them.""",
+    ),
+    (
+        "code",
+        """
+def head_scores(result, kind):  # every head of the layers of one kind, from an induction result
+    rows = [r for r, k in enumerate(result.layer_types) if k == kind]
+    return torch.cat([result.induction[r, :result.n_heads[r]] for r in rows])
 
-- **Copying is the attention layer's job.** Its four heads score 0.89–0.99 as induction heads on the
-  sentence (0.95–0.97 on random ids); the best Mamba head scores 0.04. Zeroing the attention layer costs
-  **+4.2 nats/token on the second copy** and +0.15 on the first, where there is nothing to copy.
-- **It cannot copy without the Mamba layers.** Zeroing every Mamba layer costs +8.8 nats on the second copy
-  (and +4.8 on the first: they are most of the model). The attention layer has no position embedding, so the
-  previous-token information an induction head keys on has to come from the Mamba layers below it (our
-  reading; the ablation shows the dependence).
-- **The MLP after the attention layer writes the copy into the logits.** Direct logit attribution on the
-  second copy: MLP 9.6, attention 1.3, Mamba and MoE about 0; zeroing the MLP costs +3.7 nats there.
-- **The Mamba state does not carry the first copy.** Patching the last Mamba layer's state after the first
-  copy with the corrupted prompt's state changes the second copy's loss by 0.006 nats (1.032 → 1.026), while
-  patching attention head 0 or 1 alone restores about 40% of the answer's logit difference (heads 2 and 3
-  about 10%), all of it at the final query position; no Mamba head restores more than 2%.
-- The MoE layer plays no part in copying: zeroing it changes the second copy by −0.05.""",
+attn_ind, mamba_ind = head_scores(scores, "attention"), head_scores(scores, "mamba")
+rand_ind = head_scores(random_scores, "attention")
+restored = heads.scores[0].tolist()  # the one attention layer's heads
+order = sorted(range(len(restored)), key=lambda h: -restored[h])
+elsewhere = by_position.scores[:, :-1].abs().max()  # any head, any query position but the last
+negative = [(s, b, h) for s, b, h in ranked[::-1] if s <= -0.02]  # Mamba heads, most negative first
+state_change = float(patched_loss[t:].mean() - clean_loss[t:].mean())
+Markdown(f\"\"\"
+- **Copying is the attention layer's job.** Its {len(attn_ind)} heads score {attn_ind.min():.2f}–{attn_ind.max():.2f}
+  as induction heads on the sentence ({rand_ind.min():.2f}–{rand_ind.max():.2f} on random ids); the best Mamba head
+  scores {mamba_ind.max():.2f}. Zeroing the attention layer costs **{second_copy['attention']:+.1f} nats/token on
+  the second copy** and {first_copy['attention']:+.2f} on the first, where there is nothing to copy.
+- **It cannot copy without the Mamba layers.** Zeroing every Mamba layer costs {second_copy['mamba']:+.1f} nats on
+  the second copy (and {first_copy['mamba']:+.1f} on the first: they are most of the model). The attention layer has
+  no position embedding, so the previous-token information an induction head keys on has to come from the Mamba
+  layers below it (our reading; the ablation shows the dependence).
+- **The MLP after the attention layer writes the copy into the logits.** Direct logit attribution on the second
+  copy (the mean the figure shows): MLP {dla_second['mlp']:.1f}, attention {dla_second['attention']:.1f}, Mamba and
+  MoE about 0 ({dla_second['mamba']:+.2f}, {dla_second['moe']:+.2f}); zeroing the MLP costs
+  {second_copy['mlp']:+.1f} nats there.
+- **The Mamba state does not carry the first copy.** Patching the last Mamba layer's state after the first copy
+  with the corrupted prompt's state changes the second copy's loss by {state_change:+.3f} nats
+  ({clean_loss[t:].mean():.3f} → {patched_loss[t:].mean():.3f}).
+- **The attention heads carry the answer, at the last position.** Patched alone, each attention head restores
+  this share of the answer's logit difference: {', '.join(f'head {h} {restored[h]:.0%}' for h in order)};
+  {'all' if elsewhere < 0.005 else 'most'} of it at the final query position (at any other, at most
+  {elsewhere:.2%}).
+- **No Mamba head carries it.** The most any one restores is {ranked[0][0]:.1%}; the largest effects are negative
+  (patched alone, the head moves the logit difference further from the clean one):
+  {', '.join(f'block {b} head {h} {s:+.1%}' for s, b, h in negative) or 'none beyond −2%'}.
+- The MoE layer plays no part in copying: zeroing it changes the second copy by {second_copy['moe']:+.2f}.
+\"\"\")""",
     ),
 ]
 
@@ -286,39 +338,45 @@ Which tokens go to which expert, how the load spreads, and what happens when we 
         "code",
         """
 import torch
+from IPython.display import Markdown
 
 import nemo_explore as ne
 from nemo_explore.widgets import MoERouting
 
+torch.set_grad_enabled(False)  # no backward pass in this notebook
 model = ne.load("tiny")
 moe = model.layers("moe")[0]
 text = "In 1984, 42 cats and 7 dogs ran 3.5 miles: fast, faster, fastest!"
 logits, cache = model.run_with_cache(text, names_filter=lambda n: ".moe." in n)
 MoERouting(cache)""",
     ),
-    ("md", "Which expert does each kind of token prefer? (top-1 expert by token class)"),
+    (
+        "md",
+        """
+Which expert does each kind of token prefer? Token classes are the package's one rule
+(`ne.corpus.token_classes`, also used by the corpus tables of notebook 06): space, word start (a letter after
+whitespace, or a capital letter), word piece (a lower-case letter inside a word), digit, punct, and the
+tokenizer's special tokens (`<s>`) in a class of their own. The expert shown is each token's top-1 (its larger
+routing weight).""",
+    ),
     (
         "code",
         """
-top1 = cache[f"blocks.{moe}.moe.hook_topk_indices"][0, :, 0]
+from nemo_explore.corpus import CLASSES, token_classes
+
+class_of = token_classes(model.tokenizer)  # token id -> index into CLASSES
+ids = model.to_tokens(text)[0]
 weights = cache[f"blocks.{moe}.moe.hook_topk_weights"][0]
 first = cache[f"blocks.{moe}.moe.hook_topk_indices"][0].gather(1, weights.argmax(-1, keepdim=True))[:, 0]
-def token_class(s):
-    t = s.lstrip(" ")
-    if not s.strip():
-        return "space"
-    if t[:1].isalpha():
-        return "word" if t != s else "piece"  # a word's start (after a space), or a piece inside a word
-    return "digit" if t[:1].isdigit() else "punct"
-for tok, e in zip(cache.str_tokens, first.tolist(), strict=True):
-    print(f"{tok!r:>12} {token_class(tok):>6} -> expert {e}")""",
+for tok, i, e in zip(cache.str_tokens, ids.tolist(), first.tolist(), strict=True):
+    print(f"{tok!r:>12} {CLASSES[class_of[i]]:>10} -> expert {e}")""",
     ),
     (
         "md",
         """
 One sentence is a small sample. Over a few thousand tokens of held-out text (prose the model never saw in
 training, shipped with the checkpoint), each expert's favourite class of token and how much more often it
-gets that class than the class's share of all tokens:""",
+gets that class than the class's share of all tokens (its *lift*):""",
     ),
     (
         "code",
@@ -328,26 +386,56 @@ from collections import Counter
 from nemo_explore.checkpoints import tiny_path
 
 held = (tiny_path() / "heldout.txt").read_text()[:8000]
-_, c = model.run_with_cache(held, names_filter=lambda n: n.startswith(f"blocks.{moe}.moe.hook_topk"))
-w = c[f"blocks.{moe}.moe.hook_topk_weights"][0]
-top1 = c[f"blocks.{moe}.moe.hook_topk_indices"][0].gather(1, w.argmax(-1, keepdim=True))[:, 0].tolist()
-classes = [token_class(t) for t in c.str_tokens]
+held_ids = model.to_tokens(held)[0]
+
+def top1_experts(m):  # each token's top-1 expert (larger routing weight) in model m's MoE layer
+    _, c = m.run_with_cache(held_ids[None], names_filter=lambda n: n.startswith(f"blocks.{moe}.moe.hook_topk"))
+    w = c[f"blocks.{moe}.moe.hook_topk_weights"][0]
+    return c[f"blocks.{moe}.moe.hook_topk_indices"][0].gather(1, w.argmax(-1, keepdim=True))[:, 0].tolist()
+
+top1 = top1_experts(model)
+classes = [CLASSES[class_of[i]] for i in held_ids.tolist()]
 pairs, base = Counter(zip(top1, classes, strict=True)), Counter(classes)
+common = [k for k in CLASSES if base[k] >= 0.02 * len(classes)]  # classes of at least 2% of all tokens
+lift = {(e, k): pairs[e, k] / max(sum(pairs[e, c] for c in CLASSES), 1) / (base[k] / len(classes))
+        for e in range(model.cfg.n_routed_experts) for k in common}
 for e in range(model.cfg.n_routed_experts):
-    n_e = sum(v for (x, _), v in pairs.items() if x == e)
-    lift = {k: pairs[e, k] / max(n_e, 1) / (base[k] / len(classes)) for k in base if base[k] >= 0.02 * len(classes)}
-    fav = max(lift, key=lift.get)  # among classes of at least 2% of all tokens
-    print(f"expert {e}: {n_e:5d} tokens, favourite {fav:>6}: {pairs[e, fav] / max(n_e, 1):.0%} of its tokens, "
-          f"{lift[fav]:.1f}x the base rate")""",
+    n_e = sum(pairs[e, k] for k in CLASSES)
+    fav = max(common, key=lambda k: lift[e, k])
+    print(f"expert {e}: {n_e:5d} tokens, favourite {fav:>10}: {pairs[e, fav] / max(n_e, 1):.0%} of its tokens, "
+          f"{lift[e, fav]:.1f}x the base rate")""",
     ),
     (
         "md",
         """
-Measured on 2026-12-02 (CPU, float32): the router sends whitespace to expert 2 (3.6× its share of all
-tokens), punctuation to expert 7 (3.3×) and pieces inside words to expert 5 (2.4×); the untrained model's
-router, on the same text, separates classes far less (DATA.md: 0.33 bits of mutual information between token
-class and top-1 expert, against 0.04 untrained). Forcing every token onto two other experts changes the loss
-by at most 0.04 nats: in this model the MoE layer sorts tokens more than it changes predictions.""",
+Does training matter? The mutual information between a token's class and its top-1 expert, in bits, for the
+trained router and for the same architecture untrained (HF's initialisation, seeded):""",
+    ),
+    (
+        "code",
+        """
+import math
+
+from transformers import NemotronHForCausalLM
+
+
+def mutual_information(xs, ys):  # in bits, from the joint counts
+    joint, n = Counter(zip(xs, ys, strict=True)), len(xs)
+    px, py = Counter(xs), Counter(ys)
+    return sum(c / n * math.log2(c * n / (px[x] * py[y])) for (x, y), c in joint.items())
+
+torch.manual_seed(0)
+untrained = ne.load(NemotronHForCausalLM(model.config).eval())
+mi_trained, mi_untrained = mutual_information(classes, top1), mutual_information(classes, top1_experts(untrained))
+best = {k: max(range(model.cfg.n_routed_experts), key=lambda e, k=k: lift[e, k]) for k in ("space", "punct", "word piece")}
+Markdown(
+    f"On these {len(classes):,} tokens the router sends whitespace to expert {best['space']} "
+    f"({lift[best['space'], 'space']:.1f}× its share of all tokens), punctuation to expert {best['punct']} "
+    f"({lift[best['punct'], 'punct']:.1f}×) and pieces inside words to expert {best['word piece']} "
+    f"({lift[best['word piece'], 'word piece']:.1f}×). Training made the routing class-aware: "
+    f"{mi_trained:.2f} bits of mutual information between token class and top-1 expert, against "
+    f"{mi_untrained:.2f} for the untrained router."
+)""",
     ),
     (
         "md",
@@ -359,17 +447,26 @@ scores at those experts, normalised and scaled as the router does.""",
     (
         "code",
         """
-ids = model.to_tokens(text)
 k = cache[f"blocks.{moe}.moe.hook_topk_indices"].shape[-1]
-clean = model(ids, return_type="loss")
+clean = model(ids[None], return_type="loss")
+forced_loss = {}
 for expert in range(model.cfg.n_routed_experts):
-    forced = model.run_with_hooks(
-        ids,
+    chosen = [(expert + j) % model.cfg.n_routed_experts for j in range(k)]
+    forced_loss[expert] = float(model.run_with_hooks(
+        ids[None],
         fwd_hooks=[(f"blocks.{moe}.moe.hook_topk_indices",
                     lambda idx, hook, e=expert: (torch.arange(k) + e).remainder(model.cfg.n_routed_experts).expand_as(idx))],
         return_type="loss",
-    )
-    print(f"experts {[(expert + j) % model.cfg.n_routed_experts for j in range(k)]}: loss {forced:.3f} (clean {clean:.3f})")""",
+    ))
+    print(f"experts {chosen}: loss {forced_loss[expert]:.3f} (clean {clean:.3f})")
+most = max(abs(v - float(clean)) for v in forced_loss.values())
+print(f"forcing every token onto {k} other experts changes the loss by at most {most:.3f} nats")""",
+    ),
+    (
+        "md",
+        """
+In this model the MoE layer sorts tokens more than it changes predictions: its router tells token classes apart,
+and yet sending every token to any other pair of experts barely moves the loss.""",
     ),
 ]
 
@@ -388,13 +485,17 @@ The loading code for a GPU machine is at the end.""",
         "code",
         """
 import torch
+from IPython.display import HTML
 
 import nemo_explore as ne
 
+rows = []
 for name in ne.registry.names():
     d = ne.describe(name)
-    print(f"{name:<42} {d.pattern.count('*'):>2} attention / {len(d.layer_types):>3} layers, "
-          f"{d.n_params / 1e9:6.1f} B params, bf16 weights {d.load_bytes('bfloat16') / 2**30:6.1f} GiB")""",
+    cells = [name, d.pattern.count("*"), len(d.layer_types), f"{d.n_params / 1e9:.1f}", f"{d.load_bytes('bfloat16') / 2**30:.1f}"]
+    rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+header = "".join(f"<th>{h}</th>" for h in ("checkpoint", "attention layers", "layers", "parameters (B)", "bf16 weights (GiB)"))
+HTML(f'<table style="white-space:nowrap"><tr>{header}</tr>{"".join(rows)}</table>')  # a row never wraps""",
     ),
     ("code", "ne.describe('nvidia/Nemotron-H-8B-Base-8K')"),
     ("md", "What will a cache cost? (bf16, batch 1)"),
@@ -468,7 +569,9 @@ print(model.pattern, model.layer_types)
 
 
 def imshow(tensor, **kwargs):
-    return px.imshow(utils.to_numpy(tensor), color_continuous_midpoint=0.0, color_continuous_scale="RdBu", **kwargs)""",
+    return px.imshow(utils.to_numpy(tensor), color_continuous_midpoint=0.0, color_continuous_scale="RdBu", **kwargs)
+
+restored = dict(range_color=(-1, 1))  # a patching map's fixed scale: ±100% of the logit difference restored""",
     ),
     (
         "md",
@@ -564,7 +667,7 @@ for layer in range(model.cfg.n_layers):
         patching_result[layer, position] = (patched_logit_diff - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
 
 labels = [f"{i}: {tok}" for i, tok in enumerate(model.to_str_tokens(clean_tokens))]
-imshow(patching_result, x=labels, y=[f"{i} {t}" for i, t in enumerate(model.layer_types)],
+imshow(patching_result, x=labels, y=[f"{i} {t}" for i, t in enumerate(model.layer_types)], **restored,
        labels={"x": "position", "y": "block"}, title="Patching resid_pre: fraction of the logit difference restored")""",
     ),
     (
@@ -572,7 +675,9 @@ imshow(patching_result, x=labels, y=[f"{i} {t}" for i, t in enumerate(model.laye
         """
 ### The Mamba counterpart: state patching
 A Mamba layer carries the past in a recurrent state. Writing `hook_state` with the clean run's state after one
-position replaces the state the corrupted run carries on from there (the same as re-running HF from that state).""",
+position replaces the state the corrupted run carries on from there (the same as re-running HF from that state).
+The map keeps the scale of the one above (±100% of the logit difference restored): an automatic range would
+stretch effects of a fraction of a percent to full colour.""",
     ),
     (
         "code",
@@ -588,7 +693,10 @@ for row, name in enumerate(state_names):
         patched_logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, lambda state, hook, clean=clean_state: clean)],
                                               state_positions=[position])
         state_result[row, position] = (logits_to_logit_diff(patched_logits) - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
-imshow(state_result, x=labels, y=state_names, title="Patching one Mamba layer's recurrent state after each position")""",
+biggest = state_result.abs().argmax()
+row, col = divmod(int(biggest), n_pos)
+print(f"the largest effect of one state patch: {float(state_result[row, col]):+.2%} ({state_names[row]}, after position {col})")
+imshow(state_result, x=labels, y=state_names, **restored, title="Patching one Mamba layer's recurrent state after each position")""",
     ),
     (
         "md",
@@ -693,18 +801,32 @@ tokens = model.to_tokens(text)[0]
 _, ov_cache = model.run_with_cache(text, names_filter=utils.get_act_name("mixer_in", attn))
 x = ov_cache["mixer_in", attn][0]  # (positions, d_model): what the attention layer reads
 W_U = model.ln_final.weight[:, None] * model.W_U  # the final norm's weight folded in (ranks ignore its scale)
+first, top10 = [], []  # per head: share of positions where the token itself ranks first / in the top 10
 for h in range(model.cfg.n_heads):
     logits = (x @ model.OV[attn, h]).AB @ W_U  # what head h writes for each token it could attend to
     rank = (logits > logits.gather(1, tokens[:, None])).sum(1)  # that token's own rank among the vocabulary
-    print(f"head {h}: the token itself first at {(rank == 0).float().mean():.1%} of positions, in the top 10 at {(rank < 10).float().mean():.1%}")""",
+    first.append(float((rank == 0).float().mean()))
+    top10.append(float((rank < 10).float().mean()))
+    print(f"head {h}: the token itself first at {first[h]:.1%} of positions, in the top 10 at {top10[h]:.1%}")""",
     ),
     (
-        "md",
+        "code",
         """
-Measured on the tiny checkpoint (CPU, float32, 1,233 positions of held-out text, 4,096 tokens in the vocabulary):
-heads 0 and 1 copy — the token a head reads is the first of what it writes at 19.0% and 17.7% of positions
-and in its top 10 at 52–53% — while heads 2 and 3 do so at 4.8% and 6.8% (top 10: 18–25%). All four score as induction heads; two
-of them carry the token itself.""",
+from IPython.display import Markdown
+
+copiers = [h for h in range(model.cfg.n_heads) if first[h] >= max(first) / 2]  # within a factor 2 of the best
+others = [h for h in range(model.cfg.n_heads) if h not in copiers]
+pcts = lambda xs, v: " and ".join(f"{v[h]:.1%}" for h in xs)  # noqa: E731
+span = lambda xs: f"{min(top10[h] for h in xs):.0%}–{max(top10[h] for h in xs):.0%}"  # noqa: E731
+ind = induction_score_store[attn]
+Markdown(
+    f"On {len(tokens):,} positions of held-out text ({model.cfg.d_vocab:,} tokens in the vocabulary), "
+    f"head{'s' * (len(copiers) > 1)} {' and '.join(map(str, copiers))} copy — the token a head reads is the first "
+    f"of what it writes at {pcts(copiers, first)} of positions and in its top 10 at {span(copiers)} — while "
+    f"head{'s' * (len(others) > 1)} {' and '.join(map(str, others))} do so at {pcts(others, first)} "
+    f"(top 10: {span(others)}). All {model.cfg.n_heads} score as induction heads ({ind.min():.2f}–{ind.max():.2f} "
+    f"on the random repeat above); {len(copiers)} of them carry the token itself."
+)""",
     ),
     (
         "md",
@@ -750,31 +872,54 @@ result""",
         "md",
         """
 ## Experts
-The load is even (each expert takes 22–27% of the tokens, two experts per token). What differs is which
-tokens: each expert's share of each token class, divided by that class's share of all routed tokens
-(1.0 = no preference).""",
+How evenly the load spreads, and which tokens each expert takes: its share of each token class, divided by that
+class's share of all routed tokens (1.0 = no preference). The classes are the package's one rule
+(`ne.corpus.token_classes`: space, word start, word piece, digit, punct, and the tokenizer's special tokens).""",
     ),
     (
         "code",
         """
+from collections import Counter
+
+from IPython.display import Markdown
+
+from nemo_explore.corpus import CLASSES, token_classes
+
+experts = result.to_pandas("moe_experts").set_index("expert")
+k = model.cfg.num_experts_per_tok
+print(f"each expert takes {experts.share.min():.0%}–{experts.share.max():.0%} of the tokens ({k} experts per token: "
+      f"the shares sum to {experts.share.sum():.0%})")
 load = result.to_pandas("moe_class_load")
 table = load.pivot_table(index="expert", columns="class", values="load")
 lift = table.div(table.sum(axis=1), axis=0) / (table.sum(axis=0) / table.values.sum())
 lift.round(2)""",
     ),
     (
+        "md",
+        """
+Which experts fire together: the pairs chosen for the same token most often, and that count against what
+independent choices at the experts' loads would give (`x_independent`):""",
+    ),
+    (
         "code",
         """
 co = result.to_pandas("moe_coselection").query("expert_a < expert_b")
-experts = result.to_pandas("moe_experts").set_index("expert")
 tokens = result.manifest["tokens"]
 co["x_independent"] = co["count"] / (experts.loc[co.expert_a, "load"].values * experts.loc[co.expert_b, "load"].values / tokens)
-co.sort_values("x_independent", ascending=False).head(4)""",
+co = co.sort_values("count", ascending=False)
+most, paired = co.iloc[0], co.loc[co.x_independent.idxmax()]
+together = int(most.expert_a), int(most.expert_b)
+print(f"experts {together[0]} and {together[1]} fire together most often ({int(most['count']):,} tokens); against "
+      f"independent choices, experts {int(paired.expert_a)} and {int(paired.expert_b)} pair most ({paired.x_independent:.2f}×)")
+co.head(4)""",
     ),
     (
         "md",
         """
-The tokens an expert weighs most, in context (the centre token in brackets):""",
+The tokens an expert weighs most, in context (the centre token in brackets), for the experts that favour
+whitespace and punctuation most. A routing weight is at most the routing scale (`routed_scaling_factor`: an expert
+that gets all of a token's normalised score), so an expert's top contexts are the tokens it takes nearly alone,
+often tied near that cap: they need not be of the class it favours.""",
     ),
     (
         "code",
@@ -785,8 +930,15 @@ def show(kind, block, unit, n=4):
         print(f"{c.score:7.3f}  doc {c.doc:3d} pos {c.position:4d}  {words!r}")
 
 moe = model.layers("moe")[0]
-for expert in (2, 7):
-    print(f"expert {expert}:")
+class_of = token_classes(model.tokenizer)
+cap = model.config.routed_scaling_factor
+for cls in ("space", "punct"):
+    expert = int(lift[cls].idxmax())
+    top = result.contexts("moe", moe, expert)[:4]
+    kinds = Counter(CLASSES[class_of[c.token_ids[c.centre]]] for c in top)
+    print(f"expert {expert}, the most {cls} ({lift.loc[expert, cls]:.1f}×): its top {len(top)} centre tokens: "
+          + ", ".join(f"{k} ×{v}" for k, v in kinds.most_common())
+          + f", weights {min(c.score for c in top):.3f}–{max(c.score for c in top):.3f} (cap {cap})")
     show("moe", moe, expert)""",
     ),
     (
@@ -800,18 +952,37 @@ used), and what each attention head does on the corpus's own repeated tokens."""
         "code",
         """
 heads = result.to_pandas("mamba_heads")
-print(heads.groupby("block")["mean_rate_horizon"].agg(["min", "max"]).round(1))
-result.to_pandas("attention_heads").round(3)""",
+horizons = heads.groupby("block")["mean_rate_horizon"].agg(["min", "max"])
+print(horizons.round(1))
+attention = result.to_pandas("attention_heads")
+attention.round(3)""",
     ),
     (
         "md",
         """
-Measured on 2026-12-02 (CPU, float32, 232 documents, 19,667 tokens): experts sort tokens by kind —
-expert 2 takes whitespace at 3.1× its share and expert 7 punctuation at 2.6×, expert 5 pieces inside
-words at 2.1×, while experts 1, 4 and 5 never take whitespace. Experts 1 and 7 fire together most often.
-Within every Mamba layer the horizons span more than an order of magnitude (block 2: 1.3 to 249 tokens).
-The four heads of the attention layer all copy: 63–70% of their attention goes to the token after an earlier
-occurrence of the current one, where the text repeats a token; head 0 also puts 37% on the first token.""",
+## What this shows
+Each number below is read from the tables above (CPU, float32); tests/test_notebooks.py checks every claim
+against them.""",
+    ),
+    (
+        "code",
+        """
+fav = {c: int(lift[c].idxmax()) for c in ("space", "punct", "word piece")}
+never = [int(e) for e in lift.index if lift.loc[e, "space"] < 0.01]
+widest = (horizons["max"] / horizons["min"]).idxmax()
+sink = attention["sink"].idxmax()
+Markdown(
+    f"On {result.manifest['documents']} documents, {tokens:,} tokens: experts sort tokens by kind — expert "
+    f"{fav['space']} takes whitespace at {lift.loc[fav['space'], 'space']:.1f}× its share and expert {fav['punct']} "
+    f"punctuation at {lift.loc[fav['punct'], 'punct']:.1f}×, expert {fav['word piece']} pieces inside words at "
+    f"{lift.loc[fav['word piece'], 'word piece']:.1f}×, while experts {', '.join(map(str, never[:-1]))} and {never[-1]} "
+    f"never take whitespace. Experts {together[0]} and {together[1]} fire together most often. Within every "
+    f"Mamba layer the horizons span more than an order of magnitude (block {widest}: "
+    f"{horizons.loc[widest, 'min']:.1f} to {horizons.loc[widest, 'max']:.0f} tokens). The {len(attention)} heads of "
+    f"the attention layer all copy: {attention.induction.min():.0%}–{attention.induction.max():.0%} of their "
+    f"attention goes to the token after an earlier occurrence of the current one, where the text repeats a token; "
+    f"head {attention.loc[sink, 'head']} also puts {attention.loc[sink, 'sink']:.0%} on the first token."
+)""",
     ),
     (
         "md",

@@ -384,7 +384,6 @@ def test_figures_show_every_layer_type(rand):
             assert any(t.name == kind for t in fig.data), kind
 
 
-
 def test_figures_label_every_row_and_keep_the_legend_off_the_titles(rand):
     x = ids()
     lens = logit_lens(rand, x).figure()
@@ -395,6 +394,7 @@ def test_figures_label_every_row_and_keep_the_legend_off_the_titles(rand):
     titles = [a.y for a in dla.layout.annotations if a.text in ("per block", "per layer type")]
     assert len(titles) == 2 and dla.layout.legend.yanchor == "bottom"
     assert dla.layout.legend.y > max(titles) + 0.05  # the legend's bottom edge sits above the subplot titles
+
 
 def test_analysis_modules_import_plotly_only_inside_figure():
     root = Path(ne.__file__).parent / "analysis"
@@ -409,3 +409,33 @@ def test_analysis_modules_import_plotly_only_inside_figure():
 
 def test_token_text_is_escaped():
     assert _style.position_labels(["<b>x</b>", "a\nb"]) == ["0 &lt;b&gt;x&lt;/b&gt;", "1 a↵b"]
+
+
+def test_attribution_figure_over_chosen_positions(rand):
+    """``positions=`` averages the figure over those columns only (what a notebook's prose quotes), and says
+    so in the title; the per-type bars are the per-type terms' mean there."""
+    res = direct_logit_attribution(rand, ids())
+    fig = res.figure(batch=1, positions=slice(6, None))
+    by_type = dict(zip(fig.data[1].x, fig.data[1].y, strict=True))
+    for kind, terms in res.per_type.items():
+        assert by_type[kind] == pytest.approx(float(terms[1, 6:].mean()), abs=1e-6), kind
+    assert "mean over 5 positions (6–10)" in fig.layout.title.text
+    assert "mean over 11 positions" in res.figure().layout.title.text
+    listed = res.figure(positions=[0, 3])
+    assert listed.data[0].y[1] == pytest.approx(float(res.per_block[0, 0, [0, 3]].mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        res.figure(position=1, positions=[1])
+
+
+def test_lens_figure_drops_cell_text_when_cells_are_too_small(rand):
+    """Up to TEXT_MAX_POSITIONS positions each cell names the lens's top-1 token; beyond, only the hover
+    does (the text would not fit), unless asked for."""
+    from nemo_explore.analysis.logit_lens import TEXT_MAX_POSITIONS
+
+    short = logit_lens(rand, ids(b=1, p=TEXT_MAX_POSITIONS + 1)).figure()  # p - 1 scored positions
+    long = logit_lens(rand, ids(b=1, p=TEXT_MAX_POSITIONS + 2)).figure()
+    assert short.data[0].texttemplate == "%{text}" and len(short.data[0].x) == TEXT_MAX_POSITIONS
+    assert long.data[0].texttemplate is None and long.data[0].text is None
+    assert "top-1" in long.data[0].hovertext[0][0] and "hover" in long.layout.title.text
+    forced = logit_lens(rand, ids(b=1, p=TEXT_MAX_POSITIONS + 2)).figure(cell_text=True)
+    assert forced.data[0].texttemplate == "%{text}"

@@ -329,3 +329,34 @@ def test_patching_and_induction_figures(rand, pair):
             assert any(t.name == kind for t in fig.data)
     heads = patch(rand, clean, corrupted, "attn_heads", answer=ANSWER, wrong=WRONG).figure()
     assert list(heads.data[0].x) == ["head 0", "head 1", "head 2", "head 3"]
+
+
+def test_patching_figure_has_a_fixed_symmetric_scale(rand, pair):
+    """0 is white and ±1 (all of the clean behaviour restored, or as much destroyed) the full colours, so a
+    grid of small effects stays pale; five colour-bar ticks, and room for them however few rows."""
+    clean, corrupted = pair
+    res = patch(rand, clean, corrupted, "attn_heads", answer=ANSWER, wrong=WRONG)
+    res.scores = torch.tensor([[0.01, -0.02, 0.0, 0.005]])  # small effects
+    heat = res.figure().data[0]
+    assert (heat.zmin, heat.zmax) == (-1, 1) and list(heat.colorbar.tickvals) == [-1, -0.5, 0, 0.5, 1]
+    assert list(heat.colorbar.ticktext) == ["-100%", "-50%", "0", "+50%", "+100%"]
+    assert res.figure().layout.height >= 150 + 150  # one row: the plot area still holds the ticks
+    zoomed = res.figure(zmax=0.1).data[0]
+    assert (zoomed.zmin, zoomed.zmax) == (-0.1, 0.1) and zoomed.colorbar.ticktext[1] == "-5%"
+    res.scores = torch.tensor([[-3.0, 0.5, 0.0, 1.0]])
+    assert res.figure().data[0].zmax == 3.0 == -res.figure().data[0].zmin  # wider, still symmetric
+    by_position = patch(rand, clean, corrupted, "attn_head_positions", answer=ANSWER, wrong=WRONG).figure()
+    assert by_position.layout.height > res.figure().layout.height  # room for the rotated token labels
+    with pytest.raises(ValueError, match="positive"):
+        res.figure(zmax=0)
+
+
+def test_induction_figure_says_what_was_repeated(rand):
+    random_one = induction_scores(rand, seq_len=5, batch=1).figure().layout.title.text
+    assert "repeated random sequence (L = 5 tokens)" in random_one
+    assert "4 rows" in induction_scores(rand, seq_len=5, batch=4).figure().layout.title.text
+    given = induction_scores(rand, ids(b=1, p=6)).figure().layout.title.text
+    assert "repeated token sequence (L = 6 tokens)" in given and "random" not in given
+    model = ne.load("tiny")
+    said = induction_scores(model, "The little cat sat on the mat.")
+    assert said.source == "text" and "text said twice" in said.figure().layout.title.text

@@ -404,12 +404,53 @@ def test_token_classes_are_the_rule_of_tiny_metrics(model):
 
     assert tiny_metrics.token_classes is corpus.token_classes and tiny_metrics.CLASSES == corpus.CLASSES
     classes = corpus.token_classes(model.tokenizer)
-    for i in range(0, len(model.tokenizer), 97):  # the rule, restated
+    special = set(model.tokenizer.all_special_ids)
+    for i in [*range(0, len(model.tokenizer), 97), *special]:  # the rule, restated
         s = model.tokenizer.decode([i], clean_up_tokenization_spaces=False)
-        want = 0 if not s.strip() else 3 if s.lstrip(" ")[:1].isdigit() else 4
-        if s.strip() and s.lstrip(" ")[:1].isalpha():
-            want = 1 if s[:1] == " " else 2
+        t = s.lstrip()
+        want = 5 if i in special else 0 if not t else 3 if t[0].isdigit() else 4
+        if i not in special and t[:1].isalpha():
+            want = 1 if t != s or t[0].isupper() else 2
+        if i not in special and t == s and t[:1] == "'" and t[1:2].islower():
+            want = 2
         assert classes[i] == want, (i, s)
+
+
+@pytest.mark.parametrize(
+    ("text", "special", "kind"),
+    [
+        ("<s>", True, "special"),  # a special token is not punctuation
+        ("<s>", False, "punct"),  # the same text, not the tokenizer's special token
+        ("In", False, "word start"),  # a capitalised word at the start of a text
+        (" the", False, "word start"),
+        ("\nThe", False, "word start"),  # after a newline
+        ("ats", False, "word piece"),
+        ("'s", False, "word piece"),  # a clitic
+        ("'The", False, "punct"),  # an opening quote, not a clitic
+        (" ", False, "space"),
+        ("\n\n", False, "space"),
+        ("4", False, "digit"),
+        (" 198", False, "digit"),
+        (",", False, "punct"),
+        (" --", False, "punct"),
+    ],
+)
+def test_token_class_rule(text, special, kind):
+    assert corpus.CLASSES[corpus.text.token_class(text, special)] == kind
+
+
+def test_tiny_tokenizer_classes(model):
+    """On the tiny checkpoint's tokenizer: its special tokens have their own class, capitalised words start
+    words, and every class is used."""
+    tok = model.tokenizer
+    classes = corpus.token_classes(tok)
+    assert {corpus.CLASSES[int(classes[i])] for i in tok.all_special_ids} == {"special"}
+    ids = tok("In 1984, 42 cats", add_special_tokens=False)["input_ids"]
+    names = [corpus.CLASSES[int(classes[i])] for i in ids]
+    assert names == ["word start", "digit", "digit", "punct", "digit", "digit", "word start", "word piece"], [
+        tok.decode([i]) for i in ids
+    ]
+    assert set(classes.tolist()) == set(range(len(corpus.CLASSES)))
 
 
 def test_shard_files_are_whole(tmp_path, model, docs):

@@ -12,6 +12,7 @@ residual sum itself, so the terms match its logit to bf16 precision only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,20 +60,37 @@ class AttributionResult:
             out[kind] = self.per_block[idx].sum(0)
         return out
 
-    def figure(self, batch: int = 0, position: int | None = None):
-        """Bars per block (coloured by layer type) and per type, at one position or averaged over all."""
+    def figure(
+        self, batch: int = 0, position: int | None = None, positions: slice | Sequence[int] | None = None
+    ):
+        """Bars per block (coloured by layer type) and per type: at one ``position``, averaged over
+        ``positions`` (a slice, range or list of scored columns, e.g. ``slice(n + 1, None)`` for a second
+        copy), or averaged over every real position (neither given)."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        where = slice(None) if position is None else position
-        blocks = self.per_block[:, batch, where].float()
-        embed = self.embed[batch, where].float()
-        if position is None:
-            real = torch.ones(blocks.shape[-1]) if self.mask is None else self.mask[batch].float()
-            blocks, embed = (blocks * real).sum(-1) / real.sum(), (embed * real).sum() / real.sum()
-            label = f"mean over {int(real.sum())} positions"
+        if position is not None and positions is not None:
+            raise ValueError("give position= (one column) or positions= (columns to average), not both")
+        q = self.per_block.shape[-1]
+        if position is not None:
+            blocks = self.per_block[:, batch, position].float()
+            embed = self.embed[batch, position].float()
+            label = f"position {position % q}"
         else:
-            label = f"position {position % self.per_block.shape[-1]}"
+            real = torch.ones(q, dtype=torch.bool) if self.mask is None else self.mask[batch].clone()
+            if positions is not None:
+                chosen = torch.zeros(q, dtype=torch.bool)
+                chosen[torch.arange(q)[positions] if isinstance(positions, slice) else list(positions)] = True
+                real &= chosen
+            if not real.any():
+                raise ValueError(f"positions {positions!r} select no real position of the {q} scored")
+            real = real.float()
+            blocks = (self.per_block[:, batch].float() * real).sum(-1) / real.sum()
+            embed = (self.embed[batch].float() * real).sum() / real.sum()
+            where = real.nonzero()[:, 0].tolist()
+            label = f"mean over {len(where)} positions"
+            if positions is not None and where == list(range(where[0], where[-1] + 1)):
+                label += f" ({where[0]}–{where[-1]})"
         kinds = list(dict.fromkeys(self.layer_types))
         by_type = [float(embed)] + [
             float(sum(blocks[i] for i, k in enumerate(self.layer_types) if k == kind)) for kind in kinds
@@ -104,7 +122,7 @@ class AttributionResult:
         _style.add_type_legend(fig, self.layer_types)
         what = "logit difference" if self.against is not None else "logit of the target"
         fig.update_layout(
-            title=f"Direct attribution to the {what} ({label})",
+            title=f"Direct attribution to the {what}<br><sup>{label}</sup>",  # short: clear of the legend
             yaxis_title="logit",
             legend={**_style.LEGEND, "y": 1.1},  # above the subplot titles, not on them
             margin=dict(t=120),

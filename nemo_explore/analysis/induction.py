@@ -33,6 +33,7 @@ class InductionResult:
     ``induction``, ``duplicate``, ``previous``: (n_scored, max_heads), NaN where a block has fewer heads
     ``layers``: block index of each row;  ``layer_types``: its kind;  ``n_heads``: heads per row
     ``tokens`` (b, prefix + 2L): the repeated sequence;  ``seq_len``: L;  ``prefix``: tokens before it
+    ``source``: what was repeated — ``'random'`` (random ids), ``'text'`` or ``'tokens'`` (given ones)
     """
 
     induction: torch.Tensor
@@ -44,6 +45,7 @@ class InductionResult:
     tokens: torch.Tensor
     seq_len: int
     prefix: int
+    source: str = "random"
 
     def top(self, k: int = 5, score: str = "induction") -> list[dict]:
         """The ``k`` highest-scoring heads: ``{'layer', 'layer_type', 'head', 'score'}``."""
@@ -60,6 +62,15 @@ class InductionResult:
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, not {score!r}")
         return getattr(self, score)
+
+    @property
+    def repeated(self) -> str:
+        """What was repeated, for a title: ``'repeated random sequence (L = 32, 4 rows)'``."""
+        rows = self.tokens.shape[0]
+        what = {"random": "repeated random sequence", "text": "text said twice"}.get(
+            self.source, "repeated token sequence"
+        )
+        return f"{what} (L = {self.seq_len} tokens{f', {rows} rows' if rows > 1 else ''})"
 
     def figure(self, score: str = "induction"):
         """One dot per head, spread across its block's slot and coloured by layer type: the head types
@@ -90,7 +101,7 @@ class InductionResult:
         note = "<br><sup>Mamba heads: share of |hidden attention|</sup>" if MAMBA in self.layer_types else ""
         ticks = [_style.layer_label(i, k) for i, k in zip(self.layers, self.layer_types, strict=True)]
         fig.update_layout(
-            title=f"{score.capitalize()} score per head, repeated random sequence (L = {self.seq_len}){note}",
+            title=f"{score.capitalize()} score per head, {self.repeated}{note}",
             xaxis=dict(title="block", tickvals=list(range(len(ticks))), ticktext=ticks, showgrid=False),
             yaxis=dict(title="mean weight on the key", range=[0, 1.05]),
             legend=_style.LEGEND,
@@ -154,6 +165,7 @@ def induction_scores(
     ``[BOS] text text``); default :func:`repeated_tokens`'s random one (``seq_len``, ``batch``, ``seed``;
     BOS first). Scores are reduced inside the hooks, so memory stays at one layer's (b h L p) weights.
     """
+    source = "random" if tokens is None else "text" if isinstance(tokens, str) else "tokens"
     if tokens is None:
         ids, prefix = repeated_tokens(model, seq_len, batch, seed)
     elif isinstance(tokens, str):
@@ -201,4 +213,5 @@ def induction_scores(
         tokens=ids.cpu(),
         seq_len=seq_len,
         prefix=prefix,
+        source=source,
     )

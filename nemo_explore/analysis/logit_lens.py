@@ -14,6 +14,7 @@ from .. import hf_layout
 from . import _style
 
 Targets = int | str | Sequence[int] | torch.Tensor | None
+TEXT_MAX_POSITIONS = 24  # a figure with more positions has no cell text: it would not fit the cells
 
 
 def apply_lens(model, resid: torch.Tensor) -> torch.Tensor:
@@ -98,10 +99,11 @@ class LogitLensResult:
     def row_labels(self) -> list[str]:
         return ["embed"] + [_style.layer_label(i, k) for i, k in enumerate(self.layer_types)]
 
-    def figure(self, batch: int = 0, max_positions: int = 48):
+    def figure(self, batch: int = 0, max_positions: int = 48, cell_text: bool | None = None):
         """Heatmap: lens rows (embedding at the bottom, coloured by layer type) × positions; colour is the
-        log-prob of the target, cell text the lens's top-1 prediction. Long inputs show the last
-        ``max_positions`` positions."""
+        log-prob of the target, cell text the lens's top-1 prediction (by default only up to
+        ``TEXT_MAX_POSITIONS`` positions, where it is readable; the hover text always has it). Long inputs
+        show the last ``max_positions`` positions."""
         import plotly.graph_objects as go
 
         q = self.logprobs.shape[-1] if self.mask is None else int(self.mask[batch].sum())
@@ -123,13 +125,15 @@ class LogitLensResult:
             ]
             for r in range(len(y))
         ]
+        if cell_text is None:
+            cell_text = len(x) <= TEXT_MAX_POSITIONS
         fig = go.Figure(
             go.Heatmap(
                 z=lp.numpy(),
                 x=x,
                 y=y,
-                text=cell,
-                texttemplate="%{text}",
+                text=cell if cell_text else None,
+                texttemplate="%{text}" if cell_text else None,
                 hovertext=hover,
                 hoverinfo="text",
                 colorscale="Viridis",
@@ -138,6 +142,8 @@ class LogitLensResult:
         )
         _style.add_type_legend(fig, self.layer_types)
         note = f" (last {max_positions} of {q} positions)" if start else ""
+        if not cell_text:
+            note += "<br><sup>hover a cell for the lens's top-1 token</sup>"
         fig.update_layout(
             title=f"Logit lens: log-prob of the target after each block{note}",
             xaxis_title="position: token",

@@ -78,8 +78,12 @@ class PatchResult:
     corrupted_str_tokens: list[str]
     row_heads: list[int | None]
 
-    def figure(self):
-        """Heatmap of the scores (diverging, 0 = no effect), rows labelled and coloured by layer type."""
+    def figure(self, zmax: float | None = None):
+        """Heatmap of the scores (diverging, 0 = no effect), rows labelled and coloured by layer type.
+
+        The colour range is fixed and symmetric, ``±zmax``: by default ±1 (the whole clean behaviour
+        restored, or as much destroyed; wider if a score goes beyond), so a small effect looks small
+        whatever else the grid holds. Give ``zmax`` to magnify small effects."""
         import plotly.graph_objects as go
 
         y = []
@@ -95,14 +99,25 @@ class PatchResult:
             x = [f"head {h}" for h in range(self.scores.shape[1])]
         else:
             x = ["all positions"]
+        if zmax is None:
+            zmax = max(1.0, float(self.scores.nan_to_num(0.0).abs().max()) if self.scores.numel() else 0.0)
+        if not zmax > 0:
+            raise ValueError(f"zmax must be positive, got {zmax}")
+        ticks = [-zmax, -zmax / 2, 0.0, zmax / 2, zmax]  # five ticks, each ≥ 30 px apart (min. height)
         fig = go.Figure(
             go.Heatmap(
                 z=self.scores.numpy(),
                 x=x,
                 y=y,
-                zmid=0,
+                zmin=-zmax,
+                zmax=zmax,
                 colorscale="RdBu",
-                colorbar=dict(title="restored"),
+                colorbar=dict(
+                    title=dict(text="restored", side="right"),
+                    tickvals=ticks,
+                    ticktext=[f"{100 * t:+.3g}%" if t else "0" for t in ticks],
+                    thickness=14,
+                ),
                 hovertemplate="%{y} · %{x}<br>score %{z:.3f}<extra></extra>",
             )
         )
@@ -113,7 +128,9 @@ class PatchResult:
             xaxis_title=self.axis if self.axis != "all" else "",
             legend=_style.LEGEND,
             plot_bgcolor="white",
-            height=max(300, 24 * len(y) + 150),
+            # the plot area at least 150 px high (the colour bar's ticks), plus the title, legend and the
+            # x labels: token labels, rotated, need more room than head numbers
+            height=max(150, 24 * len(y)) + (260 if self.axis == "position" else 160),
         )
         return fig
 

@@ -98,6 +98,7 @@ def collect(
         "shard_docs": shard_docs,
         "kinds": kinds, "text_column": text_column, "label_column": label_column, "max_docs": max_docs,
         "model": model_summary(model), "data": corpus.description,
+        "token_classes": list(CLASSES),  # the class tables' rows: another rule is another run
     }  # fmt: skip
     settings = json.loads(json.dumps(settings, default=str))
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

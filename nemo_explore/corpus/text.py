@@ -13,32 +13,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CLASSES = ("space", "word start", "word piece", "digit", "punct")
+CLASSES = ("space", "word start", "word piece", "digit", "punct", "special")
 
 
-def token_class(text: str) -> int:
-    """The class (index into ``CLASSES``) of one token's decoded text: whitespace only -> space; a letter
-    after leading spaces -> word start, a letter with none -> word piece; a digit -> digit; else punct."""
-    stripped = text.lstrip(" ")
-    if not text.strip():
+def token_class(text: str, special: bool = False) -> int:
+    """The class (index into ``CLASSES``) of one token, from its text decoded alone.
+
+    - ``special``: the tokenizer's special tokens (``<s>``, ``</s>``, ``<pad>``, ...): pass ``special=True``
+      (their text says nothing about the class: ``<s>`` is not punctuation);
+    - ``space``: whitespace only (spaces, newlines, tabs);
+    - ``word start``: a letter after leading whitespace (``' the'``, ``'\\nThe'``), or a capital letter with
+      none (``'In'`` at the start of a text, ``'The'`` after a quote): a capital starts a word;
+    - ``word piece``: a lower-case letter with no whitespace before it (``'ats'`` in ``' c' 'ats'``), or an
+      apostrophe before a lower-case letter (``"'s"``, ``"'t"``: a clitic ends a word);
+    - ``digit``: a digit after optional whitespace (``'4'``, ``' 198'``);
+    - ``punct``: anything else (punctuation, symbols, control characters, bytes of a multi-byte character).
+    """
+    if special:
+        return 5
+    stripped = text.lstrip()
+    if not stripped:
         return 0
-    if stripped[:1].isalpha():
-        return 1 if stripped != text else 2
-    if stripped[:1].isdigit():
+    first = stripped[0]
+    if first.isalpha():
+        return 1 if stripped != text or first.isupper() else 2
+    if first.isdigit():
         return 3
+    if first in "'\u2019" and stripped[1:2].islower() and stripped == text:
+        return 2
     return 4
 
 
 def token_classes(tokenizer):
-    """``(vocab,)`` long tensor: the class of every token id, from its text decoded alone (remembered per
-    tokenizer: a large vocabulary takes seconds to decode)."""
+    """``(vocab,)`` long tensor: the class of every token id, from its text decoded alone and the tokenizer's
+    special ids (remembered per tokenizer: a large vocabulary takes seconds to decode)."""
     import torch  # noqa: PLC0415 (kept light for scripts that only need CLASSES)
 
     with contextlib.suppress(KeyError, TypeError):
         return _CLASSES_OF[tokenizer].clone()
+    special = set(getattr(tokenizer, "all_special_ids", ()))
     found = torch.tensor(
         [
-            token_class(tokenizer.decode([i], clean_up_tokenization_spaces=False))
+            token_class(tokenizer.decode([i], clean_up_tokenization_spaces=False), i in special)
             for i in range(len(tokenizer))
         ]
     )

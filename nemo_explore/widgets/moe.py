@@ -305,7 +305,7 @@ class MoERouting(CacheView):
         weights = (view["expert_weights"] / top).tolist()
         self.tokens.value = (
             f'<div class="ne-note"><b>Tokens routed to expert {expert}</b> in block {layer} '
-            f"({len(rank)} of {len(titles)} shown; shade ∝ weight, hover for details):</div>"
+            f"({len(rank)} of the {len(titles)} tokens shown; shade ∝ weight, hover for details):</div>"
             + token_chips(view["tokens"], start, weights=weights, titles=titles, color=MOE_RGB)
         )
         note = (
