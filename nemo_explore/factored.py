@@ -42,6 +42,22 @@ class FactoredMatrix:
         """k, the factors' shared dimension: the product's rank is at most k."""
         return self.A.shape[-1]
 
+    # TransformerLens' names for the three sizes: the product is ldim × rdim through mdim
+    @property
+    def ldim(self) -> int:
+        """m, the product's rows."""
+        return self.A.shape[-2]
+
+    @property
+    def rdim(self) -> int:
+        """n, the product's columns."""
+        return self.B.shape[-1]
+
+    @property
+    def mdim(self) -> int:
+        """k, the factors' shared dimension (``inner``)."""
+        return self.inner
+
     @property
     def AB(self) -> torch.Tensor:
         return self.A @ self.B
@@ -65,9 +81,46 @@ class FactoredMatrix:
         return qa @ u, s, vh @ qb.mT
 
     @property
+    def U(self) -> torch.Tensor:
+        """The left singular vectors (..., m, r) of ``svd()``."""
+        return self.svd()[0]
+
+    @property
     def S(self) -> torch.Tensor:
         """The singular values (..., r), descending."""
         return self.svd()[1]
+
+    @property
+    def Vh(self) -> torch.Tensor:
+        """The right singular vectors, transposed (..., r, n), of ``svd()``."""
+        return self.svd()[2]
+
+    def collapse_l(self) -> torch.Tensor:
+        """``S[:, None] * Vh`` (..., r, n): the product with its left factor ``U`` taken off (``AB = U @
+        collapse_l()``)."""
+        _, s, vh = self.svd()
+        return s[..., :, None] * vh
+
+    def collapse_r(self) -> torch.Tensor:
+        """``U * S`` (..., m, r): the product with its right factor ``Vh`` taken off (``AB = collapse_r() @
+        Vh``)."""
+        u, s, _ = self.svd()
+        return u * s[..., None, :]
+
+    def unsqueeze(self, dim: int = 0) -> FactoredMatrix:
+        """A new leading axis at ``dim`` (counted among the leading axes, not the two matrix axes)."""
+        lead = self.ndim - 2
+        if not -lead - 1 <= dim <= lead:
+            raise IndexError(
+                f"unsqueeze({dim}): a FactoredMatrix of shape {tuple(self.shape)} has {lead} leading axes"
+            )
+        dim = dim % (lead + 1)
+        return FactoredMatrix(self.A.unsqueeze(dim), self.B.unsqueeze(dim))
+
+    @property
+    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors ``(A, B)``."""
+        return self.A, self.B
 
     @property
     def eigenvalues(self) -> torch.Tensor:

@@ -13,6 +13,7 @@ W_V W_O, (h, d, d) as a :class:`~nemo_explore.factored.FactoredMatrix`; ``model.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -259,6 +260,16 @@ class TLWeights:
     def W_U(self) -> torch.Tensor:
         """Unembedding ``(d_model, d_vocab)``: ``logits = ln_final(resid) @ W_U`` (+ ``b_U``, zeros)."""
         return hf_layout.unembed(self.hf_model).weight.T
+
+    @property
+    def embed(self) -> SimpleNamespace:
+        """TransformerLens' ``model.embed``: ``.W_E``."""
+        return SimpleNamespace(W_E=self.W_E)
+
+    @property
+    def unembed(self) -> SimpleNamespace:
+        """TransformerLens' ``model.unembed``: ``.W_U``, ``.b_U``."""
+        return SimpleNamespace(W_U=self.W_U, b_U=self.b_U)
 
     @property
     def b_U(self) -> torch.Tensor:

@@ -176,3 +176,16 @@ def test_prompt(
 
 
 test_prompt.__test__ = False  # a helper named like a test: pytest must not collect it
+
+
+def get_device() -> torch.device:
+    """TransformerLens' ``utils.get_device()``: the first CUDA device if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def get_corner(tensor, n: int = 3):
+    """TransformerLens' ``utils.get_corner``: the top-left ``n`` entries of every axis of a tensor (or of
+    a FactoredMatrix's two matrix axes, computed from its factors)."""
+    if hasattr(tensor, "get_corner"):
+        return tensor.get_corner(n)
+    return tensor[tuple(slice(n) for _ in range(tensor.ndim))]

@@ -101,3 +101,44 @@ def test_circuits_of_other_blocks_say_which_blocks_have_them(tiny):
     mamba = model.layers("mamba")[0]
     with pytest.raises(KeyError, match=f"attention blocks are \\[{layer}"):
         model.OV[mamba]
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(6, 2, 6), (5, 3, 4), (3, 5, 4)])
+def test_transformer_lens_names_of_a_factored_matrix(m, k, n):
+    """TL's ldim / rdim / mdim, U / S / Vh, collapse_l / collapse_r, unsqueeze and pair, against the
+    dense product."""
+    A, B = factors(m=m, k=k, n=n)
+    fm = FactoredMatrix(A, B)
+    dense = (A @ B).double()
+    assert (fm.ldim, fm.mdim, fm.rdim) == (m, k, n)
+    U, S, Vh = fm.U.double(), fm.S.double(), fm.Vh.double()
+    torch.testing.assert_close(U @ torch.diag_embed(S) @ Vh, dense, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(U @ fm.collapse_l().double(), dense, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fm.collapse_r().double() @ Vh, dense, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.linalg.svdvals(dense)[..., : S.shape[-1]], S, rtol=1e-4, atol=1e-5)
+    up = fm.unsqueeze(0)
+    assert up.shape == (1, *fm.shape)
+    torch.testing.assert_close(up.AB[0], fm.AB)
+    assert fm.unsqueeze(1).shape == (3, 1, m, n)
+    with pytest.raises(IndexError, match="leading axes"):
+        fm.unsqueeze(3)
+    a, b = fm.pair
+    assert a is fm.A and b is fm.B
+
+
+def test_utils_get_corner_and_get_device():
+    t = torch.arange(5 * 6 * 7).view(5, 6, 7)
+    assert torch.equal(ne.utils.get_corner(t, 2), t[:2, :2, :2])
+    A, B = factors(lead=(), m=6, k=2, n=6)
+    torch.testing.assert_close(ne.utils.get_corner(FactoredMatrix(A, B), 3), (A @ B)[:3, :3])
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert ne.utils.get_device().type == expected
+
+
+def test_embed_and_unembed_as_transformer_lens_names_them():
+    model = ne.load("tiny")
+    assert model.embed.W_E is model.W_E or torch.equal(model.embed.W_E, model.W_E)
+    assert torch.equal(model.unembed.W_U, model.W_U) and torch.equal(model.unembed.b_U, model.b_U)
+    logits, cache = model.run_with_cache("The cat sat", names_filter="ln_final.hook_normalized")
+    direct = cache["ln_final.hook_normalized"] @ model.unembed.W_U + model.unembed.b_U
+    torch.testing.assert_close(direct, logits, rtol=1e-5, atol=1e-5)
