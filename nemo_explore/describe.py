@@ -26,6 +26,7 @@ Counting conventions (each test-checked against transformers' own model):
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -42,7 +43,12 @@ from .layer_types import ATTENTION, LAYER_COLORS, LAYER_TYPES, MAMBA, MLP, MOE, 
 from .points import row, sizes
 from .sources import TINY, CheckpointError, cached_config, is_hub_id, read_config, tiny_dir
 
-__all__ = ["ModelDescription", "describe", "format_bytes"]
+__all__ = ["MemoryWarning", "ModelDescription", "describe", "format_bytes"]
+
+
+class MemoryWarning(UserWarning):
+    """The weights, or a cache, may not fit where they are going (a UserWarning, so it is shown: Python
+    hides ResourceWarnings by default)."""
 
 LOAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INT_POINTS = frozenset({"hook_topk_indices"})  # int64 whatever the cache dtype
@@ -242,14 +248,22 @@ class ModelDescription:
         ``pattern_window`` of q rows), ``hook_hidden_attn`` b·h_mamba·p², ``hook_state_norm`` b·p·h_mamba.
         ``options``: as for ``hook_shapes``.
         """
+        return sum(self.point_bytes(seq_len, batch, hooks, dtype, **options).values())
+
+    def point_bytes(
+        self,
+        seq_len: int,
+        batch: int = 1,
+        hooks: str | Iterable[str] | Callable[[str], bool] | None = "all",
+        dtype: torch.dtype | str = torch.bfloat16,
+        **options: Any,
+    ) -> dict[str, int]:
+        """Name -> bytes of each selected hook value (``activation_memory`` is their sum)."""
         size = _itemsize(dtype)
-        total = 0
-        for name, shape in self.hook_shapes(seq_len, batch, hooks, **options).items():
-            n = 1
-            for s in shape:
-                n *= s
-            total += n * (8 if name.rsplit(".", 1)[-1] in _INT_POINTS else size)
-        return total
+        return {
+            name: math.prod(shape) * (8 if name.rsplit(".", 1)[-1] in _INT_POINTS else size)
+            for name, shape in self.hook_shapes(seq_len, batch, hooks, **options).items()
+        }
 
     def fits(
         self,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .describe import MemoryWarning
 from .dtypes import as_dtype
 from .model import HookedNemotronH
 from .sources import TINY, CheckpointError, read_config, resolve, weight_files
@@ -116,10 +117,6 @@ def quiet_cpu_kernel_advice() -> None:
     logger = logging.getLogger(KERNEL_LOGGER)
     if not any(isinstance(f, _CpuKernelAdvice) for f in logger.filters):
         logger.addFilter(_CpuKernelAdvice())
-
-
-class MemoryWarning(ResourceWarning):
-    """The weights may not fit where they are going."""
 
 
 def announce_memory(config, dtype, device, device_map) -> None:

@@ -12,17 +12,22 @@ what runs the model: the forward and its loss, ``run_with_hooks``, ``run_with_ca
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
 
 from . import hf_layout
 from .cache import ActivationCache
-from .describe import describe
+from .describe import MemoryWarning, describe
+from .formatting import format_bytes
+from .hook_names import parse
 from .hooks import HookFn, HookPoint
 from .inputs import Input, Inputs, is_texts
 from .layer_types import ATTENTION, MAMBA, MLP, MOE, canonical, parse_pattern
 from .lifecycle import HookLifecycle, NamesFilter, no_bwd_hooks
+from .options import RunOptions
 from .sources import NotNemotronHError
 from .tl_config import TLConfig
 from .tl_weights import TLWeights
@@ -256,6 +261,7 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
             store[hook.name] = t
 
         ids, mask = self.to_inputs(input, attention_mask, prepend_bos=prepend_bos)
+        self._warn_if_big(names, ids.shape, dtype, self._options.updated(**options))
         with self.hooks([(n, keep) for n in names], **options):
             out = self(ids, mask, return_type, loss_per_token=loss_per_token, stop_at_layer=stop_at_layer)
             run_options = self._options
@@ -275,6 +281,29 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         if remove_batch_dim:
             cache.remove_batch_dim()
         return out, cache
+
+    def _warn_if_big(self, names: list[str], shape: torch.Size, dtype, options: RunOptions) -> None:
+        """A ``MemoryWarning`` before a run whose cache would hold more than ``CACHE_WARN_BYTES``, with the
+        estimate, the points that weigh most and how to keep less."""
+        batch, seq_len = shape
+        kept = dtype or next(self.hf_model.parameters()).dtype
+        sizes = describe(self).point_bytes(seq_len, batch, names, kept, **dataclasses.asdict(options))
+        total = sum(sizes.values())
+        if total <= CACHE_WARN_BYTES:
+            return
+        by_point: dict[str, int] = {}
+        for name, n in sizes.items():
+            short = parse(name)[2]
+            by_point[short] = by_point.get(short, 0) + n
+        heavy = sorted(by_point.items(), key=lambda item: -item[1])[:3]
+        warnings.warn(
+            f"run_with_cache is about to keep {format_bytes(total)} of activations for {batch} × {seq_len} "
+            f"tokens ({', '.join(f'{p} {format_bytes(n)}' for p, n in heavy)}). To keep less: a names_filter "
+            "(e.g. lambda n: 'resid' in n), pattern_window= / hidden_attn_window=(start, stop) for the p×p "
+            "points, dtype=torch.bfloat16, or device='cpu' to keep them in host memory.",
+            MemoryWarning,
+            stacklevel=3,
+        )
 
     @torch.no_grad()
     def generate(
@@ -321,6 +350,7 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
 
 
 RETURN_TYPES = ("logits", "loss", "loss_per_token", None)
+CACHE_WARN_BYTES = 1 << 30  # run_with_cache warns before keeping more than this (MemoryWarning)
 SAMPLING_ARGS = ("temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff")
 
 

@@ -226,3 +226,23 @@ def test_a_block_index_that_does_not_exist_says_what_does(model, bad):
         cache["resid_pre", bad]
     with pytest.raises(error, match=r"this model has 7 blocks: 0\.\.6|must be an integer"):
         cache.ln_scale(bad)
+
+
+# -------------------------------------------------------------- a cache too big to keep quietly
+def test_a_big_cache_is_announced_with_its_size(model, monkeypatch):
+    """Before a run_with_cache whose cache passes CACHE_WARN_BYTES: a MemoryWarning (shown by default,
+    unlike a ResourceWarning) with the estimate, which is what the cache then holds, to the byte."""
+    from nemo_explore import model as model_module
+    from nemo_explore.formatting import format_bytes
+
+    text = " ".join(["the cat sat on the mat"] * 20)
+    monkeypatch.setattr(model_module, "CACHE_WARN_BYTES", 1 << 20)
+    with pytest.warns(ne.MemoryWarning, match=r"about to keep .* of activations for 1 × \d+ tokens") as seen:
+        _, cache = model.run_with_cache(text)
+    held = sum(t.numel() * t.element_size() for t in cache.values())
+    assert format_bytes(held) in str(seen[0].message)
+    assert "hook_hidden_attn" in str(seen[0].message)  # the heaviest points are named
+    assert issubclass(ne.MemoryWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ne.MemoryWarning)
+        model.run_with_cache(text, names_filter=lambda n: "resid" in n)  # small: no warning
