@@ -70,6 +70,19 @@ class HookLifecycle:
             self._options = saved_options
             self._sync()
 
+    def set_use_attn_result(self, use_attn_result: bool = True) -> None:
+        """TransformerLens' switch for per-head outputs: accepted and not needed, since
+        ``blocks.{i}.attn.hook_result`` (TL's ``'result'``) is computed whenever it is hooked or cached."""
+
+    def set_use_split_qkv_input(self, use: bool = True) -> None:
+        """TransformerLens' switch for per-head q/k/v inputs: there are none here (q, k and v come from one
+        norm output, ``hook_mixer_in``), so only ``False`` is accepted."""
+        if use:
+            raise NotImplementedError(
+                "Nemotron-H's q, k and v read one input, the block's hook_mixer_in: patch that, or hook_q / "
+                "hook_k / hook_v per head"
+            )
+
     def add_hook(
         self,
         name: str | Callable[[str], bool],

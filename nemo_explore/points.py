@@ -160,6 +160,10 @@ POINTS: tuple[Point, ...] = (
         ATTENTION, ["hook_z"], "b p h d_head", lambda s: (s.b, s.p, s.h, s.d_head),
         "pattern-weighted values before `o_proj`",
     ),
+    *_line(
+        ATTENTION, ["hook_result"], "b p h d", lambda s: (s.b, s.p, s.h, s.d),
+        "each head's output z_h · W_O[h]; they sum to the block's `hook_mixer_out` (writable)", derived=True,
+    ),
     # mamba
     *_line(
         MAMBA, ["hook_in_proj"], "b p (d_inner+conv_dim+h)",

@@ -42,8 +42,6 @@ _NO_MEANING = {
     "sublayers: blocks.{i}.hook_resid_post is the stream after block i (= blocks.{i+1}.hook_resid_pre)",
     "pos_embed": "Nemotron-H has no positional embedding (its attention has no RoPE either): position "
     "information comes from the Mamba layers. The embedding is 'embed'",
-    "result": "per-head outputs are not a hook point here: cache.stack_head_results() computes them from "
-    "hook_z and o_proj for the attention blocks (they sum to the block's hook_mixer_out)",
     "rot_q": "there is no rotary embedding: q is 'q'",
     "rot_k": "there is no rotary embedding: k is 'k'",
     "scale": "the norms' scale is not a hook point: cache.ln_scale(layer) computes it from the cached "

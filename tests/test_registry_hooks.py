@@ -36,4 +36,4 @@ def test_registry_config_hook_names_on_meta(name):
     expected = names_of_modules(hf)
     assert model.hook_names() == expected
     assert ne.describe(cfg).hook_names("all") == expected
-    assert len(model.hook_names(layer_type="attention")) == 10 * kinds.count("attention")
+    assert len(model.hook_names(layer_type="attention")) == 11 * kinds.count("attention")

@@ -47,6 +47,7 @@ def test_get_act_name_maps_tl_and_nemotron_names():
     assert utils.get_act_name("topk_indices", 1) == "blocks.1.moe.hook_topk_indices"
     assert utils.get_act_name("post", 5) == utils.get_act_name("mlp_post", 5) == "blocks.5.mlp.hook_post"
     assert utils.get_act_name("blocks.3.attn.hook_z") == "blocks.3.attn.hook_z"
+    assert utils.get_act_name("result", 3) == "blocks.3.attn.hook_result"
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,6 @@ def test_get_act_name_maps_tl_and_nemotron_names():
     [
         ("resid_mid", "one mixer and one residual add"),
         ("pos_embed", "no positional embedding"),
-        ("result", "stack_head_results"),
         ("scale", "apply_ln_to_stack"),
     ],
 )
@@ -434,3 +434,30 @@ def test_main_demo_patching_cell(model):
     expected = torch.zeros(num_positions)
     expected[differ[0]] = 1
     torch.testing.assert_close(ioi_patching_result[0], expected, rtol=0, atol=1e-4)
+
+
+def test_hook_result_is_each_heads_output_and_writable(model):
+    """``hook_result`` (TL's 'result'): each head's z_h · W_O[h]; they sum to the block's output, equal
+    stack_head_results, and writing one head's result to zero equals zeroing that head's z (HF's o_proj
+    input) — to float rounding, since the written output is their sum, not o_proj's matmul."""
+    attn = model.layers("attention")[0]
+    model.set_use_attn_result(True)  # TL's switch: accepted, nothing to switch
+    text = "The little cat sat on the mat. The little cat sat on the mat."
+    logits, cache = model.run_with_cache(text, names_filter=lambda n: "hook_result" in n or "hook_z" in n
+                                         or "mixer_out" in n or "resid" in n)  # fmt: skip
+    result = cache["result", attn]  # b p h d
+    assert torch.equal(logits, model(text))  # observing it perturbs nothing
+    torch.testing.assert_close(result.sum(2), cache[f"blocks.{attn}.hook_mixer_out"], rtol=1e-5, atol=1e-5)
+    stacked = cache.stack_head_results()  # (h, b, p, d) from z and W_O, computed independently
+    torch.testing.assert_close(stacked, result.permute(2, 0, 1, 3), rtol=1e-5, atol=1e-6)
+
+    def zero_result(t, hook):
+        t[:, :, 1] = 0
+
+    def zero_z(t, hook):
+        t[:, :, 1] = 0
+
+    via_result = model.run_with_hooks(text, fwd_hooks=[(f"blocks.{attn}.attn.hook_result", zero_result)])
+    via_z = model.run_with_hooks(text, fwd_hooks=[(f"blocks.{attn}.attn.hook_z", zero_z)])
+    assert not torch.allclose(via_result, logits, atol=1e-3)
+    torch.testing.assert_close(via_result, via_z, rtol=1e-4, atol=1e-4)

@@ -118,4 +118,18 @@ def attention_forward(
                 weights = weights.clone()
                 weights[:, :, rows] = new_pattern
     z = fire("hook_z", z)
+    if fire.wants("hook_result"):
+        result = head_results(z, attn.o_proj.weight)
+        new_result = fire("hook_result", result)
+        if new_result is not result:  # the heads' outputs rewritten: the layer's output is their sum
+            bias = attn.o_proj.bias
+            out = new_result.sum(dim=2)
+            return (out if bias is None else out + bias), weights
     return attn.o_proj(z.reshape(*input_shape, -1).contiguous()), weights
+
+
+def head_results(z: torch.Tensor, o_weight: torch.Tensor) -> torch.Tensor:
+    """Each head's output ``z[:, :, h] @ W_O[h]`` (b p h d) from z (b p h d_head) and ``o_proj``'s weight
+    (d, h·d_head): they sum to ``o_proj(z)`` (without its bias), up to float rounding."""
+    w = o_weight.view(o_weight.shape[0], z.shape[2], z.shape[3]).to(z.dtype)  # d h e
+    return torch.einsum("bphe,dhe->bphd", z, w)
