@@ -59,7 +59,8 @@ def variants(hf, model: ne.HookedNemotronH, ids: torch.Tensor) -> dict:
         if n.split(".")[-1] in ("hook_resid_pre", "hook_resid_post", "hook_mixer_in", "hook_mixer_out")
     ]
     no_hidden = [n for n in model.hook_names() if not n.endswith("hook_hidden_attn")]
-    derived = ("hook_attn_scores", "hook_pattern", "hook_result", "hook_state_norm", "hook_hidden_attn", "hook_state")
+    derived = ("hook_attn_scores", "hook_pattern", "hook_result", "hook_state_norm", "hook_hidden_attn",
+               "hook_state")  # fmt: skip
     computed = [n for n in model.hook_names() if not n.endswith(derived)]
     found = {
         "HF forward": lambda: hf(input_ids=ids, use_cache=False).logits,
