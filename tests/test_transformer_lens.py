@@ -461,3 +461,9 @@ def test_hook_result_is_each_heads_output_and_writable(model):
     via_z = model.run_with_hooks(text, fwd_hooks=[(f"blocks.{attn}.attn.hook_z", zero_z)])
     assert not torch.allclose(via_result, logits, atol=1e-3)
     torch.testing.assert_close(via_result, via_z, rtol=1e-4, atol=1e-4)
+
+
+def test_split_qkv_input_says_what_to_patch_instead(model):
+    model.set_use_split_qkv_input(False)
+    with pytest.raises(NotImplementedError, match="hook_mixer_in"):
+        model.set_use_split_qkv_input(True)
