@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from streams import Interrupted, failing
 
 import nemo_explore as ne
 import nemo_explore.corpus as corpus
@@ -246,17 +247,6 @@ def assert_same_tables(a, b):
     assert a.table_names == b.table_names
     for name in a.table_names:
         assert a.table(name).equals(b.table(name)), name
-
-
-class Interrupted(Exception):
-    pass
-
-
-def failing(items, after):
-    for i, x in enumerate(items):
-        if i == after:
-            raise Interrupted
-        yield x
 
 
 def test_resume_after_interruption_is_identical(model, docs, tmp_path):

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from models import random_model
+from streams import Interrupted, failing
 from transformers import NemotronHForCausalLM
 
 import nemo_explore as ne
@@ -56,17 +57,6 @@ def assert_same_tables(a, b):
 
 def moe_load(result):
     return result.table("moe_experts").column("load").to_pylist()
-
-
-class Interrupted(Exception):
-    pass
-
-
-def failing(items, after):
-    for i, x in enumerate(items):
-        if i == after:
-            raise Interrupted
-        yield x
 
 
 def test_fingerprint_sees_the_values_not_where_they_live(tmp_path):
