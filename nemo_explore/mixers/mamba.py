@@ -149,7 +149,7 @@ def mamba_forward(
 
     initial = cache.get_recurrent_state(mixer.layer_idx, state_idx=0) if cache is not None else None
     if initial is not None and seq_len == 1:
-        y = _decode(hf, mixer, fire, x, dt_raw, A, B, C, cache, kwargs)
+        y = _decode(hf, mixer, fire, x, dt_raw, A, B, C, cache, initial, kwargs)
     else:
         y = _chunked(hf, mixer, fire, x, dt_raw, A, B, C, cache, initial, kwargs)
     y = fire("hook_ssm_out", y)
@@ -253,10 +253,15 @@ def _states_to_keep(cache, layer_idx: int, seq_len: int) -> int:
     return min(cache.get_recurrent_states_to_keep(layer_idx), seq_len)
 
 
+def _softplus_dt(mixer, dt_raw) -> torch.Tensor:
+    """softplus(dt + dt_bias) (b p h), unclamped: what HF's one-token steps use."""
+    return F.softplus(dt_raw + mixer.dt_bias.to(dt_raw.dtype))
+
+
 def _dt_used(mixer, dt_raw, keep: int) -> torch.Tensor:
     """softplus(dt + dt_bias) (b p h) as HF uses it: clamped to ``time_step_limit`` where the chunked scan
     runs, not on the last ``keep`` tokens, which HF steps one by one."""
-    dt = F.softplus(dt_raw + mixer.dt_bias.to(dt_raw.dtype))
+    dt = _softplus_dt(mixer, dt_raw)
     lo, hi = mixer.time_step_limit
     clamped = torch.clamp(dt, min=lo, max=hi)
     if keep == 0:
@@ -313,18 +318,17 @@ def _written_scan(hf, mixer, x, dt, A, B, C, cache, initial, keep, positions, st
     return torch.cat(outs, dim=1)
 
 
-def _decode(hf, mixer, fire: Fire, x, dt_raw, A, B, C, cache, kwargs) -> torch.Tensor:
-    """One token on a cache: HF's recurrent step (or the same step with a written dt), then the new
-    state's points. Returns y (b 1 h d)."""
+def _decode(hf, mixer, fire: Fire, x, dt_raw, A, B, C, cache, initial, kwargs) -> torch.Tensor:
+    """One token on a cache whose state is ``initial``: HF's recurrent step (or the same step with a
+    written dt), then the new state's points. Returns y (b 1 h d)."""
     batch, _, heads, head_dim = x.shape
     dt = new_dt = None
     if fire.wants("hook_dt"):
-        dt = F.softplus(dt_raw + mixer.dt_bias.to(dt_raw.dtype))
+        dt = _softplus_dt(mixer, dt_raw)
         new_dt = fire("hook_dt", dt)
     if new_dt is dt:
         y = _hf_scan(hf, mixer, x, dt_raw, A, B, C, cache, kwargs)
     else:
-        initial = cache.get_recurrent_state(mixer.layer_idx, state_idx=0)
         y = _written_scan(hf, mixer, x, new_dt, A, B, C, cache, initial, 1, [], None, kwargs)
     state = cache.get_recurrent_state(mixer.layer_idx, state_idx=0)
     if fire.wants("hook_state_norm"):
