@@ -14,6 +14,8 @@ from .options import RunOptions, state_positions
 from .residual import ResidualStreamTools
 from .utils import get_act_name
 
+REPR_OPEN_ROWS = 12  # a notebook shows a cache of more blocks than this folded
+
 
 class ActivationCache(ResidualStreamTools, Mapping):
     """Hook name -> tensor (batch-first, shapes as in the README's hook table).
@@ -128,7 +130,14 @@ class ActivationCache(ResidualStreamTools, Mapping):
         tokens = "" if self.tokens is None else f", {' × '.join(map(str, self.tokens.shape))} tokens"
         layers = to_pattern(self.layer_types)
         head = f"ActivationCache: {len(self)} tensors, {size}{tokens}, layers {layers}"
-        return f"<div><b>{html.escape(head)}</b><table>{''.join(cells)}</table></div>"
+        table = f"<table>{''.join(cells)}</table>"
+        if len(cells) <= REPR_OPEN_ROWS:
+            return f"<div><b>{html.escape(head)}</b>{table}</div>"
+        # a big model's cache: one line, its table a click away (unfolded it is thousands of pixels tall)
+        return (
+            f"<details><summary><b>{html.escape(head)}</b> (click for the {len(cells)} blocks and their "
+            f"tensors)</summary>{table}</details>"
+        )
 
     @property
     def str_tokens(self) -> list[str]:
@@ -182,6 +191,16 @@ class ActivationCache(ResidualStreamTools, Mapping):
         if name.startswith("hook_") and name not in BLOCK_POINTS:
             name = f"{HOOK_PREFIX[self.layer_types[i]]}.{name}"
         return self[f"blocks.{i}.{name}"]
+
+    def pairwise(self, i: int, batch: int = 0):
+        """Block ``i``'s p × p maps (attention pattern / Mamba hidden attention) for row ``batch``, as a
+        ``nemo_explore.pairwise.PairwiseMaps``: ``.window(start, stop, key_start, key_stop, heads)`` gives
+        any rows × keys, ``.pooled(...)`` a block-mean overview. Sliced from ``hook_pattern`` /
+        ``hook_hidden_attn`` when cached, else computed exactly from the per-token points they are made of
+        (``hook_q`` + ``hook_k``; ``hook_dt`` + ``hook_B`` + ``hook_C``), which cost O(p) per layer."""
+        from .pairwise import pairwise_maps
+
+        return pairwise_maps(self, i, batch)
 
     def to(self, device: str | torch.device) -> ActivationCache:
         self._data = {k: v.to(device) for k, v in self._data.items()}

@@ -24,6 +24,7 @@ __all__ = [
     "attention_head_dim",
     "attn_head_dim",
     "attn_kv_repeats",
+    "attn_scaling",
     "block",
     "block_norm",
     "block_types",
@@ -149,6 +150,11 @@ def attn_head_dim(attn) -> int:
 def attn_kv_repeats(attn) -> int:
     """How many query heads share each key/value head of an attention mixer (grouped-query attention)."""
     return attn.config.num_attention_heads // n_kv_heads(attn.config)
+
+
+def attn_scaling(attn) -> float:
+    """The factor an attention mixer multiplies q·k by before the softmax (HF: ``scaling``, head_dim^-½)."""
+    return attn.scaling
 
 
 def mlp_up(mlp) -> torch.nn.Linear:

@@ -28,6 +28,7 @@ from .options import query_rows
 __all__ = ["hidden_attention", "state_norms", "states_at"]
 
 _BLOCK_ELEMENTS = 1 << 21  # hidden attention is built this many entries (8 MiB) at a time
+_ROWS = 64  # hidden attention's query rows per block, aligned to multiples of it
 _NORMS_GPU_BLOCK_ELEMENTS = 1 << 24  # state norms on a GPU: chunk matrices (b h c L L) per block, 64 MiB
 _LOG_FLOOR = -86.0  # decays below exp(_LOG_FLOOR) ≈ 4e-38 are 0
 
@@ -126,14 +127,17 @@ def hidden_attention(
     C: torch.Tensor,
     heads: int | Sequence[int] | None = None,
     query_window: tuple[int, int] | None = None,
+    key_window: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Mamba-2's implicit attention M: (b, h', q, p), with y_t = Σ_s M[t, s] x_s + D x_t.
+    """Mamba-2's implicit attention M: (b, h', q, k), with y_t = Σ_s M[t, s] x_s + D x_t.
 
     M[t, s] = (C_t·B_s) exp(A Σ_{r=s+1..t} dt_r) dt_s for s ≤ t and exactly 0 above the diagonal. It is
     signed and unnormalised. ``heads`` keeps those heads (in the order given); ``query_window=(start,
-    stop)`` keeps query rows start..stop-1 (all p key columns stay, so slices of the full matrix match).
-    Built a block of query rows at a time (about 8 MiB), with C·B per group, never per head: memory is
-    the output plus one block. Read-only: computed without autograd (in place, into the output).
+    stop)`` keeps query rows start..stop-1 and ``key_window`` key columns (default: all p of each).
+    Rows are built in blocks of ``_ROWS`` aligned to multiples of ``_ROWS`` whatever the windows, so any
+    window holds bit for bit the entries of the whole matrix; C·B is formed per group, never per head, and
+    heads are taken a few at a time (about 8 MiB): memory is the output plus one block. Read-only: computed
+    without autograd.
     """
     b, p, h = dt.shape
     _check_bc(B, C, b, p, h)
@@ -141,22 +145,26 @@ def hidden_attention(
     g = B.shape[2]
     k = h // g
     idx = _heads(heads, h)
-    start, stop = query_rows(query_window, p)
+    start, stop = query_rows(query_window, p, "query_window")
+    k0, k1 = query_rows(key_window, p, "key_window")
     dt = dt.float()
     hi, lo = _split(_log_decay_cumsum(dt[:, :, idx], A[idx])[..., 1:])  # b h' p; index i = after token i
     dt_cols = dt[:, :, idx].transpose(1, 2)
     B, C = B.float(), C.float()
-    runs = _group_runs(idx, k)
-    M = dt.new_empty(b, len(idx), stop - start, p)
-    rows = max(1, min(stop - start, _BLOCK_ELEMENTS // (b * len(idx) * stop)))
-    for r0 in range(start, stop, rows):  # a block of query rows at a time, while it is in cache
-        r1 = min(r0 + rows, stop)
-        block = M[:, :, r0 - start : r1 - start]
-        block[..., r1:].zero_()
-        block = _causal_decay(hi, lo, r0, r1, dt_cols[..., :r1], out=block[..., :r1])
+    M = dt.new_zeros(b, len(idx), stop - start, k1 - k0)
+    for r0 in range(start - start % _ROWS, stop, _ROWS):
+        r1 = min(r0 + _ROWS, p)  # the aligned block: rows r0..r1-1, keys 0..r1-1 (s > t is 0)
+        a, z, cols = max(r0, start), min(r1, stop), min(r1, k1)  # its rows in the window, its last key
+        if cols <= k0:
+            continue
         cb = torch.einsum("bqgn,bsgn->bgqs", C[:, r0:r1], B[:, :r1])  # per group, not per head
-        for i, j, group in runs:
-            block[:, i:j] *= cb[:, group, None]
+        step = max(1, _BLOCK_ELEMENTS // (b * (r1 - r0) * r1))
+        for i0 in range(0, len(idx), step):
+            part = slice(i0, min(i0 + step, len(idx)))
+            decay = _causal_decay(hi[:, part], lo[:, part], r0, r1, dt_cols[:, part, :r1])
+            for i, j, group in _group_runs(idx[part], k):
+                decay[:, i:j] *= cb[:, group, None]
+            M[:, part, a - start : z - start, : cols - k0] = decay[:, :, a - r0 : z - r0, k0:cols]
     return M
 
 

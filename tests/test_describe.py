@@ -268,9 +268,10 @@ def test_repr_and_html():
     assert "<script>" not in page and "&lt;script&gt;" in page
 
 
-def test_notebook_reprs_of_the_model_and_a_cache(hooked):
+def test_notebook_reprs_of_the_model_and_a_cache(hooked, monkeypatch):
     """What a notebook shows for ``model`` and ``cache``: the layer map in the layer colours, every cached
     point with its shape, the total size."""
+    import nemo_explore.cache
     from nemo_explore.layer_types import LAYER_COLORS
 
     page = hooked._repr_html_()
@@ -283,3 +284,9 @@ def test_notebook_reprs_of_the_model_and_a_cache(hooked):
     assert f'color:{LAYER_COLORS["attention"]}">blocks.1 · attention' in page
     size = sum(t.numel() * t.element_size() for t in cache.values())
     assert f"3 tensors, {format_bytes(size)}, 2 × 9 tokens" in page
+    assert "<details>" not in page  # a short cache shows its table; a big one is folded to one line
+    _, cache = hooked.run_with_cache(tokens, names_filter=lambda n: "hook_resid" in n)
+    monkeypatch.setattr(nemo_explore.cache, "REPR_OPEN_ROWS", hooked.n_layers - 1)
+    folded = cache._repr_html_()
+    assert folded.startswith("<details><summary>") and f"click for the {hooked.n_layers} blocks" in folded
+    assert "hook_resid_post</code> 2 × 9 × " in folded

@@ -116,7 +116,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # TransformerLens' surface the model and its cache are built from: names and loss, config, weights
     ("transformer_lens", ("utils", "tl_config", "tl_weights")),
     # the model (its tokenizer side, its hook lifecycle, the forward) and its cache
-    ("model", ("inputs", "lifecycle", "model", "residual", "cache")),
+    ("model", ("inputs", "lifecycle", "model", "residual", "cache", "pairwise")),
     ("loading", ("loading",)),
     # what is computed with a model: analyses, corpus statistics
     ("tools", ("analysis", "corpus")),

@@ -335,7 +335,7 @@ def test_attention_errors(cache):
     with pytest.raises(IndexError, match=r"layer 9 does not exist: the model has 6 blocks"):
         AttentionHeads(cache, layer=9)
     with pytest.raises(
-        ValueError, match=r"needs blocks\.5\.attn\.hook_pattern.*cache it first.*run_with_cache"
+        ValueError, match=r"needs blocks\.5\.attn\.hook_pattern, or blocks\.5\.attn\.hook_q.*run_with_cache"
     ):
         AttentionHeads(cache, layer=5)
     with pytest.raises(IndexError, match="head 4 out of range: block 1 has 4 heads"):
@@ -468,32 +468,37 @@ def test_explorer_runs_views_and_links(model):
     ex = Explorer(model, TEXT)
     assert list(ex.views) == ["attention", "ssm", "moe"]
     assert ex.cache.str_tokens == model.to_str_tokens(TEXT)
-    per_token = {"mamba.hook_state_norm", "mamba.hook_dt", "moe.hook_router_scores", "moe.hook_topk_indices",
+    per_token = {"mamba.hook_state_norm", "mamba.hook_dt", "mamba.hook_B", "mamba.hook_C", "attn.hook_q",
+                 "attn.hook_k", "moe.hook_router_scores", "moe.hook_topk_indices",
                  "moe.hook_topk_weights"}  # fmt: skip
-    held = sorted(ex.cache)
-    assert {n.split(".", 2)[2] for n in held} == per_token | {"attn.hook_pattern"}
-    assert [n for n in held if "pattern" in n] == ["blocks.1.attn.hook_pattern"]  # the view's first layer
+    assert {n.split(".", 2)[2] for n in ex.cache} == per_token  # per-token points only: no p × p map is held
     assert [c.style.button_color for c in ex.cells] == [
         {"mamba": "#17a398", "attention": "#f28e2b", "mlp": "#9aa0a6", "moe": "#8e5fc2"}[t]
         for t in model.layer_types
     ]
-    _, ref = model.run_with_cache(TEXT, names_filter="blocks.6.attn.hook_pattern")
-    ex.cells[6].click()
-    assert ex.tabs.selected_index == 0 and ex.views["attention"].layer == 6
-    want = ref["blocks.6.attn.hook_pattern"][0, 0].numpy()
-    np.testing.assert_array_equal(np.nan_to_num(z(ex.views["attention"].detail.data[0])), want)
-    ex.cells[7].click()
-    assert ex.tabs.selected_index == 2 and ex.views["moe"].layer == 7
-    ex.tabs.selected_index = 1
-    ex.cells[5].click()  # a Mamba block while its SSM tab is open: stays there, both views follow
-    assert ex.tabs.selected_index == 1 and ex.views["ssm"].layer == 5 and ex.views["attention"].layer == 5
-    ex.cells[4].click()
-    assert "Block 4 is a dense MLP" in ex.status.value
-    for i in (0, 1, 2, 5, 6):  # p × p maps are computed a layer at a time, and only 4 are kept
-        ex.select_layer(i)
-    pairwise = [n for n in ex.cache if n.endswith(("hook_pattern", "hook_hidden_attn"))]
-    assert pairwise == ["blocks.1.attn.hook_pattern", "blocks.2.mamba.hook_hidden_attn",
-                        "blocks.5.mamba.hook_hidden_attn", "blocks.6.attn.hook_pattern"]  # fmt: skip
+    maps = ("hook_pattern", "hook_hidden_attn")
+    _, ref = model.run_with_cache(TEXT, names_filter=lambda n: n.endswith(maps))
+    forwards = []
+    handle = model.hf_model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        ex.cells[6].click()
+        assert ex.tabs.selected_index == 0 and ex.views["attention"].layer == 6
+        want = ref["blocks.6.attn.hook_pattern"][0, 0].numpy()
+        np.testing.assert_array_equal(np.nan_to_num(z(ex.views["attention"].detail.data[0])), want)
+        ex.cells[7].click()
+        assert ex.tabs.selected_index == 2 and ex.views["moe"].layer == 7
+        ex.tabs.selected_index = 1
+        ex.cells[5].click()  # a Mamba block while its SSM tab is open: stays there, both views follow
+        assert ex.tabs.selected_index == 1 and ex.views["ssm"].layer == 5 and ex.views["attention"].layer == 5
+        want = ref["blocks.5.mamba.hook_hidden_attn"][0, 0].numpy()
+        np.testing.assert_array_equal(np.nan_to_num(z(ex.views["attention"].detail.data[0])), want)
+        ex.cells[4].click()
+        assert "Block 4 is a dense MLP" in ex.status.value
+        for i in (0, 1, 2, 5, 6):
+            ex.select_layer(i)
+    finally:
+        handle.remove()
+    assert not forwards  # a click computes from the per-token points: it never runs the model
     with pytest.raises(IndexError):
         ex.select_layer(8)
 
@@ -538,19 +543,24 @@ def test_explorer_horizons_and_static_page(model):
     assert len(re.findall(r"Plotly\.newPlot", page)) == 6
 
 
-def test_explorer_long_prompt_windows_hidden_attention(model):
-    text = "abcdefghij" * 110  # 1,100 tokens: attention maps only for the last 512 query rows
+def test_explorer_long_prompt_shows_any_query_rows(model):
+    text = "abcdefghij" * 110  # 1,100 tokens
     ex = Explorer(model, text)
-    M = ex.cache["blocks.0.mamba.hook_hidden_attn"]
-    assert M.shape[-2:] == (512, 1100) and "last 512 query rows" in ex.status.value
-    assert ex.cache["blocks.1.attn.hook_pattern"].shape[-2:] == (512, 1100)
+    assert "Ran 1100 tokens" in ex.status.value and "of per-token points held" in ex.status.value
     ex.select_layer(0)
     view = ex.views["attention"]
-    assert view.window_slider.min == 588 and view.detail.data[0].y[0].startswith("588 ")
-    want = np.tril(M[0, 0, :W, 588 : 588 + W].numpy())
+    assert view.window_slider.min == 0 and view.window_slider.max == 1100 - W  # every query row
+    view.select(window=588)
+    assert view.detail.data[0].y[0].startswith("588 ")
+    name = "blocks.0.mamba.hook_hidden_attn"
+    _, ref = model.run_with_cache(text, names_filter=name, hidden_attn_window=(588, 588 + W))
+    want = np.tril(ref["blocks.0.mamba.hook_hidden_attn"][0, 0, :, 588 : 588 + W].numpy())
     np.testing.assert_array_equal(np.nan_to_num(z(view.detail.data[0])), want)
-    assert "all 512 queries × 1100 keys" in view.overview.layout.title.text  # the computed rows, every key
-
+    assert "all 1100 queries × 1100 keys" in view.overview.layout.title.text
+    view.select(layer=1, window=0)  # the attention layer, its first rows
+    _, ref = model.run_with_cache(text, names_filter="blocks.1.attn.hook_pattern", pattern_window=(0, W))
+    want = ref["blocks.1.attn.hook_pattern"][0, view.head, :, :W].numpy()
+    np.testing.assert_array_equal(np.nan_to_num(z(view.detail.data[0])), want)
 
 
 def test_explorer_shows_progress_and_can_be_interrupted(model, monkeypatch):
@@ -796,3 +806,29 @@ def test_figures_load_plotly_once_and_send_binary(cache):
     assert state["_bundle"] == "IPY_MODEL_" + figures[0]._bundle.model_id  # a reference, not a copy
     rows = to_js({"z": np.array([[1.0, np.nan], [3.0, 4.0]])})["z"]
     assert [r["dtype"] for r in rows] == ["float32"] * 2 and bytes(rows[0]["buffer"])[:4] == b"\x00\x00\x80?"
+
+
+# ------------------------------------------------------------------ views over plain arrays
+def test_views_over_plain_arrays(cache):
+    """Each view takes numpy arrays and token strings, no model and no cache, and shows what a cache of the
+    same values shows."""
+    tokens = [f"t{j}" for j in range(len(TOKENS))]
+    pattern = cache["blocks.1.attn.hook_pattern"][0].numpy()  # h q k
+    hidden = cache["blocks.0.mamba.hook_hidden_attn"][0].numpy()
+    view = AttentionHeads.from_arrays({1: pattern, 0: hidden}, tokens, kinds={0: "mamba"}, layer=1, head=2)
+    np.testing.assert_array_equal(np.nan_to_num(z(view.detail.data[0])), pattern[2])
+    assert [o[1] for o in view.layer_select.options] == [0, 1] and view.detail.data[0].x[1] == "1 t1"
+    view.select(layer=0)
+    np.testing.assert_array_equal(np.nan_to_num(z(view.detail.data[0])), np.tril(hidden[2]))
+    norms = cache["blocks.0.mamba.hook_state_norm"][0].numpy()
+    ssm = SSMStateNorms.from_arrays({0: norms}, tokens)
+    np.testing.assert_array_equal(z(ssm.heads.data[0]), norms.T)
+    names = ("topk_indices", "topk_weights", "router_scores")
+    moe = MoERouting.from_arrays({3: {n: cache[f"blocks.3.moe.hook_{n}"][0].numpy() for n in names}}, tokens)
+    np.testing.assert_array_equal(z(moe.routing.data[0]), z(MoERouting(cache).routing.data[0]))
+    with pytest.raises(ValueError, match=r"blocks\.0\.mamba\.hook_state_norm: shape .* does not fit 3 tokens"):
+        SSMStateNorms.from_arrays({0: norms}, tokens[:3])
+    with pytest.raises(KeyError, match="unknown array 'weights'"):
+        MoERouting.from_arrays({3: {"weights": norms}}, tokens)
+    with pytest.raises(ValueError, match="kind 'moe'; this view shows attention and mamba layers"):
+        AttentionHeads.from_arrays({1: pattern}, tokens, kinds={1: "moe"})

@@ -1,8 +1,8 @@
 """Grouped-query attention (no position embedding): q, k, v, scores, pattern, z.
 
 HF runs SDPA, which never forms the pattern. Reading ``hook_attn_scores``/``hook_pattern`` computes them
-on the side from q and k (PITFALLS 3); the layer's output still comes from HF's own attention call, so
-observing is bit-exact. Only a hook that *replaces* scores or pattern makes z = pattern · v explicit (for
+on the side from q and k; the layer's output still comes from HF's own attention call, so observing is
+bit-exact. Only a hook that *replaces* scores or pattern makes z = pattern · v explicit (for
 the rows of the ``pattern_window`` option when one is given: the other rows keep HF's output).
 """
 
@@ -33,14 +33,27 @@ def keep_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, devi
     return mask if mask.dtype == torch.bool else mask == 0
 
 
-def scores_and_pattern(q: torch.Tensor, k: torch.Tensor, keep: torch.Tensor, scaling: float):
-    """``q`` (b h q d), ``k`` (b h_kv k d) -> scaled masked scores and softmax pattern, both (b h q k).
+ROWS = 64  # scores are computed for aligned blocks of this many query rows, whatever the window
 
-    Masked positions score -inf; a query that sees no key (a padding row) gets an all-zero pattern.
+
+def scores_and_pattern(
+    q: torch.Tensor, k: torch.Tensor, keep: torch.Tensor, scaling: float, rows: slice = slice(None)
+):
+    """``q`` (b h q d), ``k`` (b h_kv k d) -> scaled masked scores and softmax pattern of query rows ``rows``
+    (a slice of q's rows; ``keep`` (b|1, 1, n_rows, k) bool is for those rows), both (b h n_rows k).
+
+    Masked positions score -inf; a query that sees no key (a padding row) gets an all-zero pattern. q·kᵀ is
+    formed for blocks of ``ROWS`` rows aligned to multiples of ``ROWS``, so that a window of rows holds bit
+    for bit what the whole matrix does (a float32 matmul's rounding depends on its shape).
     """
+    start, stop, _ = rows.indices(q.shape[2])
     n_rep = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(n_rep, dim=1) if n_rep > 1 else k
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    kt = (k.repeat_interleave(n_rep, dim=1) if n_rep > 1 else k).transpose(2, 3)
+    blocks = []
+    for r0 in range(start - start % ROWS, stop, ROWS):
+        a, z = max(r0, start), min(r0 + ROWS, stop)
+        blocks.append(torch.matmul(q[:, :, r0 : r0 + ROWS], kt)[:, :, a - r0 : z - r0])
+    scores = (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)) * scaling
     scores = scores.masked_fill(~keep, float("-inf"))
     return scores, softmax_pattern(scores, q.dtype)
 
@@ -87,7 +100,7 @@ def attention_forward(
     if fire.wants("hook_attn_scores") or fire.wants("hook_pattern"):
         rows = pattern_rows(fire.options.pattern_window, q.shape[2])
         keep = keep_mask(attention_mask, q.shape[2], k.shape[2], q.device)
-        scores, pattern = scores_and_pattern(q[:, :, rows], k, keep[..., rows, :], attn.scaling)
+        scores, pattern = scores_and_pattern(q, k, keep[..., rows, :], attn.scaling, rows)
         new_scores = fire("hook_attn_scores", scores)
         if new_scores is not scores:
             written, pattern = True, softmax_pattern(new_scores, q.dtype)

@@ -1,7 +1,8 @@
 """Sparse MoE: sigmoid top-k router (with correction bias and group-limited choice) + shared expert.
 
 The router's steps are reproduced op for op so that each intermediate can be hooked; the experts are
-always HF's own module (its grouped matmul differs from a hand loop, PITFALLS 2).
+always HF's own module: its grouped matmul rounds differently from a loop over the experts, so a hand
+loop would not be bit-exact.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import ipywidgets as widgets
+import numpy as np
 import torch
 
+from ..cache import ActivationCache
 from ..token_text import join_pieces
 from ._static import CSS, Page
 from ._tokens import Window
@@ -14,14 +16,69 @@ from ._tokens import Window
 STYLE = f"<style>{CSS}</style>"
 
 
+def arrays_cache(
+    layers: Mapping[int, object],
+    tokens: Sequence[str],
+    points: Mapping[str, object],
+    kinds: Mapping[int, str],
+) -> ActivationCache:
+    """An ActivationCache of one row made of plain arrays (numpy or torch), for a view without a model.
+
+    ``layers``: block index -> an array, or a dict of arrays by short name; ``points``: layer kind -> the
+    point name a lone array is, or a dict short name -> point name; ``kinds``: block index -> its kind (the
+    first kind of ``points`` by default); ``tokens``: the text of each position.
+    """
+    data, types = {}, {}
+    default = next(iter(points))
+    for i, arrays in layers.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise TypeError(f"layers maps block indices (ints ≥ 0) to arrays, got the key {i!r}")
+        kind = types[i] = kinds.get(i, default)
+        if kind not in points:
+            raise ValueError(f"block {i}: kind {kind!r}; this view shows {' and '.join(points)} layers")
+        names = points[kind]
+        given = arrays if isinstance(arrays, Mapping) else {None: arrays}
+        if isinstance(names, str):
+            names = {None: names}
+        unknown = set(given) - set(names)
+        if unknown:
+            first = sorted(map(str, unknown))[0]
+            raise KeyError(f"block {i}: unknown array {first!r}; arrays: {sorted(map(str, names))}")
+        for key, array in given.items():
+            tensor = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array)
+            data[f"blocks.{i}.{names[key]}"] = tensor[None]  # a batch of one
+    tokens = [str(t) for t in tokens]
+    for name, t in data.items():  # the token axis: keys of a p × p map, else the first
+        axis = -1 if name.endswith(("hook_pattern", "hook_hidden_attn")) else 1
+        if t.dim() < 2 or t.shape[axis] != len(tokens):
+            raise ValueError(f"{name}: shape {tuple(t.shape[1:])} does not fit {len(tokens)} tokens")
+    layer_types = [types.get(i, "mlp") for i in range(max(layers, default=-1) + 1)]
+    return ActivationCache(data, layer_types=layer_types, str_tokens=[tokens])
+
+
 class CacheView(widgets.VBox):
     """Base of AttentionHeads, SSMStateNorms and MoERouting: a VBox over one row of an ActivationCache.
 
-    Subclasses set ``title``, build their controls and figures, and implement ``_redraw`` and
-    ``_static(page)``; ``to_html()`` renders what the view shows now as a self-contained page.
+    Subclasses set ``title`` and ``ARRAYS`` (what ``from_arrays`` takes), build their controls and figures,
+    and implement ``_redraw`` and ``_static(page)``; ``to_html()`` renders what the view shows now as a
+    self-contained page.
     """
 
     title = "view"
+    ARRAYS: dict[str, object] = {}  # layer kind -> the point a lone array is (or short name -> point)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        layers: Mapping[int, object],
+        tokens: Sequence[str],
+        kinds: Mapping[int, str] | None = None,
+        **options,
+    ):
+        """The view over plain arrays (numpy or torch), without a model or a cache: ``layers`` maps block
+        indices to arrays (see the subclass), ``tokens`` gives each position's text, ``kinds`` the kind of
+        a block where the view shows several; ``options`` are the constructor's."""
+        return cls(arrays_cache(layers, tokens, cls.ARRAYS, kinds or {}), **options)
 
     @property
     def layer(self) -> int:
@@ -91,7 +148,7 @@ class CacheView(widgets.VBox):
     def _check_layer(self, layer: int, expected: dict[str, str], names: str) -> None:
         """Raise a clear error unless ``layer`` is a block this view can show and the cache holds its data.
 
-        ``expected``: layer kind -> the name this view reads, with ``{i}`` for the block index.
+        ``expected``: layer kind -> the name this view reads, with ``{i}`` for the block index (or None).
         """
         types = self.cache.layer_types
         if not isinstance(layer, int) or isinstance(layer, bool):
@@ -108,7 +165,8 @@ class CacheView(widgets.VBox):
                 f"block {layer} is a {kind} layer; {type(self).__name__} shows {shown} layers: "
                 f"{wanted or 'this model has none'}"
             )
-        self._need(expected[kind].format(i=layer), names)
+        if expected[kind] is not None:  # None: the view checks what it reads itself
+            self._need(expected[kind].format(i=layer), names)
 
     # -------------------------------------------------------------- controls
     def _slider(self) -> widgets.IntSlider:

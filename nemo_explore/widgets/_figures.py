@@ -59,6 +59,14 @@ def pooled(maps: torch.Tensor, size: int, diagonal: int = 0) -> tuple[torch.Tens
     return low, reach
 
 
+def reach(n: int, m: int, t: int, u: int, diagonal: int = 0) -> torch.Tensor:
+    """Which blocks of adaptive pooling's (t, u) grid over an (n, m) map hold a cell of the causal lower
+    triangle (column ≤ row + ``diagonal``): (t, u) bool, computed from the bins alone."""
+    last_row = torch.tensor([-(-(i + 1) * n // t) - 1 for i in range(t)])
+    first_col = torch.tensor([j * m // u for j in range(u)])
+    return first_col[None, :] <= last_row[:, None] + diagonal
+
+
 def mosaic(tiles: np.ndarray, cols: int, gap: int) -> tuple[np.ndarray, np.ndarray]:
     """Tiles (h, t, t) -> one image (rows·(t+gap), cols·(t+gap)) with NaN gaps, and the head index of each
     cell (-1 in the gaps): one heatmap trace draws every head, however many there are."""

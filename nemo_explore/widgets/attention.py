@@ -18,6 +18,7 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
+from ..pairwise import available, pairwise_maps
 from ..token_text import position_labels, visible
 from ._base import STYLE, CacheView
 from ._figures import (
@@ -28,6 +29,7 @@ from ._figures import (
     grid_columns,
     mosaic,
     pooled,
+    reach,
     tile_rect,
 )
 from ._static import Page, StaticHTML, circuitsvis_html
@@ -38,8 +40,7 @@ OVERVIEW = 128
 THUMB = 48  # at most, per thumbnail side
 THUMB_CELLS = 32_768  # all thumbnails together: 4 heads of 48², 32 of 32², 64 of 22²
 
-EXPECTED = {"attention": "blocks.{i}.attn.hook_pattern", "mamba": "blocks.{i}.mamba.hook_hidden_attn"}
-NAMES = "('hook_pattern', 'hook_hidden_attn')"
+NAMES = "('hook_q', 'hook_k', 'hook_dt', 'hook_B', 'hook_C')"  # what the maps are computed from
 
 ABOUT = {
     "attention": "<b>Attention pattern</b>: row = query token, column = key token; each row is a probability "
@@ -56,17 +57,21 @@ class AttentionHeads(CacheView):
     """Every head of an attention layer (a grid of thumbnails and one head in detail), and the hidden
     attention of a Mamba layer in the same view: the layer menu lists both kinds.
 
-    ``cache`` holds ``blocks.{i}.attn.hook_pattern`` and/or ``blocks.{i}.mamba.hook_hidden_attn``
-    (b h q k). ``layer``: the block shown first (default: the first attention layer cached, else the first
-    Mamba layer); ``head``: the head in detail; ``mode``: for Mamba layers ``'signed'`` (M itself, diverging
-    scale) or ``'share'`` (|M| ÷ row Σ|M|); ``sink``: leave the first token's column (the attention sink)
-    out of the colour range, so that the rest does not fade to white; ``batch``: the row of the batch;
+    ``cache`` holds, per layer shown, the map itself (``blocks.{i}.attn.hook_pattern``,
+    ``blocks.{i}.mamba.hook_hidden_attn``: b h q k) or what it is computed from, exactly, for the rows a view
+    shows (``hook_q`` and ``hook_k``; ``hook_dt``, ``hook_B`` and ``hook_C``: O(p) per layer, see
+    ``nemo_explore.pairwise``). ``layer``: the block shown first (default: the first attention layer cached,
+    else the first Mamba layer); ``head``: the head in detail; ``mode``: for Mamba layers ``'signed'`` (M
+    itself, diverging scale) or ``'share'`` (|M| ÷ row Σ|M|); ``sink``: leave the first token's column (the
+    attention sink) out of the colour range, so that the rest does not fade to white; ``batch``: the row of
+    the batch;
     ``window``: first position of the window on long inputs; ``pattern_window`` / ``hidden_attn_window``:
     the ``(start, stop)`` query rows the patterns / hidden attention were computed for (default: what the
     cache says it was run with).
     """
 
     title = "Attention heads"
+    ARRAYS = {"attention": "attn.hook_pattern", "mamba": "mamba.hook_hidden_attn"}  # (h, q, p) per block
 
     def __init__(
         self,
@@ -84,7 +89,7 @@ class AttentionHeads(CacheView):
         super().__init__(cache, batch)
         self._sources = self._find_sources(cache)
         layer = self._first_layer() if layer is None else layer
-        self._check_layer(layer, EXPECTED, NAMES)
+        self._check_maps(layer)
         if mode not in ("signed", "share"):
             raise ValueError(f"mode must be 'signed' or 'share' (|M| ÷ row Σ|M|), not {mode!r}")
         self._query_windows = {"pattern_window": pattern_window, "hidden_attn_window": hidden_attn_window}
@@ -172,7 +177,7 @@ class AttentionHeads(CacheView):
         rows and the key columns together; ``keys`` then moves the key columns alone (e.g. late queries
         against early keys)."""
         if layer is not None:
-            self._check_layer(layer, EXPECTED, NAMES)
+            self._check_maps(layer)
         self._hold, held = True, self._hold
         try:
             self._load(self.layer if layer is None else layer, head, window)
@@ -192,22 +197,26 @@ class AttentionHeads(CacheView):
         self.cache, self._sources, self._window, self._layer_key = cache, sources, None, None
         if layer is None:
             layer = self.layer if self.layer in sources else self._first_layer()
-        self._check_layer(layer, EXPECTED, NAMES)
+        self._check_maps(layer)
         self._set_layers([(self._layer_label(i), i) for i in sources], layer)
         self._load(layer, None, None)
 
-    def _find_sources(self, cache) -> dict[int, str]:
-        sources = {
-            i: EXPECTED[t].format(i=i)
-            for i, t in enumerate(cache.layer_types)
-            if t in EXPECTED and EXPECTED[t].format(i=i) in cache
-        }
+    def _find_sources(self, cache) -> list[int]:
+        sources = [i for i in range(len(cache.layer_types)) if available(cache, i)]
         if not sources:
             raise ValueError(
-                "AttentionHeads found no attention pattern or Mamba hidden attention in this cache: cache "
-                f"them first, e.g. model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
+                "AttentionHeads found no attention pattern or Mamba hidden attention in this cache, nor what "
+                "they are computed from: cache that first, e.g. model.run_with_cache(text, "
+                f"names_filter=lambda n: n.endswith({NAMES}))"
             )
         return sources
+
+    def _check_maps(self, layer: int) -> None:
+        """A clear error unless block ``layer``'s maps can be shown from this cache."""
+        kinds = {"attention": None, "mamba": None}
+        self._check_layer(layer, kinds, NAMES)
+        if layer not in self._sources:
+            pairwise_maps(self.cache, layer, self.batch)  # raises, naming what to cache
 
     def _first_layer(self) -> int:
         """The first attention layer cached, else the first Mamba layer."""
@@ -221,29 +230,25 @@ class AttentionHeads(CacheView):
     def _load(self, layer: int, head: int | None, window: int | None) -> None:
         """Read block ``layer`` from the cache and redraw; ``head=None`` keeps the head where it exists."""
         kind = self.cache.layer_types[layer]
-        maps = self._row(self.cache[self._sources[layer]], self._sources[layer])  # h q k
-        h, q, p = maps.shape
-        q0 = 0
-        if q != p:
-            option = "pattern_window" if kind == "attention" else "hidden_attn_window"
-            span = self._query_windows[option] or getattr(self.cache, option, None)
-            if span is None or span[1] - span[0] != q:
-                raise ValueError(
-                    f"{self._sources[layer]} holds {q} query rows of {p} positions: pass the rows it was "
-                    f"computed for, AttentionHeads(cache, {option}=(start, stop))"
-                )
-            q0 = int(span[0])
+        option = "pattern_window" if kind == "attention" else "hidden_attn_window"
+        span = self._query_windows[option]
+        try:
+            maps = pairwise_maps(self.cache, layer, self.batch, None if span is None else int(span[0]))
+        except ValueError as err:
+            raise ValueError(f"{err}, e.g. AttentionHeads(cache, {option}=(start, stop))") from None
+        h, p = maps.n_heads, maps.n_keys
+        q0, q1 = maps.rows
         if head is None:
             head = self.head if self.head is not None and self.head < h else 0
         if not 0 <= head < h:
             raise IndexError(f"head {head} out of range: block {layer} has {h} heads (0..{h - 1})")
         tokens, offset = self._tokens(p)
-        lo, hi = max(q0, offset), min(q0 + q, offset + len(tokens))
+        lo, hi = max(q0, offset), min(q1, offset + len(tokens))
         if hi <= lo:
-            raise ValueError(f"{self._sources[layer]} has no query row on a real (unpadded) token")
+            raise ValueError(f"block {layer}'s map has no query row on a real (unpadded) token")
         keep = getattr(self, "_window", None)
         keys = None if window is not None or keep is None else self._keys.start
-        self._kind, self._maps, self._q0 = kind, maps, q0
+        self._kind, self._maps = kind, maps
         if getattr(self, "_layer_key", None) != (layer, self.batch):  # what is kept per layer
             self._layer_key, self._abs_sums, self._drawn = (layer, self.batch), {}, {}
         self._all_tokens, self._offset = tokens, offset
@@ -309,13 +314,11 @@ class AttentionHeads(CacheView):
     def _rows(self, s: int, e: int, ks: int, ke: int, mode: str, head: int | None = None) -> torch.Tensor:
         """Query rows s..e-1 × key columns ks..ke-1 as ``mode`` shows them: (h, n_q, n_k), or (n_q, n_k)
         for one ``head``. Only the slice is computed; |M| shares divide by row sums kept per layer."""
-        heads = slice(None) if head is None else head
-        rows = slice(s - self._q0, e - self._q0)
-        maps = self._maps[heads, rows, ks:ke]
+        maps = self._maps.window(s, e, ks, ke, head)
         if mode == "share":
             sums = self._abs_sums.get((head, s, e))
             if sums is None:  # Σ|M| over each row's real keys: only the rows and heads asked for
-                real = self._maps[heads, rows, self._offset : self._offset + len(self._all_tokens)]
+                real = self._maps.window(s, e, self._offset, self._offset + len(self._all_tokens), head)
                 sums = torch.linalg.vector_norm(real, 1, dim=-1)  # one pass, no |M| copy
                 if len(self._abs_sums) >= 64:  # (slider moves add entries)
                     self._abs_sums.clear()
@@ -401,7 +404,7 @@ class AttentionHeads(CacheView):
         outline always."""
         s, e = self._window.start, self._window.stop
         key = (self.layer, mode, s, e)
-        h = self._maps.shape[0]
+        h = self._maps.n_heads
         cols = grid_columns(h)
         side = min(THUMB, max(8, math.isqrt(THUMB_CELLS // h)))
         if self._drawn.get("grid") == key:
@@ -446,16 +449,19 @@ class AttentionHeads(CacheView):
             self._drawn["overview"] = key
             lo, hi = self._window.lo, self._window.hi  # the real query rows
             ko, khi = self._offset, self._window.hi  # every real key up to the last query
-            full = self._rows(lo, hi, ko, khi, mode, self.head)
-            low, reach = pooled(full, OVERVIEW, diagonal=lo - ko)
-            if bool((torch.triu(full, lo - ko + 1) == 0).all()):
-                low = low.masked_fill(~reach, float("nan"))
+            share = None
+            if mode == "share":  # each row's share of its Σ|M| over the real keys (all of them are here)
+                share = lambda rows: rows.abs() / rows.abs().sum(-1, keepdim=True).clamp_min(1e-38)  # noqa: E731
+            low, each = self._maps.pooled(lo, hi, ko, khi, self.head, OVERVIEW, transform=share)
+            low = low.masked_fill(~reach(hi - lo, khi - ko, *low.shape, diagonal=lo - ko), float("nan"))
             z = low.numpy().astype(np.float32)
             skip = 1 if mode != "signed" and z.shape[0] > 1 and lo == self._offset else 0
             sink = 1 if self.sink_box.value and z.shape[1] > 1 else 0
             rows, cols = _centres(lo, hi, z.shape[0]), _centres(ko, khi, z.shape[1])
             a, b = math.ceil((hi - lo) / z.shape[0]), math.ceil((khi - ko) / z.shape[1])
             pooling = f"block means of ≤{a}×{b} cells" if a * b > 1 else "every cell"
+            if each < a:  # a bin's rows are too many to compute: its mean is over a run at its centre
+                pooling = f"block means of the middle {each} of ≤{a} rows × ≤{b} keys"
             with self.overview.batch_update():
                 self.overview.data[0].update(
                     x=cols, y=rows, z=z, **self._scale(z, mode, skip, sink),

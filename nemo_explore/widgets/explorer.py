@@ -1,27 +1,30 @@
 """Explorer: a model and a prompt -> the hybrid layer map and the three views, linked.
 
-It runs ``model.run_with_cache`` itself, caching only what the views read: the per-token points of
-every layer at once, and the p × p maps (attention pattern, Mamba hidden attention) one layer at a time,
-when a view first shows that layer — an h × p × p map per layer for every layer would not fit in memory
-for a large model. Clicking a block on the map opens its view; a new prompt re-runs the model and updates
-the same views in place (the browser gets only the new data, never new figures), keeping the chosen layers.
+It runs ``model.run_with_cache`` once per prompt, caching only per-token points (O(p) per layer): what
+the views show per token, and what the p × p maps are made of (an attention layer's q and k, a Mamba
+layer's dt, B and C), from which ``nemo_explore.pairwise`` computes exactly the rows and the pooled
+overview a view draws. An h × p × p map per layer would not fit in memory for a large model at long inputs,
+and a click never runs the model. Clicking a block on the map opens its view; a new prompt re-runs the model
+and updates the same views in place (the browser gets only the new data, never new figures), keeping the
+chosen layers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 
 import ipywidgets as widgets
 import torch
 
 from .. import hf_layout
 from ..analysis._style import LAYER_COLORS
-from ..cache import ActivationCache
+from ..describe import MemoryWarning
+from ..formatting import format_bytes
 from ..layer_types import PATTERN_CHAR
-from ..options import RunOptions
+from ..pairwise import PER_TOKEN
 from ..token_text import escape
 from ._base import STYLE
 from ._static import Page
@@ -29,18 +32,18 @@ from .attention import AttentionHeads
 from .moe import MoERouting
 from .ssm import SSMStateNorms
 
-# Above this many tokens the p × p maps (attention patterns, hidden attention) are computed for the last
-# LONG_MAP_ROWS query rows only (an h × p × p map of 2,048 tokens and 64 heads would be 1 GiB).
-FULL_MAPS_MAX = 1024
-LONG_MAP_ROWS = 512
-PAIRWISE = ("attn.hook_pattern", "mamba.hook_hidden_attn")  # computed per layer, on demand
-KEEP_LAYERS = 4  # pairwise maps of this many layers are kept at a time
-POINTS = (
-    "mamba.hook_state_norm",
-    "mamba.hook_dt",
-    "moe.hook_router_scores",
-    "moe.hook_topk_indices",
-    "moe.hook_topk_weights",
+# What a run caches: what the views show per token, and what the p × p maps are computed from.
+POINTS = tuple(
+    dict.fromkeys(
+        (
+            "mamba.hook_state_norm",
+            "moe.hook_router_scores",
+            "moe.hook_topk_indices",
+            "moe.hook_topk_weights",
+            *PER_TOKEN["attention"],
+            *PER_TOKEN["mamba"],
+        )
+    )
 )
 TABS = {"attention": "Attention heads", "ssm": "Mamba state norms", "moe": "MoE routing"}
 PROGRESS_AFTER_S, PROGRESS_EVERY_S = 0.5, 0.2  # a forward this long shows its block in the status line
@@ -128,20 +131,13 @@ class Explorer(widgets.VBox):
             raise ValueError("Explorer needs a non-empty prompt (a string)")
         t0 = time.perf_counter()
         n = len(self.model.to_str_tokens(text))
-        names = self.model.hook_names()
-        options = {}
-        if n > FULL_MAPS_MAX:  # p×p maps of a long input: only the query rows a view can show
-            options["hidden_attn_window"] = options["pattern_window"] = (n - LONG_MAP_ROWS, n)
-
-        def fetch(name: str) -> torch.Tensor:
-            with torch.no_grad(), self._progress(n, f"computing {name}"):
-                return self.model.run_with_cache(text, names_filter=[name], **options)[1][name]
-
-        with torch.no_grad(), self._progress(n, "running"):
-            wanted = [n for n in names if n.endswith(POINTS)] or ["hook_embed"]  # no Mamba / MoE block
+        with torch.no_grad(), self._progress(n, "running"), warnings.catch_warnings():
+            # what the run keeps is said in the status line, with its size, not in a warning
+            warnings.simplefilter("ignore", MemoryWarning)
+            wanted = [n for n in self.model.hook_names() if n.endswith(POINTS)] or ["hook_embed"]
             _, cache = self.model.run_with_cache(text, names_filter=wanted)
-        cache = OnDemandCache(cache, [n for n in names if n.endswith(PAIRWISE)], fetch, RunOptions(**options))
-        seconds = time.perf_counter() - t0
+        ran = time.perf_counter() - t0
+        held = sum(t.numel() * t.element_size() for t in cache.values())
         wanted = {
             "attention": bool(cache.layers("attention") or cache.layers("mamba")),
             "ssm": bool(cache.layers("mamba")),
@@ -164,8 +160,10 @@ class Explorer(widgets.VBox):
             self.tabs.children = list(views.values())
             for k, key in enumerate(views):
                 self.tabs.set_title(k, TABS[key])
-        long = f" (long input: attention maps for the last {LONG_MAP_ROWS} query rows)" if options else ""
-        self._ran = f"Ran {n} tokens in {seconds:.2f} s{long}."
+        self._ran = (
+            f"Ran {n} tokens in {ran:.2f} s, drawn in {time.perf_counter() - t0 - ran:.2f} s; "
+            f"{format_bytes(held)} of per-token points held."
+        )
         self.status.value = f'<div class="ne-note">{self._ran} Click a block above to see its view.</div>'
         if self.selected is not None:
             self.select_layer(self.selected)
@@ -257,51 +255,3 @@ class Explorer(widgets.VBox):
             page.html(f"<h2>{TABS[key]}</h2>")
             view._static(page)
         return page.render()
-
-
-class OnDemandCache(ActivationCache):
-    """A run's cache that also offers ``lazy`` names, computed by ``fetch(name)`` when first read.
-
-    Only the last ``KEEP_LAYERS`` computed tensors are kept. ``name in cache`` is true for a lazy name
-    before it is computed; iterating gives what is held now.
-    """
-
-    def __init__(
-        self,
-        cache: ActivationCache,
-        lazy: list[str],
-        fetch: Callable[[str], torch.Tensor],
-        options: RunOptions,
-    ) -> None:
-        super().__init__(
-            dict(cache),
-            layer_types=cache.layer_types,
-            tokens=cache.tokens,
-            str_tokens=cache.str_tokens_all,
-            attention_mask=cache.attention_mask,
-            config=cache.config,
-            model=cache.model,
-            options=options,  # those ``fetch`` computes the lazy names under
-        )
-        self._lazy, self._fetch = set(lazy), fetch
-        self._recent: OrderedDict[str, torch.Tensor] = OrderedDict()
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._lazy or super().__contains__(name)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._lazy:
-            return super().__getitem__(name)
-        if name not in self._recent:
-            self._recent[name] = self._fetch(name)
-            while len(self._recent) > KEEP_LAYERS:
-                self._recent.popitem(last=False)
-        self._recent.move_to_end(name)
-        return self._recent[name]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from super().__iter__()
-        yield from list(self._recent)
-
-    def __len__(self) -> int:
-        return super().__len__() + len(self._recent)

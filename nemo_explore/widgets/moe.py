@@ -42,6 +42,13 @@ class MoERouting(CacheView):
     """
 
     title = "MoE routing"
+    ARRAYS = {  # per block: a dict of (p, k) and, for the score view, (p, n_experts)
+        "moe": {
+            "topk_indices": "moe.hook_topk_indices",
+            "topk_weights": "moe.hook_topk_weights",
+            "router_scores": "moe.hook_router_scores",
+        }
+    }
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class SSMStateNorms(CacheView):
     """
 
     title = "Mamba state norms"
+    ARRAYS = {"mamba": "mamba.hook_state_norm"}  # (p, h) per block
 
     def __init__(
         self,
