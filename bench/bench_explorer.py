@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "browser"), str(ROOT / "tests")]
 
 import nemo_explore as ne  # noqa: E402
-from nemo_explore import registry  # noqa: E402
-from nemo_explore.formatting import format_bytes  # noqa: E402
+from nemo_explore.checkpoints import registry  # noqa: E402
+from nemo_explore.core.formatting import format_bytes  # noqa: E402
 
 
 def real_shape(name: str, hidden: int):

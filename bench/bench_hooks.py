@@ -19,7 +19,7 @@ import torch
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
 import nemo_explore as ne
-from nemo_explore.layer_types import to_hf
+from nemo_explore.core.layer_types import to_hf
 
 try:
     from peers import nnsight_residual_cache, transformerlens_bridge

@@ -15,8 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, NemotronHForCausalLM
 
 import nemo_explore as ne
-from nemo_explore import registry
-from nemo_explore.configs import shortened
+from nemo_explore.checkpoints import registry
+from nemo_explore.checkpoints.configs import shortened
 
 try:
     from bench_hooks import measure

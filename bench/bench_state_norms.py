@@ -19,7 +19,7 @@ import time
 import torch
 import transformers.models.nemotron_h.modeling_nemotron_h as hf_mod
 
-from nemo_explore import ssd
+from nemo_explore.core import ssd
 
 HEADS, HEAD_DIM, D_STATE, GROUPS, HF_CHUNK = 64, 64, 128, 8, 128
 

@@ -1,17 +1,21 @@
 """nemo-explore: look inside NVIDIA Nemotron-H hybrid language models from Jupyter."""
 
-from . import corpus, registry
+from . import corpus
 from .cache import ActivationCache
-from .configs import build_config, recommended_defaults, shortened, small_config
-from .describe import ModelDescription, describe
-from .factored import FactoredMatrix
-from .hook_names import HookNameError
-from .hooks import HookPoint, ReadOnlyHookError
-from .layer_types import LAYER_TYPES
-from .loading import MemoryWarning, load
+from .checkpoints import registry
+from .checkpoints.configs import build_config, recommended_defaults, shortened, small_config
+from .checkpoints.describe import ModelDescription, describe
+from .checkpoints.loading import MemoryWarning, load
+from .checkpoints.sources import CheckpointError, NotNemotronHError
+from .core.hook_names import HookNameError
+from .core.hooks import HookPoint, ReadOnlyHookError
+from .core.layer_types import LAYER_TYPES
+from .core.options import RunOptions
 from .model import HookedNemotronH
-from .options import RunOptions
-from .sources import CheckpointError, NotNemotronHError
+from .tl import (
+    utils,  # TransformerLens' `from transformer_lens import utils` -> `from nemo_explore import utils`
+)
+from .tl.factored import FactoredMatrix
 
 __all__ = [
     "MemoryWarning",
@@ -23,6 +27,7 @@ __all__ = [
     "registry",
     "shortened",
     "small_config",
+    "utils",
     "LAYER_TYPES",
     "ActivationCache",
     "FactoredMatrix",

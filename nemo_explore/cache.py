@@ -7,12 +7,12 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from .formatting import format_bytes
-from .hook_names import BLOCK_POINTS
-from .layer_types import HOOK_PREFIX, LAYER_COLORS, block_index, canonical, to_pattern
-from .options import RunOptions, state_positions
-from .residual import ResidualStreamTools
-from .utils import get_act_name
+from .core.formatting import format_bytes
+from .core.hook_names import BLOCK_POINTS
+from .core.layer_types import HOOK_PREFIX, LAYER_COLORS, block_index, canonical, to_pattern
+from .core.options import RunOptions, state_positions
+from .tl.residual import ResidualStreamTools
+from .tl.utils import get_act_name
 
 REPR_OPEN_ROWS = 12  # a notebook shows a cache of more blocks than this folded
 
@@ -84,7 +84,7 @@ class ActivationCache(ResidualStreamTools, Mapping):
             name = _model_point(name)  # TL's cache['embed'], cache['normalized']
         if name in self._data:
             return self._data[name]
-        from .hook_names import HookNameError, all_names, unknown_name_error
+        from .core.hook_names import HookNameError, all_names, unknown_name_error
 
         known = all_names(self.layer_types)
         if name in known:
@@ -173,7 +173,7 @@ class ActivationCache(ResidualStreamTools, Mapping):
 
     def _stack_error(self, point: str, idx: list[int], layer_type: str | None) -> KeyError:
         """``stack(point)`` found nothing: a real point that was not cached, or a name to correct."""
-        from .hook_names import HookNameError, block_point_names, unknown_name_error
+        from .core.hook_names import HookNameError, block_point_names, unknown_name_error
 
         have = {n.split(".", 2)[2] for i in idx for n in block_point_names(i, self.layer_types[i])}
         if point in have:

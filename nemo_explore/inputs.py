@@ -12,9 +12,27 @@ from typing import Any
 
 import torch
 
-from .token_text import token_text
+from .core.token_text import token_text
 
 Input = str | Sequence[str] | torch.Tensor
+
+
+def single_token(model, token: int | str) -> int:
+    """A token id, or a string that the tokenizer turns into exactly one token -> its id."""
+    if isinstance(token, str):
+        if model.tokenizer is None:
+            raise ValueError(f"this model has no tokenizer to read {token!r}: pass a token id instead")
+        ids = model.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(
+                f"{token!r} is {len(ids)} tokens ({ids}), not one: pass a token id or a one-token string "
+                "(mind the leading space, e.g. ' Paris')"
+            )
+        return int(ids[0])
+    token = int(token)
+    if not 0 <= token < model.cfg.vocab_size:
+        raise ValueError(f"token id {token} is outside the vocabulary [0, {model.cfg.vocab_size})")
+    return token
 
 
 class Inputs:
@@ -43,10 +61,6 @@ class Inputs:
 
     def to_single_token(self, string: str) -> int:
         """A string that is exactly one token -> its id (an error says how many tokens it is otherwise)."""
-        # analysis/logit_lens.py holds single_token for the analyses; a named exception in the
-        # layering test (tests/test_imports.py) until it moves down here
-        from .analysis.logit_lens import single_token  # noqa: PLC0415 (analysis imports the model module)
-
         if not isinstance(string, str):
             raise TypeError(f"to_single_token takes a string, got {type(string).__name__}")
         return single_token(self, string)

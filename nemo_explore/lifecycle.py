@@ -4,8 +4,8 @@
 registry of hook functions (``hooks.HookRegistry``), what is attached to the HF modules for them, and the
 ``RunOptions`` of the forward now running. After every change of the active hooks ``_sync`` attaches what
 they need and detaches what they no longer need: a plain torch hook for a model or block point, the
-instrumented forward (``instrument.py``, ``mixers/``) for a point inside a mixer, after the mirror check of
-its kind (``guard.ensure``). Nothing hooked, nothing attached.
+instrumented forward (``mirror/instrument.py``, ``mirror/mixers/``) for a point inside a mixer, after the
+mirror check of its kind (``guard.ensure``). Nothing hooked, nothing attached.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Self
 
-from . import guard, hf_layout
-from .hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
-from .hooks import Fire, HookFn, HookRegistry
-from .instrument import instrument_mixer
-from .layer_types import HOOK_PREFIX
-from .options import RunOptions
+from .core.hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
+from .core.hooks import Fire, HookFn, HookRegistry
+from .core.layer_types import HOOK_PREFIX
+from .core.options import RunOptions
+from .mirror import guard, hf_layout
+from .mirror.instrument import instrument_mixer
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 

@@ -6,7 +6,7 @@ forward (``mixers/``) for points inside a mixer — and removing it takes exactl
 
 The class is composed of three mixins, each the one place for its concern: ``inputs.Inputs`` (text, ids
 and masks in, token strings out), ``lifecycle.HookLifecycle`` (the active hooks and what they attach to
-the HF modules) and ``tl_weights.TLWeights`` (the weights under TransformerLens' names). This module holds
+the HF modules) and ``tl.weights.TLWeights`` (the weights under TransformerLens' names). This module holds
 what runs the model: the forward and its loss, ``run_with_hooks``, ``run_with_cache`` and ``generate``.
 """
 
@@ -18,20 +18,20 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from . import hf_layout
 from .cache import ActivationCache
-from .describe import MemoryWarning, describe
-from .formatting import format_bytes
-from .hook_names import parse
-from .hooks import HookFn, HookPoint
+from .checkpoints.describe import MemoryWarning, describe
+from .checkpoints.sources import NotNemotronHError
+from .core.formatting import format_bytes
+from .core.hook_names import parse
+from .core.hooks import HookFn, HookPoint
+from .core.layer_types import ATTENTION, MAMBA, MLP, MOE, canonical, parse_pattern
+from .core.options import RunOptions
 from .inputs import Input, Inputs, is_texts
-from .layer_types import ATTENTION, MAMBA, MLP, MOE, canonical, parse_pattern
 from .lifecycle import HookLifecycle, NamesFilter, no_bwd_hooks
-from .options import RunOptions
-from .sources import NotNemotronHError
-from .tl_config import TLConfig
-from .tl_weights import TLWeights
-from .utils import lm_cross_entropy_loss
+from .mirror import hf_layout
+from .tl.config import TLConfig
+from .tl.utils import lm_cross_entropy_loss
+from .tl.weights import TLWeights
 
 
 def check_nemotron_h(hf_model) -> None:

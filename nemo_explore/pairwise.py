@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import hf_layout, ssd
-from .mixers.attention import scores_and_pattern
+from .core import ssd
+from .mirror import hf_layout
+from .mirror.mixers.attention import scores_and_pattern
 
 __all__ = [
     "HiddenAttentionFromSSM",

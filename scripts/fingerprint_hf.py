@@ -1,4 +1,4 @@
-"""Print ``VERIFIED_CODE`` for nemo_explore/versions.py from transformers releases' Nemotron-H code.
+"""Print ``VERIFIED_CODE`` for nemo_explore/mirror/versions.py from transformers releases' Nemotron-H code.
 
     python scripts/fingerprint_hf.py 5.21.0 5.22.2 5.23.0 5.24.0
 
@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nemo_explore.versions import code_fingerprints  # noqa: E402
+from nemo_explore.mirror.versions import code_fingerprints  # noqa: E402
 
 MODELING = "transformers/models/nemotron_h/modeling_nemotron_h.py"
 
@@ -41,7 +41,7 @@ def fingerprint_table(versions: list[str], wheels: Path) -> dict[str, dict[str, 
 
 
 def render(table: dict[str, dict[str, str]]) -> str:
-    """The ``VERIFIED_CODE = {...}`` assignment of nemo_explore/versions.py for ``table``."""
+    """The ``VERIFIED_CODE = {...}`` assignment of nemo_explore/mirror/versions.py for ``table``."""
     lines = ["VERIFIED_CODE: dict[str, dict[str, str]] = {"]
     for kind, prints in table.items():
         lines.append(f"    {kind!r}: {{")

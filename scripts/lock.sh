@@ -8,7 +8,7 @@
 #                           unless it has to)
 #   binder/requirements.txt the notebook extra's closure at the newest pins, minus torch's CUDA packages
 #                           (Binder takes the CPU build of torch from PyTorch's CPU index)
-# OLDEST_VERIFIED / NEWEST_VERIFIED are read from nemo_explore/versions.py; torch stays at TORCH below.
+# OLDEST_VERIFIED / NEWEST_VERIFIED are read from nemo_explore/mirror/versions.py; torch stays at TORCH below.
 # Usage: bash scripts/lock.sh             keep every current pin that still resolves (after a change of
 #                                         pyproject.toml or of the verified range)
 #        bash scripts/lock.sh --upgrade   take the newest release of everything that is not pinned here
@@ -31,7 +31,7 @@ UV="$TOOL/bin/uv"
 read -r OLDEST NEWEST < <(python3 - <<'PY'
 import ast, pathlib
 found = {}
-for path in ("nemo_explore/versions.py", "nemo_explore/guard.py"):
+for path in ("nemo_explore/mirror/versions.py", "nemo_explore/mirror/guard.py"):
     p = pathlib.Path(path)
     if not p.exists():
         continue

@@ -113,7 +113,7 @@ def train_tokenizer(docs: list[str]):
 def build_model(tokenizer):
     from transformers import NemotronHConfig, NemotronHForCausalLM
 
-    from nemo_explore.layer_types import to_hf
+    from nemo_explore.core.layer_types import to_hf
 
     cfg = NemotronHConfig(
         vocab_size=len(tokenizer),

@@ -3,14 +3,14 @@
     bash scripts/verify_release.sh 5.26.0      (runs this file in the project's venv)
 
 1. Fingerprints the release's Nemotron-H code (scripts/fingerprint_hf.py) into ``VERIFIED_CODE`` of
-   nemo_explore/versions.py, makes it ``NEWEST_VERIFIED`` if it is newer, and regenerates the pins
+   nemo_explore/mirror/versions.py, makes it ``NEWEST_VERIFIED`` if it is newer, and regenerates the pins
    (scripts/lock.sh: constraints/newest.txt, constraints/oldest.txt, binder/requirements.txt).
 2. Runs the whole suite (scripts/test.sh: ruff, unit, parity, notebooks, browser) in a fresh venv
    (``.venv-verify``) on those pins.
 3. Passed: the release is verified. The changed files are left for you to commit (CI then tests it as
    the newest end) and the README's "Supported versions" to update.
-   Failed: every change is undone and the release is added to ``REFUSED`` in nemo_explore/versions.py with
-   the tests that failed, so that the guard refuses the mirrored hook points on it at run time (the
+   Failed: every change is undone and the release is added to ``REFUSED`` in nemo_explore/mirror/versions.py
+   with the tests that failed, so that the guard refuses the mirrored hook points on it at run time (the
    residual stream keeps working). The suite's output stays in verify-VERSION.log.
 
 pyproject.toml sets no upper bound on transformers: a release nobody verified yet runs only if the guard's
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from fingerprint_hf import code_fingerprints, modeling_source, render  # noqa: E402
 
-VERSIONS = ROOT / "nemo_explore" / "versions.py"
+VERSIONS = ROOT / "nemo_explore" / "mirror" / "versions.py"
 PINNED = [
     VERSIONS,
     ROOT / "constraints" / "newest.txt",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
-from nemo_explore.configs import small_config
+from nemo_explore.checkpoints.configs import small_config
 
 
 def tiny_config(pattern: str = "M*-EM", **overrides) -> NemotronHConfig:

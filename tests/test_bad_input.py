@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import nemo_explore as ne
-from nemo_explore.hook_names import HookNameError
-from nemo_explore.mixers import mamba
+from nemo_explore.core.hook_names import HookNameError
+from nemo_explore.mirror.mixers import mamba
 
 TEXT = "The cat sat on the mat"
 
@@ -233,7 +233,7 @@ def test_a_big_cache_is_announced_with_its_size(model, monkeypatch):
     """Before a run_with_cache whose cache passes CACHE_WARN_BYTES: a MemoryWarning (shown by default,
     unlike a ResourceWarning) with the estimate, which is what the cache then holds, to the byte."""
     from nemo_explore import model as model_module
-    from nemo_explore.formatting import format_bytes
+    from nemo_explore.core.formatting import format_bytes
 
     text = " ".join(["the cat sat on the mat"] * 20)
     monkeypatch.setattr(model_module, "CACHE_WARN_BYTES", 1 << 20)

@@ -12,7 +12,7 @@ from models import hooked_pair
 from transformers import DynamicCache, StaticCache
 
 import nemo_explore as ne
-from nemo_explore.versions import cache_keyword
+from nemo_explore.mirror.versions import cache_keyword
 
 SHAPES = {
     "gqa_groups": ("M*-EM", {}),

@@ -6,10 +6,10 @@ import torch
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
 import nemo_explore as ne
-from nemo_explore import registry
-from nemo_explore.configs import build_config, recommended_defaults, shortened, small_config
-from nemo_explore.describe import describe
-from nemo_explore.layer_types import to_pattern
+from nemo_explore.checkpoints import registry
+from nemo_explore.checkpoints.configs import build_config, recommended_defaults, shortened, small_config
+from nemo_explore.checkpoints.describe import describe
+from nemo_explore.core.layer_types import to_pattern
 
 
 def pattern(cfg):

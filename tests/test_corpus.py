@@ -21,7 +21,7 @@ TOKENIZER = ne.load("tiny").tokenizer
 
 
 def TEXT(i):  # noqa: N802
-    from nemo_explore.token_text import token_text
+    from nemo_explore.core.token_text import token_text
 
     return token_text(TOKENIZER, i)
 

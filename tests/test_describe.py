@@ -9,11 +9,11 @@ from models import random_model, tiny_config
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
 import nemo_explore as ne
-from nemo_explore import registry
-from nemo_explore.configs import small_config
-from nemo_explore.describe import describe
-from nemo_explore.formatting import format_bytes
-from nemo_explore.sources import CheckpointError
+from nemo_explore.checkpoints import registry
+from nemo_explore.checkpoints.configs import small_config
+from nemo_explore.checkpoints.describe import describe
+from nemo_explore.checkpoints.sources import CheckpointError
+from nemo_explore.core.formatting import format_bytes
 
 GiB = 2**30
 
@@ -272,7 +272,7 @@ def test_notebook_reprs_of_the_model_and_a_cache(hooked, monkeypatch):
     """What a notebook shows for ``model`` and ``cache``: the layer map in the layer colours, every cached
     point with its shape, the total size."""
     import nemo_explore.cache
-    from nemo_explore.layer_types import LAYER_COLORS
+    from nemo_explore.core.layer_types import LAYER_COLORS
 
     page = hooked._repr_html_()
     assert all(LAYER_COLORS[t] in page for t in set(hooked.layer_types))

@@ -1,4 +1,4 @@
-"""Dtype names: one parser (``nemo_explore.dtypes.as_dtype``) for ``load`` and ``describe``."""
+"""Dtype names: one parser (``nemo_explore.core.dtypes.as_dtype``) for ``load`` and ``describe``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import nemo_explore as ne
-from nemo_explore.dtypes import as_dtype
+from nemo_explore.core.dtypes import as_dtype
 
 NAMES = {
     torch.float32: ("float32", "fp32", "float", "torch.float32", "FLOAT32", torch.float32),

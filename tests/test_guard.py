@@ -14,11 +14,11 @@ from models import random_model
 from transformers.models.nemotron_h import modeling_nemotron_h as hf_code
 
 import nemo_explore as ne
-from nemo_explore import guard
-from nemo_explore.layer_types import LAYER_TYPES
-from nemo_explore.mixers import mamba
-from nemo_explore.mixers._call import CACHE_KEYWORDS
-from nemo_explore.versions import (
+from nemo_explore.core.layer_types import LAYER_TYPES
+from nemo_explore.mirror import guard
+from nemo_explore.mirror.mixers import mamba
+from nemo_explore.mirror.mixers._call import CACHE_KEYWORDS
+from nemo_explore.mirror.versions import (
     NEWEST_VERIFIED,
     VERIFIED_CODE,
     MirrorError,

@@ -2,9 +2,11 @@
 
 The graph is read from the source with ``ast``: an edge for every ``import`` / ``from ... import`` of a
 ``nemo_explore`` module, wherever it stands (module level, inside a function or a method), except under
-``if TYPE_CHECKING:``, which never runs. ``from . import x`` is an edge to the submodule ``x``. The
-implicit import of a parent package (``nemo_explore/__init__.py`` runs before any submodule) is not an
-edge: the top package imports every public module, so it would make every import a "cycle".
+``if TYPE_CHECKING:``, which never runs. ``from . import x`` is an edge to the submodule ``x``. For the
+layering, the packages Python imports on the way are edges too (importing ``nemo_explore.mirror.mixers.mamba``
+runs ``mirror/__init__.py`` and ``mirror/mixers/__init__.py``), except the top package's
+(``nemo_explore/__init__.py`` runs before any submodule and imports every public module); for cycles they
+are not (a package's ``__init__`` importing its own modules is no cycle).
 
 On that graph, the layering: ``LAYERS`` orders the modules from the bottom up, and no module imports one of
 a higher layer (modules of one layer may import each other, without a cycle). A new module must be placed in
@@ -71,10 +73,19 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in out if m in known}
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(parents: bool = False) -> dict[str, set[str]]:
+    """Module -> the package modules it imports. ``parents``: also the packages Python imports on the way
+    (importing ``a.b.c`` runs ``a/b/__init__.py`` first; the top package's is left out: it imports every
+    public module, and a submodule runs it whatever it imports)."""
     mods = modules()
     known = set(mods)
-    return {name: imports_of(name, path, known) for name, path in mods.items()}
+    graph = {name: imports_of(name, path, known) for name, path in mods.items()}
+    if parents:
+        for name, targets in graph.items():
+            for module in [name, *targets]:
+                parts = module.split(".")
+                targets |= {".".join(parts[:k]) for k in range(2, len(parts))} - {name}
+    return graph
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -104,20 +115,24 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # that matches places a module).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the words every other module speaks: layer kinds, run options, dtypes, labels, token text, the one
-    # reader of HF's layout, the verified releases; pure math on tensors (Mamba-2's SSD, factored matrices)
-    ("foundations", ("layer_types", "options", "dtypes", "formatting", "token_text", "hf_layout", "versions",
-                     "ssd", "factored")),
+    # reader of HF's layout, the verified releases; pure math on tensors (Mamba-2's SSD, factored matrices);
+    # the folders' own __init__ files, which import nothing
+    ("foundations", (
+        "core", "core.layer_types", "core.options", "core.dtypes", "core.formatting", "core.token_text",
+        "core.ssd", "mirror", "mirror.hf_layout", "mirror.versions", "mirror.state_dict", "tl", "tl.factored",
+    )),  # fmt: skip
     # the hook points: their table, their names, the one hook mechanism
-    ("points", ("points", "hook_names", "hooks")),
+    ("points", ("core.points", "core.hook_names", "core.hooks")),
     # configs and checkpoints, and what a model costs, before there is a model
-    ("checkpoints", ("registry", "checkpoints", "configs", "sources", "describe")),
+    ("checkpoints", ("checkpoints",)),
     # the mirror of HF's private mixer code, and its run-time check
-    ("mirror", ("mixers", "instrument", "guard")),
+    ("mirror", ("mirror.mixers", "mirror.instrument", "mirror.guard")),
     # TransformerLens' surface the model and its cache are built from: names and loss, config, weights
-    ("transformer_lens", ("utils", "tl_config", "tl_weights")),
-    # the model (its tokenizer side, its hook lifecycle, the forward) and its cache
-    ("model", ("inputs", "lifecycle", "model", "residual", "cache", "pairwise")),
-    ("loading", ("loading",)),
+    ("transformer_lens", ("tl.utils", "tl.config", "tl.weights")),
+    # the model (its tokenizer side, its hook lifecycle, the forward), its cache and the TL residual tools
+    # the cache offers, and the p × p maps computed from a cache
+    ("model", ("inputs", "lifecycle", "model", "tl.residual", "cache", "pairwise")),
+    ("loading", ("checkpoints.loading",)),
     # what is computed with a model: analyses, corpus statistics
     ("tools", ("analysis", "corpus")),
     # what shows them
@@ -129,16 +144,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 # (importer, imported) -> why this upward import stays. Each must still be an edge of the graph.
-EXCEPTIONS = {
-    (f"{TOP}.inputs", f"{TOP}.analysis.logit_lens"): (
-        "to_single_token asks analysis' single_token (a lazy import), which analysis/patching.py uses too; "
-        "it belongs in inputs.py, and moves there with the next change to analysis/"
-    ),
-    (f"{TOP}.corpus.driver", TOP): (
-        "a collect run's manifest records nemo_explore.__version__, which the package's __init__ holds "
-        "(a lazy import, when the package is loaded anyway)"
-    ),
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _full(name: str) -> str:
@@ -175,14 +181,14 @@ def test_the_layering_places_every_module_once():
 
 
 def test_no_module_imports_a_higher_layer():
-    graph = import_graph()
+    graph = import_graph(parents=True)
     excepted = {f"{a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]})" for a, b in EXCEPTIONS}
     upward = [edge for edge in upward_imports(graph) if edge not in excepted]
     assert not upward, "imports of a higher layer:\n" + "\n".join(upward)
 
 
 def test_every_exception_is_still_an_upward_import():
-    graph = import_graph()
+    graph = import_graph(parents=True)
     for importer, imported in EXCEPTIONS:
         assert imported in graph.get(importer, ()), f"{importer} no longer imports {imported}: drop it"
         assert layer_of(imported) > layer_of(importer), f"{importer} -> {imported} is not upward: drop it"
@@ -198,12 +204,25 @@ def test_the_layering_check_sees_an_upward_import():
 def test_the_graph_sees_module_level_lazy_and_relative_imports():
     graph = import_graph()
     assert "nemo_explore.cache" in graph["nemo_explore.model"]  # module level
-    assert "nemo_explore.describe" in graph["nemo_explore.loading"]  # inside a function
-    assert "nemo_explore.ssd" in graph["nemo_explore.mixers.mamba"]  # from .. import ssd
-    assert "nemo_explore.registry" in graph["nemo_explore.describe"]  # from . import registry
+    assert "nemo_explore.checkpoints.describe" in graph["nemo_explore.checkpoints.loading"]  # in a function
+    assert "nemo_explore.core.ssd" in graph["nemo_explore.mirror.mixers.mamba"]  # from .. import ssd
+    assert "nemo_explore.checkpoints.registry" in graph["nemo_explore.checkpoints.describe"]  # from . import
     assert "nemo_explore.model" in graph["nemo_explore.analysis.ablation"]
+    parents = import_graph(parents=True)  # what importing a module runs on the way
+    assert "nemo_explore.mirror" in parents["nemo_explore.mirror.mixers.mamba"]
+    assert "nemo_explore.mirror.mixers" in parents["nemo_explore.mirror.mixers.mamba"]
+    assert "nemo_explore.widgets" in parents["nemo_explore.widgets.attention"]
+    assert "nemo_explore.core" in parents["nemo_explore.model"]  # it imports nemo_explore.core.hooks
+    assert "nemo_explore" not in parents["nemo_explore.model"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_installed_version_is_the_package_version():
+    """A corpus manifest records the installed version (importlib.metadata): the one __init__ says."""
+    from importlib.metadata import version
+
+    assert version("nemo-explore") == nemo_explore.__version__
 
 
 def test_no_import_cycle_in_the_package():
@@ -215,9 +234,11 @@ def test_moved_names_stay_importable_from_where_they_were():
     """format_bytes moved to formatting, the checkpoint pieces to sources: the old homes re-export them."""
     import importlib
 
-    from nemo_explore import formatting, loading, model, sources
+    from nemo_explore import model
+    from nemo_explore.checkpoints import loading, sources
+    from nemo_explore.core import formatting
 
-    describe = importlib.import_module("nemo_explore.describe")  # the attribute is the function
+    describe = importlib.import_module("nemo_explore.checkpoints.describe")  # the attribute is the function
     assert nemo_explore.CheckpointError is sources.CheckpointError is loading.CheckpointError
     assert nemo_explore.NotNemotronHError is sources.NotNemotronHError is model.NotNemotronHError
     assert loading.read_config is sources.read_config and loading.TINY == sources.TINY == "tiny"

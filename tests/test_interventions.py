@@ -7,7 +7,7 @@ import torch
 from models import random_model
 
 import nemo_explore as ne
-from nemo_explore.mixers.moe import routing_weights
+from nemo_explore.mirror.mixers.moe import routing_weights
 
 
 @pytest.fixture(scope="module")

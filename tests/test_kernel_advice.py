@@ -15,7 +15,7 @@ import torch
 from models import random_model
 from transformers.utils import logging as hf_logging
 
-from nemo_explore.loading import KERNEL_ADVICE, KERNEL_LOGGER, _CpuKernelAdvice
+from nemo_explore.checkpoints.loading import KERNEL_ADVICE, KERNEL_LOGGER, _CpuKernelAdvice
 
 
 class _Keep(logging.Handler):
@@ -51,7 +51,8 @@ def test_the_filter_drops_the_advice_transformers_logs_on_cpu():
     advice = [r for r in keep.records if r.name == KERNEL_LOGGER]
     assert advice, (
         f"a CPU forward logged no kernel advice on {KERNEL_LOGGER!r} (all it logged: {logged}): update "
-        "KERNEL_LOGGER in nemo_explore/loading.py, or drop the filter if transformers no longer advises"
+        "KERNEL_LOGGER in nemo_explore/checkpoints/loading.py, or drop the filter if transformers no longer "
+        "advises"
     )
     kept = [r.getMessage() for r in advice if _CpuKernelAdvice().filter(r)]
     assert not kept, f"the CPU kernel advice filter misses it (KERNEL_ADVICE = {KERNEL_ADVICE!r}): {kept}"

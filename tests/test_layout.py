@@ -1,11 +1,11 @@
-"""HF's Nemotron-H layout is read in one module, ``nemo_explore/hf_layout.py``.
+"""HF's Nemotron-H layout is read in one folder, ``nemo_explore/mirror/``.
 
 The package's source is parsed (``ast``: code only, docstrings and comments are free to name HF's
 attributes) for the names of HF's modules and parameters (``.mixer``, ``.norm_f``, ``.A_log``, ``q_proj``...)
 and accelerate's offload hook: as an attribute read (``x.mixer``), as the name given to ``getattr`` /
 ``hasattr`` / ``setattr``, or inside a string that is a dotted module path (``"model.layers.3.mixer"``).
-Outside ``hf_layout.py``, only the mirror of HF's forward code (``mixers/``, ``guard.py``, ``instrument.py``,
-``versions.py``) and the allow-listed files below may do so. Then each accessor is checked against the
+Outside ``mirror/`` (``hf_layout.py``, the one reader every other module asks, and the code that mirrors HF's
+forward, releases and parameter layout) no module may do so. Then each accessor is checked against the
 module it names on a random model.
 """
 
@@ -20,8 +20,8 @@ import torch
 from models import random_model
 
 import nemo_explore
-from nemo_explore import hf_layout
-from nemo_explore.layer_types import ATTENTION, MAMBA, MLP, MOE, parse_pattern
+from nemo_explore.core.layer_types import ATTENTION, MAMBA, MLP, MOE, parse_pattern
+from nemo_explore.mirror import hf_layout
 
 PACKAGE = Path(nemo_explore.__file__).resolve().parent
 
@@ -42,15 +42,10 @@ HF_NAMES = frozenset(
 # in a string, they are not HF's; ``layers`` in a string is, when a block index follows (``"layers.3"``).
 COMMON = frozenset({"layers", "mixer", "norm", "gate", "experts", "D"})
 
-# hf_layout.py itself, and the mirror: it re-implements HF's forward code, so it reads HF's names by design.
-MIRROR = ("hf_layout.py", "mixers/", "guard.py", "instrument.py", "versions.py")
-
-# Files that still read HF's layout themselves. Each is owned elsewhere and waits to be switched to
-# hf_layout; a file leaves this list when it is (test_allow_list_is_current fails until it does), and the
-# list ends empty.
-NOT_YET_SWITCHED = {
-    "describe.py",  # the state-dict names of its parameter accounting ("model.layers.{i}.mixer...", "A_log")
-}
+# The mirror folder: hf_layout.py, the one reader of HF's layout the rest of the package asks, and the code
+# that re-implements HF's forward (mixers/, instrument.py, guard.py), its releases (versions.py) and its
+# parameter layout and loading dtype plan (state_dict.py), which read HF's names by design.
+MIRROR = ("mirror/",)
 
 _ATTR_FUNCTIONS = ("getattr", "hasattr", "setattr", "delattr")
 _PATH = re.compile(r"^[\w.{}*]+$")  # a string that is a dotted name or path ("{}": an f-string's field)
@@ -110,26 +105,18 @@ def _mirror(rel: str) -> bool:
     return any(rel == m or (m.endswith("/") and rel.startswith(m)) for m in MIRROR)
 
 
-def test_only_hf_layout_reads_hf_attribute_names():
+def test_only_the_mirror_reads_hf_attribute_names():
     offending = {}
     for rel, path in _package_files().items():
-        if _mirror(rel) or rel in NOT_YET_SWITCHED:
+        if _mirror(rel):
             continue
         hits = hf_names_in(path.read_text())
         if hits:
             offending[rel] = hits
     assert not offending, (
-        "these modules read HF's layout themselves; ask nemo_explore/hf_layout.py instead (add an accessor "
-        f"there if none fits): {offending}"
+        "these modules read HF's layout themselves; ask nemo_explore/mirror/hf_layout.py instead (add an "
+        f"accessor there if none fits): {offending}"
     )
-
-
-def test_allow_list_is_current():
-    files = _package_files()
-    assert files.keys() >= NOT_YET_SWITCHED, NOT_YET_SWITCHED - files.keys()
-    switched = sorted(rel for rel in NOT_YET_SWITCHED if not hf_names_in(files[rel].read_text()))
-    assert not switched, f"{switched} no longer read HF's layout: take them off NOT_YET_SWITCHED"
-    assert not any(_mirror(rel) for rel in NOT_YET_SWITCHED)
 
 
 def test_the_scan_sees_what_it_should():

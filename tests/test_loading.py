@@ -154,14 +154,14 @@ def test_cuda_without_cuda_is_refused_up_front(hf):
     with pytest.raises(ValueError, match="asks for a CUDA GPU"):
         ne.load(hf, device="cuda")  # a model in memory, moved
     assert next(hf.parameters()).device.type == "cpu"
-    from nemo_explore.loading import check_devices
+    from nemo_explore.checkpoints.loading import check_devices
 
     check_devices("cpu", {"model.layers.0": "cpu", "model.layers.1": "disk"})  # no CUDA asked: fine
     check_devices(None, "auto")
 
 
 def test_cuda_device_count_is_checked(monkeypatch):
-    from nemo_explore.loading import check_devices
+    from nemo_explore.checkpoints.loading import check_devices
 
     monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -223,7 +223,7 @@ def test_offloaded_blocks_via_device_map(hf, ckpt, tmp_path):
 
 
 def test_out_of_memory_risk_announced_before_loading(ckpt, monkeypatch):
-    import nemo_explore.loading as loading
+    import nemo_explore.checkpoints.loading as loading
 
     monkeypatch.setattr(loading, "_free_memory", lambda device: 10_000)  # bytes: far too little
     with pytest.warns(ne.MemoryWarning, match=r"needs .* for its float32 weights, more than the device's"):
@@ -236,7 +236,7 @@ def test_out_of_memory_risk_announced_before_loading(ckpt, monkeypatch):
 def test_token_pieces_of_multibyte_characters_show_their_bytes():
     """A byte-level BPE token holding part of a UTF-8 character decodes alone to U+FFFD; views show its
     bytes instead, so different pieces stay distinguishable, and whole characters stay text."""
-    from nemo_explore.token_text import _piece_bytes, token_text
+    from nemo_explore.core.token_text import _piece_bytes, token_text
 
     tiny = ne.load("tiny")
     tok = tiny.tokenizer

@@ -9,7 +9,7 @@ import torch
 from models import random_model
 
 import nemo_explore as ne
-from nemo_explore.versions import cache_keyword
+from nemo_explore.mirror.versions import cache_keyword
 
 
 @pytest.fixture(scope="module")

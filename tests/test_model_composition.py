@@ -1,5 +1,5 @@
 """``HookedNemotronH`` is composed of its mixins, each the one place for its concern (``inputs.py``,
-``lifecycle.py``, ``tl_weights.py``), and what other modules reach on a model is where they reach it."""
+``lifecycle.py``, ``tl/weights.py``), and what other modules reach on a model is where they reach it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 from models import hooked_pair
 
 from nemo_explore import model as model_module
+from nemo_explore.core.layer_types import ATTENTION, MLP
 from nemo_explore.inputs import Inputs
-from nemo_explore.layer_types import ATTENTION, MLP
 from nemo_explore.lifecycle import HookLifecycle
 from nemo_explore.model import HookedNemotronH
-from nemo_explore.tl_weights import (
+from nemo_explore.tl.weights import (
     ATTENTION_WEIGHTS,
     MLP_WEIGHTS,
     AttentionWeights,
@@ -65,7 +65,7 @@ def test_the_tl_weights_across_blocks_read_their_kind(pair):
             assert isinstance(per_layer, PerLayer) and per_layer._kind == kind and per_layer._name == name
             doc = inspect.getattr_static(HookedNemotronH, name).__doc__
             assert doc == (
-                f"TransformerLens' ``{name}`` of the {kind} blocks: ``model.{name}[L]`` (see ``tl_weights``)."
+                f"TransformerLens' ``{name}`` of the {kind} blocks: ``model.{name}[L]`` (see ``tl.weights``)."
             )
             want = getattr(getattr(model.blocks[layer], "attn" if kind == ATTENTION else "mlp"), name)
             got = per_layer[layer]

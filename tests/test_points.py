@@ -1,5 +1,5 @@
-"""The one table of hook points (nemo_explore/points.py) is true: the README's table is rendered from it, and
-a real model fires exactly its points, each in the shape it says, writable exactly where it says."""
+"""The one table of hook points (nemo_explore/core/points.py) is true: the README's table is rendered from
+it, and a real model fires exactly its points, each in the shape it says, writable exactly where it says."""
 
 import itertools
 from pathlib import Path
@@ -9,9 +9,9 @@ import torch
 from models import random_model
 
 import nemo_explore as ne
-from nemo_explore import hooks, points
-from nemo_explore.layer_types import HOOK_PREFIX, LAYER_TYPES
-from nemo_explore.points import BLOCK, MODEL, POINTS
+from nemo_explore.core import hooks, points
+from nemo_explore.core.layer_types import HOOK_PREFIX, LAYER_TYPES
+from nemo_explore.core.points import BLOCK, MODEL, POINTS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OPTIONS = {

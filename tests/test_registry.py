@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
-from nemo_explore import registry
+from nemo_explore.checkpoints import registry
 
 # Transcribed by hand from the public sources (see /work/shared/nemotron_h_family.md and each entry's
 # ``source``), independently of the JSON files: layers M/*/-/E, hidden, heads/kv/head_dim,

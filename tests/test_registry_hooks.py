@@ -5,8 +5,8 @@ import torch
 from transformers import NemotronHForCausalLM
 
 import nemo_explore as ne
-from nemo_explore.hook_names import MIXER_POINTS
-from nemo_explore.layer_types import HOOK_PREFIX, parse_pattern
+from nemo_explore.core.hook_names import MIXER_POINTS
+from nemo_explore.core.layer_types import HOOK_PREFIX, parse_pattern
 
 # The kind of each HF mixer class, by a part of its name (NemotronHMamba2Mixer, NemotronHAttention, ...).
 MIXER_CLASSES = {"Mamba2Mixer": "mamba", "Attention": "attention", "MLP": "mlp", "MoE": "moe"}

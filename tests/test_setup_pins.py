@@ -1,6 +1,6 @@
 """The supported transformers range, the pins CI tests and Binder's pins cannot drift apart silently.
 
-pyproject.toml's range, nemo_explore/versions.py's OLDEST_VERIFIED / NEWEST_VERIFIED, constraints/*.txt
+pyproject.toml's range, nemo_explore/mirror/versions.py's OLDEST_VERIFIED / NEWEST_VERIFIED, constraints/*.txt
 (written by scripts/lock.sh) and binder/requirements.txt must tell the same story.
 """
 
@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from nemo_explore.versions import NEWEST_VERIFIED, OLDEST_VERIFIED
+from nemo_explore.mirror.versions import NEWEST_VERIFIED, OLDEST_VERIFIED
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWEST = ROOT / "constraints" / "newest.txt"

@@ -1,4 +1,4 @@
-"""nemo_explore.ssd against a sequential float64 recurrence written here, and against HF itself: the
+"""nemo_explore.core.ssd against a sequential float64 recurrence written here, and against HF itself: the
 recurrent state HF keeps in its cache after each prefix, and HF's chunked scan output."""
 
 import math
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import transformers.models.nemotron_h.modeling_nemotron_h as hf_mod
 from models import random_model
 
-from nemo_explore import ssd
+from nemo_explore.core import ssd
 
 # Shapes every test uses unless it says otherwise: batch 2, groups 2 of 3 heads, lengths that no chunk
 # size below divides.

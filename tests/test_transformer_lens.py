@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from models import hooked_pair
 
 import nemo_explore as ne
-from nemo_explore import utils
-from nemo_explore.hook_names import HookNameError
+from nemo_explore.core.hook_names import HookNameError
+from nemo_explore.tl import utils
 
 TEXT = "The little cat sat on the mat. The little cat sat on the mat."
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers.models.nemotron_h import modeling_nemotron_h as hf_code
 
-from nemo_explore import guard, versions
+from nemo_explore.mirror import guard, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

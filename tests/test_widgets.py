@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from nemo_explore.cache import ActivationCache
-from nemo_explore.token_text import visible
+from nemo_explore.core.token_text import visible
 from nemo_explore.widgets import AttentionHeads, Explorer, MoERouting, SSMStateNorms
 from nemo_explore.widgets._static import script_json
 from nemo_explore.widgets._tokens import tick_room
@@ -604,7 +604,7 @@ def test_nemo_explore_imports_without_ipywidgets():
 
 # ------------------------------------------------------------------ token text and small defects (issue 15)
 def test_split_characters_joined_and_fragments_kept():
-    from nemo_explore.token_text import join_pieces
+    from nemo_explore.core.token_text import join_pieces
 
     pieces = ["a", " ", "\\xe2", "\\x80", "\\x94", " b", "\\xf0\\x9f", "\\x98\\x80x", "\\xe2"]
     want = ["a", " ", "—₁", "—₂", "—₃", " b", "😀₁", "😀₂x", "\\xe2"]  # the last one: a real fragment
@@ -619,7 +619,7 @@ def test_split_characters_joined_and_fragments_kept():
 
 
 def test_analysis_figures_read_tokens_as_the_widgets_do(model):
-    """One token-text rule (nemo_explore/token_text.py): an analysis figure's axis labels read as a
+    """One token-text rule (nemo_explore/core/token_text.py): an analysis figure's axis labels read as a
     widget's tick labels, built from the same tokens; quotes plotly decodes, never ``&quot;``."""
     from nemo_explore.analysis import logit_lens
 
@@ -715,7 +715,7 @@ def test_explorer_status_and_multiline_prompt(model):
 def test_cpu_kernel_advice_dropped_without_cuda():
     import logging
 
-    from nemo_explore.loading import _CpuKernelAdvice, quiet_cpu_kernel_advice
+    from nemo_explore.checkpoints.loading import _CpuKernelAdvice, quiet_cpu_kernel_advice
 
     advice = "`mamba_chunk_scan_combined` is falling back to its reference PyTorch implementation because"
     record = logging.LogRecord("transformers.integrations.hub_kernels", 30, __file__, 1, advice, None, None)
@@ -826,7 +826,7 @@ def test_views_over_plain_arrays(cache):
     names = ("topk_indices", "topk_weights", "router_scores")
     moe = MoERouting.from_arrays({3: {n: cache[f"blocks.3.moe.hook_{n}"][0].numpy() for n in names}}, tokens)
     np.testing.assert_array_equal(z(moe.routing.data[0]), z(MoERouting(cache).routing.data[0]))
-    with pytest.raises(ValueError, match=r"blocks\.0\.mamba\.hook_state_norm: shape .* does not fit 3 tokens"):
+    with pytest.raises(ValueError, match=r"blocks\.0\.mamba\.hook_state_norm: shape .* not fit 3 tokens"):
         SSMStateNorms.from_arrays({0: norms}, tokens[:3])
     with pytest.raises(KeyError, match="unknown array 'weights'"):
         MoERouting.from_arrays({3: {"weights": norms}}, tokens)

@@ -1,5 +1,5 @@
 """One look for every analysis figure: a colour per layer type, block labels, and token text (read by
-the package's one rule, :mod:`nemo_explore.token_text`, as in the widgets).
+the package's one rule, :mod:`nemo_explore.core.token_text`, as in the widgets).
 
 Nothing here imports plotly at module level; the helpers that build traces import it when called.
 """
@@ -10,9 +10,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..layer_types import ATTENTION, LAYER_COLORS, MAMBA, MLP, MOE
-from ..token_text import join_pieces, shown, token_text
-from ..token_text import position_labels as _position_labels
+from ..core.layer_types import ATTENTION, LAYER_COLORS, MAMBA, MLP, MOE
+from ..core.token_text import join_pieces, shown, token_text
+from ..core.token_text import position_labels as _position_labels
 
 EMBED_COLOR = "#4c5b6b"  # slate: the embedding row/bar of a figure
 SHORT_NAME = {MAMBA: "mamba", ATTENTION: "attn", MLP: "mlp", MOE: "moe"}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layer_types import canonical
+from ..core.layer_types import canonical
 from ..model import token_losses
 from . import _style
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import hf_layout
-from ..residual import rms_scale
+from ..mirror import hf_layout
+from ..tl.residual import rms_scale
 from . import _style
 from .logit_lens import Targets, apply_lens, resolve_targets, target_mask
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layer_types import ATTENTION, MAMBA
+from ..core.layer_types import ATTENTION, MAMBA
 from . import _style
 
 SCORES = ("induction", "duplicate", "previous")

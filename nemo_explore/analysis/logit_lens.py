@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import hf_layout
+from ..inputs import single_token
+from ..mirror import hf_layout
 from . import _style
 
 Targets = int | str | Sequence[int] | torch.Tensor | None
@@ -22,24 +23,6 @@ def apply_lens(model, resid: torch.Tensor) -> torch.Tensor:
     final norm and unembedding exactly as its forward does (so the last block's lens is the output)."""
     hf = model.hf_model
     return hf_layout.unembed(hf)(hf_layout.final_norm(hf)(resid)).float()
-
-
-def single_token(model, token: int | str) -> int:
-    """A token id, or a string that the tokenizer turns into exactly one token -> its id."""
-    if isinstance(token, str):
-        if model.tokenizer is None:
-            raise ValueError(f"this model has no tokenizer to read {token!r}: pass a token id instead")
-        ids = model.tokenizer(token, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(
-                f"{token!r} is {len(ids)} tokens ({ids}), not one: pass a token id or a one-token string "
-                "(mind the leading space, e.g. ' Paris')"
-            )
-        return int(ids[0])
-    token = int(token)
-    if not 0 <= token < model.cfg.vocab_size:
-        raise ValueError(f"token id {token} is outside the vocabulary [0, {model.cfg.vocab_size})")
-    return token
 
 
 def resolve_targets(model, ids: torch.Tensor, targets: Targets) -> torch.Tensor:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..hook_names import READ_ONLY, parse
-from ..layer_types import ATTENTION, MAMBA, MOE
+from ..core.hook_names import READ_ONLY, parse
+from ..core.layer_types import ATTENTION, MAMBA, MOE
+from ..inputs import single_token
 from . import _style
-from .logit_lens import single_token
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 

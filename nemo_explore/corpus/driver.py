@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import hf_layout
-from ..layer_types import ATTENTION, MAMBA, MLP, MOE, canonical
+from ..core.layer_types import ATTENTION, MAMBA, MLP, MOE, canonical
+from ..core.token_text import token_text
+from ..mirror import hf_layout
 from ..model import HookedNemotronH
-from ..token_text import token_text
 from . import store, tables
 from .batches import batches
 from .fingerprint import weights_fingerprint
@@ -340,13 +340,13 @@ def model_summary(model: HookedNemotronH) -> dict:
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import version  # noqa: PLC0415
+
     import pyarrow  # noqa: PLC0415
     import transformers  # noqa: PLC0415
 
-    import nemo_explore  # noqa: PLC0415
-
     return {
-        "nemo_explore": nemo_explore.__version__,
+        "nemo_explore": version("nemo-explore"),  # the installed package's (nemo_explore.__version__)
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "pyarrow": pyarrow.__version__,

@@ -14,7 +14,7 @@ import hashlib
 
 import torch
 
-from .. import hf_layout
+from ..mirror import hf_layout
 
 WHOLE = 1 << 20  # tensors of at most this many elements are hashed whole
 SAMPLE = 1 << 16  # of bigger ones, about this many elements

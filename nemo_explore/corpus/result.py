@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..layer_types import canonical
+from ..core.layer_types import canonical
 from . import store
 from .tables import UNIT_TABLES
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import hf_layout
-from ..layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MOE
+from ..core.layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MOE
+from ..mirror import hf_layout
 from . import topk
 from .batches import Batch
 from .text import CLASSES

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..layer_types import ATTENTION, MAMBA, MOE
+from ..core.layer_types import ATTENTION, MAMBA, MOE
 from . import topk
 from .stats import LN2, bin_bounds
 from .text import CLASSES

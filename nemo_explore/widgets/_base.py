@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..cache import ActivationCache
-from ..token_text import join_pieces
+from ..core.token_text import join_pieces
 from ._static import CSS, Page
 from ._tokens import Window
 

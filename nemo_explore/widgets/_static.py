@@ -53,7 +53,7 @@ class Page:
     """A static page built from escaped HTML fragments and plotly figures, rendered by :meth:`render`."""
 
     def __init__(self, title: str) -> None:
-        from ..token_text import escape
+        from ..core.token_text import escape
 
         self.title = escape(title)
         self.parts: list[str] = []

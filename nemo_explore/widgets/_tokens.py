@@ -1,7 +1,7 @@
 """Token text on the widgets' axes and chips, and the position window that keeps long inputs fast.
 
 Every view and static page shows tokens by the package's one rule (``visible``, ``escape``,
-``position_labels`` in :mod:`nemo_explore.token_text`), which the analysis figures follow too. Axis
+``position_labels`` in :mod:`nemo_explore.core.token_text`), which the analysis figures follow too. Axis
 ticks show at most ``TICK_CHARS`` characters of a token (``␣×40`` for a run of spaces); the full text is
 the category, which hover shows.
 """
@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from ..token_text import escape, position_labels, visible
+from ..core.token_text import escape, position_labels, visible
 
 TICK_CHARS = 12
 _RUN = re.compile(r"(.)\1{3,}")

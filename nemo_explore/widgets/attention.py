@@ -18,8 +18,8 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
+from ..core.token_text import position_labels, visible
 from ..pairwise import available, pairwise_maps
-from ..token_text import position_labels, visible
 from ._base import STYLE, CacheView
 from ._figures import (
     DIVERGING,

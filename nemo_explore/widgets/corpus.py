@@ -13,8 +13,8 @@ import math
 import ipywidgets as widgets
 import numpy as np
 
-from ..layer_types import LAYER_COLORS, canonical
-from ..token_text import escape, visible
+from ..core.layer_types import LAYER_COLORS, canonical
+from ..core.token_text import escape, visible
 from ._base import STYLE
 from ._figures import SEQUENTIAL, SHARE, figure_widget
 from ._static import Page

@@ -19,13 +19,13 @@ from collections.abc import Iterator
 import ipywidgets as widgets
 import torch
 
-from .. import hf_layout
 from ..analysis._style import LAYER_COLORS
-from ..describe import MemoryWarning
-from ..formatting import format_bytes
-from ..layer_types import PATTERN_CHAR
+from ..checkpoints.describe import MemoryWarning
+from ..core.formatting import format_bytes
+from ..core.layer_types import PATTERN_CHAR
+from ..core.token_text import escape
+from ..mirror import hf_layout
 from ..pairwise import PER_TOKEN
-from ..token_text import escape
 from ._base import STYLE
 from ._static import Page
 from .attention import AttentionHeads

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipywidgets as widgets
 import torch
 
-from ..token_text import escape, position_labels, visible
+from ..core.token_text import escape, position_labels, visible
 from ._base import STYLE, CacheView
 from ._figures import figure_widget, fit_height
 from ._static import Page

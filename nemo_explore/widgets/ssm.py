@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import ipywidgets as widgets
 import torch
 
-from ..token_text import position_labels
+from ..core.token_text import position_labels
 from ._base import STYLE, CacheView
 from ._figures import figure_widget, fit_height
 from ._static import Page

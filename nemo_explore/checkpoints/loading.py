@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from ..core.dtypes import as_dtype
+from ..model import HookedNemotronH
 from .describe import MemoryWarning
-from .dtypes import as_dtype
-from .model import HookedNemotronH
 from .sources import TINY, CheckpointError, read_config, resolve, weight_files
 
 __all__ = ["TINY", "CheckpointError", "MemoryWarning", "announce_memory", "load", "read_config"]

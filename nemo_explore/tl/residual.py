@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from . import hf_layout
-from .hook_names import HookNameError, unknown_name_error
-from .layer_types import ATTENTION, HOOK_PREFIX, block_index, canonical
+from ..core.hook_names import HookNameError, unknown_name_error
+from ..core.layer_types import ATTENTION, HOOK_PREFIX, block_index, canonical
+from ..mirror import hf_layout
 from .utils import get_act_name
 
 PosSlice = int | slice | tuple | list | torch.Tensor | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import hf_layout
+from ..mirror import hf_layout
 
 # TL config name -> how to compute it from the HF config ``c`` and the HookedNemotronH ``m``.
 _TL_NAMES = {

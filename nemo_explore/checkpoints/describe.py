@@ -36,11 +36,21 @@ from typing import Any
 
 import torch
 
-from .dtypes import as_dtype
-from .formatting import format_bytes, format_count
-from .hook_names import BLOCK_POINTS, all_names, unknown_name_error
-from .layer_types import ATTENTION, LAYER_COLORS, LAYER_TYPES, MAMBA, MLP, MOE, PATTERN_CHAR, parse_pattern
-from .points import row, sizes
+from ..core.dtypes import as_dtype
+from ..core.formatting import format_bytes, format_count
+from ..core.hook_names import BLOCK_POINTS, all_names, unknown_name_error
+from ..core.layer_types import (
+    ATTENTION,
+    LAYER_COLORS,
+    LAYER_TYPES,
+    MAMBA,
+    MLP,
+    MOE,
+    PATTERN_CHAR,
+    parse_pattern,
+)
+from ..core.points import row, sizes
+from ..mirror import state_dict
 from .sources import TINY, CheckpointError, cached_config, is_hub_id, read_config, tiny_dir
 
 __all__ = ["MemoryWarning", "ModelDescription", "describe", "format_bytes"]
@@ -57,7 +67,7 @@ _INT_POINTS = frozenset({"hook_topk_indices"})  # int64 whatever the cache dtype
 def describe(source: Any, *, cache_dir: str | os.PathLike | None = None) -> ModelDescription:
     """Describe a Nemotron-H model without loading its weights.
 
-    ``source``: a registry name (``"nvidia/Nemotron-H-8B-Base-8K"``, see ``nemo_explore.registry.names()``),
+    ``source``: a registry name (``"nvidia/Nemotron-H-8B-Base-8K"``, see ``ne.registry.names()``),
     a local checkpoint directory (or its ``config.json``), a hub id found in the local Hugging Face cache
     (``cache_dir`` overrides where to look; nothing is downloaded), a ``NemotronHConfig``, or an HF model
     (``NemotronHForCausalLM`` or ``HookedNemotronH``). Configs are read as data with the native class,
@@ -150,10 +160,10 @@ class ModelDescription:
         self.pattern = "".join(PATTERN_CHAR[t] for t in self.layer_types)
         self.counts = {t: self.layer_types.count(t) for t in LAYER_TYPES}
         self.mtp_layers = int(getattr(c, "num_nextn_predict_layers", 0) or 0)
-        self.params = _param_counts(c, self.counts)
+        self.params = state_dict.param_counts(c, self.counts)
         self.n_params = sum(self.params.values())
         unused = c.n_routed_experts - c.num_experts_per_tok
-        self.n_active_params = self.n_params - self.counts[MOE] * unused * _expert_params(c)
+        self.n_active_params = self.n_params - self.counts[MOE] * unused * state_dict.expert_params(c)
         self.n_buffers = self.counts[MOE] * c.n_routed_experts  # the routers' e_score_correction_bias
         if self.mtp_layers:
             kinds = "".join(PATTERN_CHAR[t] for t in parse_pattern(c.mtp_layers_block_type))
@@ -161,7 +171,7 @@ class ModelDescription:
                 f"the checkpoint's {self.mtp_layers} multi-token-prediction layer(s) (pattern {kinds}) are "
                 "skipped by transformers when loading: not counted, not hooked"
             )
-        if c.tie_word_embeddings and not _hf_ties_embeddings():
+        if c.tie_word_embeddings and not state_dict.hf_ties_embeddings():
             self.notes.append(
                 "the config asks for tied embeddings, but transformers builds lm_head as its own matrix "
                 "(counted); a checkpoint without lm_head.weight would load it randomly initialised"
@@ -176,7 +186,7 @@ class ModelDescription:
     def tensor_bytes(self, dtype: torch.dtype | str = torch.bfloat16) -> dict[str, int]:
         """Full name -> bytes of every parameter and buffer once loaded in ``dtype`` (see ``load_bytes``)."""
         dtype = as_dtype(dtype)
-        kept = _kept_in_float32(dtype)
+        kept = state_dict.kept_in_float32(dtype)
         return {
             name: n * (4 if kept is not None and kept.search(name) else dtype.itemsize)
             for name, n in self.tensor_sizes().items()
@@ -185,7 +195,7 @@ class ModelDescription:
     def tensor_sizes(self) -> dict[str, int]:
         """Full name -> number of elements of every parameter and buffer of ``NemotronHForCausalLM(config)``
         (``state_dict`` names, ``model.layers.3.mixer.gate.weight``), generated from the config."""
-        return dict(_named_sizes(self.config, self.layer_types))
+        return dict(state_dict.named_sizes(self.config, self.layer_types))
 
     def hook_names(self, hooks: Any = "all") -> list[str]:
         """The hook names a selection means: ``"all"``, ``"residual"`` (each block's resid_pre, mixer_in,
@@ -386,125 +396,6 @@ class ModelDescription:
 
 # a number and the unit after it ("30.2 GiB", "8.10 B", "32 heads"), kept on one line in the HTML table
 _UNIT_SPACE = re.compile(r"(\d) (?=(?:[KMGT]i)?B\b|[KMB]\b|heads\b|experts\b|groups\b)")
-
-
-# ------------------------------------------------------------------------------------ parameter counts
-
-
-def _param_counts(c, counts: dict[str, int]) -> dict[str, int]:
-    """Parameters per component of NemotronHForCausalLM(c), from the config alone."""
-    d, vocab = c.hidden_size, c.vocab_size
-    return {
-        "embeddings": vocab * d,
-        "lm_head": 0 if (c.tie_word_embeddings and _hf_ties_embeddings()) else vocab * d,
-        "norms": d * (len(c.layers_block_type) + 1),  # one pre-norm per block, norm_f
-        **{kind: counts[kind] * sum(_MIXER_TENSORS[kind](c).values()) for kind in LAYER_TYPES},
-    }
-
-
-def _named_sizes(c, layer_types: list[str]) -> Iterable[tuple[str, int]]:
-    """(state_dict name, elements) of every parameter and buffer of NemotronHForCausalLM(c)."""
-    d = c.hidden_size
-    yield "model.embeddings.weight", c.vocab_size * d
-    tables = {kind: {**_MIXER_TENSORS[kind](c), **_mixer_buffers(c, kind)} for kind in LAYER_TYPES}
-    for i, kind in enumerate(layer_types):
-        yield f"model.layers.{i}.norm.weight", d
-        for local, n in tables[kind].items():
-            yield f"model.layers.{i}.mixer.{local}", n
-    yield "model.norm_f.weight", d
-    if not (c.tie_word_embeddings and _hf_ties_embeddings()):
-        yield "lm_head.weight", c.vocab_size * d
-
-
-def _mamba_tensors(c) -> dict[str, int]:
-    d, h = c.hidden_size, c.mamba_num_heads
-    inner = h * c.mamba_head_dim
-    conv_dim = inner + 2 * c.n_groups * c.ssm_state_size  # x, B, C go through the conv together
-    proj = inner + conv_dim + h  # in_proj -> gate z, conv input, dt
-    t = {"dt_bias": h, "A_log": h, "D": h, "in_proj.weight": d * proj}
-    t["conv1d.weight"] = conv_dim * c.conv_kernel  # depthwise
-    if c.use_conv_bias:
-        t["conv1d.bias"] = conv_dim
-    t["norm.weight"] = inner  # gated RMSNorm
-    t["out_proj.weight"] = inner * d
-    if c.use_bias:
-        t["in_proj.bias"], t["out_proj.bias"] = proj, d
-    return t
-
-
-def _attention_tensors(c) -> dict[str, int]:  # NemotronHAttention has no biases
-    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    d = c.hidden_size
-    return {"q_proj.weight": q * d, "k_proj.weight": kv * d, "v_proj.weight": kv * d, "o_proj.weight": d * q}
-
-
-def _mlp_tensors(d: int, width: int, bias: bool, prefix: str = "") -> dict[str, int]:
-    t = {f"{prefix}up_proj.weight": width * d, f"{prefix}down_proj.weight": d * width}
-    if bias:
-        t[f"{prefix}up_proj.bias"], t[f"{prefix}down_proj.bias"] = width, d
-    return t
-
-
-def _expert_params(c) -> int:
-    width = c.moe_latent_size if c.moe_latent_size is not None else c.hidden_size
-    return 2 * width * c.moe_intermediate_size  # up and down, no gate (ReLU²)
-
-
-def _moe_tensors(c) -> dict[str, int]:
-    d, experts = c.hidden_size, c.n_routed_experts
-    t = {  # the routed experts are two fused 3-d tensors
-        "experts.up_proj": experts * _expert_params(c) // 2,
-        "experts.down_proj": experts * _expert_params(c) // 2,
-        "gate.weight": experts * d,  # the router
-        **_mlp_tensors(d, c.moe_shared_expert_intermediate_size, c.mlp_bias, "shared_experts."),
-    }
-    latent = c.moe_latent_size
-    if latent is not None:  # fc1 / fc2 latent projections
-        t["fc1_latent_proj.weight"], t["fc2_latent_proj.weight"] = latent * d, d * latent
-        if c.mlp_bias:
-            t["fc1_latent_proj.bias"], t["fc2_latent_proj.bias"] = latent, d
-    return t
-
-
-_MIXER_TENSORS = {
-    MAMBA: _mamba_tensors,
-    ATTENTION: _attention_tensors,
-    MLP: lambda c: _mlp_tensors(c.hidden_size, c.intermediate_size, c.mlp_bias),
-    MOE: _moe_tensors,
-}
-
-
-def _mixer_buffers(c, kind: str) -> dict[str, int]:
-    return {"gate.e_score_correction_bias": c.n_routed_experts} if kind == MOE else {}
-
-
-def _kept_in_float32(dtype: torch.dtype) -> re.Pattern | None:
-    """What the installed transformers keeps in float32 when it loads NemotronHForCausalLM in ``dtype``.
-
-    Mirrors ``PreTrainedModel._get_dtype_plan`` (the ``_strict`` patterns for float16 and bfloat16, the
-    others for float16 only; a model collects those of its PreTrainedModel submodules) and
-    ``core_model_loading.build_glob_alternation``, which turns each pattern into a regular expression
-    (``*`` -> ``.*``) searched in the full name of each tensor it loads.
-    """
-    from transformers import NemotronHForCausalLM, NemotronHModel
-
-    if dtype not in (torch.float16, torch.bfloat16):
-        return None
-    patterns: set[str] = set()
-    for cls in (NemotronHForCausalLM, NemotronHModel):
-        patterns.update(getattr(cls, "_keep_in_fp32_modules_strict", None) or ())
-        if dtype == torch.float16:
-            patterns.update(getattr(cls, "_keep_in_fp32_modules", None) or ())
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{p.replace('*', '.*')})" for p in sorted(patterns)))
-
-
-def _hf_ties_embeddings() -> bool:
-    """Whether transformers' NemotronHForCausalLM ties lm_head to the embeddings at all (5.x: no)."""
-    from transformers import NemotronHForCausalLM
-
-    return bool(getattr(NemotronHForCausalLM, "_tied_weights_keys", None))
 
 
 # ------------------------------------------------------------------------------------------- helpers

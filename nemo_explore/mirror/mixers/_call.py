@@ -7,7 +7,7 @@ once dropped the cache silently; here every keyword is either understood or refu
 
 from __future__ import annotations
 
-from ..hooks import Fire
+from ...core.hooks import Fire
 from ..versions import drift_error
 
 CACHE_KEYWORDS = ("cache", "cache_params", "past_key_values")

@@ -44,7 +44,7 @@ def drift_error(what: str) -> MirrorError:
         f"(pip install 'transformers>={OLDEST_VERIFIED},<={NEWEST_VERIFIED}'), or hook only the residual "
         "stream (hook_embed, blocks.{i}.hook_resid_pre / hook_mixer_in / hook_mixer_out / hook_resid_post, "
         "ln_final.hook_normalized), which does not depend on the mirrored code. To run anyway at your own "
-        "risk: nemo_explore.guard.accept_risk() or NEMO_EXPLORE_ACCEPT_DRIFT=1."
+        "risk: nemo_explore.mirror.guard.accept_risk() or NEMO_EXPLORE_ACCEPT_DRIFT=1."
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..hooks import Fire
+from ...core.hooks import Fire
 from ._call import check_keywords
 
 

@@ -20,10 +20,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..hooks import Fire
-from ..layer_types import MAMBA
-from ..options import state_positions
-from ..points import names
+from ...core.hooks import Fire
+from ...core.layer_types import MAMBA
+from ...core.options import state_positions
+from ...core.points import names
 from ._call import check_keywords, take_cache
 
 HIDDEN_ATTN_WARN_LEN = 2048
@@ -88,7 +88,7 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> tuple[list[int], torch
     """
     if not any(fire.wants(p) for p in _FROM_SSD):
         return None
-    from .. import ssd  # noqa: PLC0415 (the SSD math is needed only for these derived points)
+    from ...core import ssd  # noqa: PLC0415 (the SSD math is needed only for these derived points)
 
     seq_len = x.shape[1]
     if fire.wants("hook_state_norm"):

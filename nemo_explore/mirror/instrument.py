@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from transformers.integrations.accelerate import force_accelerate_hooks
 
-from .hooks import Fire
-from .layer_types import ATTENTION, MAMBA, MLP, MOE
+from ..core.hooks import Fire
+from ..core.layer_types import ATTENTION, MAMBA, MLP, MOE
 from .mixers import attention_forward, mamba_forward, mlp_forward, moe_forward
 
 MIXER_FORWARD = {ATTENTION: attention_forward, MAMBA: mamba_forward, MLP: mlp_forward, MOE: moe_forward}

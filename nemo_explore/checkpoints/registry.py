@@ -1,10 +1,10 @@
 """The known Nemotron-H checkpoints: their public configurations, kept in the package, usable offline.
 
-One JSON file per checkpoint in ``nemo_explore/registry/``, shaped like the hub's ``config.json`` (the
-``config`` object holds native ``NemotronHConfig`` fields, the layer pattern as the published
-``hybrid_override_pattern`` string), next to where each value comes from (``source``) and which values
-are inferred rather than stated by a source (``inferred``: field -> reason). JSON rather than a Python
-table so that an entry can be diffed against the hub's own config.json field by field.
+One JSON file per checkpoint in ``nemo_explore/checkpoints/registry/``, shaped like the hub's
+``config.json`` (the ``config`` object holds native ``NemotronHConfig`` fields, the layer pattern as the
+published ``hybrid_override_pattern`` string), next to where each value comes from (``source``) and which
+values are inferred rather than stated by a source (``inferred``: field -> reason). JSON rather than a
+Python table so that an entry can be diffed against the hub's own config.json field by field.
 
     >>> cfg = get("nvidia/Nemotron-H-8B-Base-8K")     # a fresh transformers NemotronHConfig
     >>> entry("Nemotron-H-8B-Base-8K").source          # case and the 'nvidia/' prefix are optional
@@ -124,5 +124,5 @@ def unknown_error(name: str, *, why: str = "") -> UnknownCheckpointError:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return UnknownCheckpointError(
         f"{name!r} is not a known Nemotron-H checkpoint{why}.{hint} "
-        f"Known: {', '.join(names())} (nemo_explore.registry.names())."
+        f"Known: {', '.join(names())} (nemo_explore.checkpoints.registry.names())."
     )

@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from ..hooks import Fire
-from ..options import query_rows
+from ...core.hooks import Fire
+from ...core.options import query_rows
 from ._call import check_keywords, take_cache
 
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import NemotronHConfig
 
-from .layer_types import ATTENTION, LAYER_TYPES, MAMBA, MLP, MOE, parse_pattern, to_hf, to_pattern
+from ..core.layer_types import ATTENTION, LAYER_TYPES, MAMBA, MLP, MOE, parse_pattern, to_hf, to_pattern
 
 __all__ = ["build_config", "recommended_defaults", "shortened", "small_config"]
 
 
 def recommended_defaults() -> dict[str, Any]:
-    """Sensible widths and ratios, taken from the released checkpoints (see ``nemo_explore.registry``).
+    """Sensible widths and ratios, taken from the released checkpoints (see ``ne.registry``).
 
     Widths are Nemotron-H 8B's (hidden 4096; 32 query / 8 key-value heads of 128; Mamba 128 heads × 64,
     so heads × head_dim = 2 × hidden; state 128; 8 groups; conv 4; chunk 128; ReLU² MLP 21504 = 5.25 ×

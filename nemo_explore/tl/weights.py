@@ -6,7 +6,7 @@ KV head, GQA expanded; ``_W_K`` / ``_W_V`` are the n_kv_heads themselves), ``W_O
 ``model.W_O[L, h]``... for the blocks of the right kind (another kind is an error naming it). Model level:
 ``model.W_E`` (vocab, d), ``model.W_U`` (d, vocab), ``model.b_U`` (vocab,). Nemotron-H has no biases in
 attention or lm_head, so every ``b_*`` there is zeros. Circuits: ``blocks[L].attn.QK`` = W_Q W_Kᵀ and ``OV`` =
-W_V W_O, (h, d, d) as a :class:`~nemo_explore.factored.FactoredMatrix`; ``model.QK[L, h]``, ``model.OV[L]``.
+W_V W_O, (h, d, d) as a :class:`~nemo_explore.FactoredMatrix`; ``model.QK[L, h]``, ``model.OV[L]``.
 :class:`TLWeights` declares the model-level and across-block ones: ``HookedNemotronH`` inherits it.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from . import hf_layout
+from ..core.layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE
+from ..mirror import hf_layout
 from .factored import FactoredMatrix
-from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE
 
 ATTENTION_WEIGHTS = (
     *("W_Q", "W_K", "W_V", "W_O", "_W_K", "_W_V", "b_Q", "b_K", "b_V", "b_O", "_b_K", "_b_V"),
@@ -299,93 +299,93 @@ class TLWeights:
         """The final RMSNorm (HF's ``norm_f``); ``ln_final.hook_normalized`` includes its weight."""
         return hf_layout.final_norm(self.hf_model)
 
-    # the ATTENTION_WEIGHTS and MLP_WEIGHTS across blocks (tests/test_tl_weights_mixin.py checks the lists)
+    # the ATTENTION_WEIGHTS and MLP_WEIGHTS across blocks (tests/test_model_composition.py checks the lists)
     @property
     def W_Q(self) -> PerLayer:
-        """TransformerLens' ``W_Q`` of the attention blocks: ``model.W_Q[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``W_Q`` of the attention blocks: ``model.W_Q[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "W_Q", ATTENTION)
 
     @property
     def W_K(self) -> PerLayer:
-        """TransformerLens' ``W_K`` of the attention blocks: ``model.W_K[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``W_K`` of the attention blocks: ``model.W_K[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "W_K", ATTENTION)
 
     @property
     def W_V(self) -> PerLayer:
-        """TransformerLens' ``W_V`` of the attention blocks: ``model.W_V[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``W_V`` of the attention blocks: ``model.W_V[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "W_V", ATTENTION)
 
     @property
     def W_O(self) -> PerLayer:
-        """TransformerLens' ``W_O`` of the attention blocks: ``model.W_O[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``W_O`` of the attention blocks: ``model.W_O[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "W_O", ATTENTION)
 
     @property
     def _W_K(self) -> PerLayer:
-        """TransformerLens' ``_W_K`` of the attention blocks: ``model._W_K[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``_W_K`` of the attention blocks: ``model._W_K[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "_W_K", ATTENTION)
 
     @property
     def _W_V(self) -> PerLayer:
-        """TransformerLens' ``_W_V`` of the attention blocks: ``model._W_V[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``_W_V`` of the attention blocks: ``model._W_V[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "_W_V", ATTENTION)
 
     @property
     def b_Q(self) -> PerLayer:
-        """TransformerLens' ``b_Q`` of the attention blocks: ``model.b_Q[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``b_Q`` of the attention blocks: ``model.b_Q[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "b_Q", ATTENTION)
 
     @property
     def b_K(self) -> PerLayer:
-        """TransformerLens' ``b_K`` of the attention blocks: ``model.b_K[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``b_K`` of the attention blocks: ``model.b_K[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "b_K", ATTENTION)
 
     @property
     def b_V(self) -> PerLayer:
-        """TransformerLens' ``b_V`` of the attention blocks: ``model.b_V[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``b_V`` of the attention blocks: ``model.b_V[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "b_V", ATTENTION)
 
     @property
     def b_O(self) -> PerLayer:
-        """TransformerLens' ``b_O`` of the attention blocks: ``model.b_O[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``b_O`` of the attention blocks: ``model.b_O[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "b_O", ATTENTION)
 
     @property
     def _b_K(self) -> PerLayer:
-        """TransformerLens' ``_b_K`` of the attention blocks: ``model._b_K[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``_b_K`` of the attention blocks: ``model._b_K[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "_b_K", ATTENTION)
 
     @property
     def _b_V(self) -> PerLayer:
-        """TransformerLens' ``_b_V`` of the attention blocks: ``model._b_V[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``_b_V`` of the attention blocks: ``model._b_V[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "_b_V", ATTENTION)
 
     @property
     def QK(self) -> PerLayer:
-        """TransformerLens' ``QK`` of the attention blocks: ``model.QK[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``QK`` of the attention blocks: ``model.QK[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "QK", ATTENTION)
 
     @property
     def OV(self) -> PerLayer:
-        """TransformerLens' ``OV`` of the attention blocks: ``model.OV[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``OV`` of the attention blocks: ``model.OV[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "OV", ATTENTION)
 
     @property
     def W_in(self) -> PerLayer:
-        """TransformerLens' ``W_in`` of the mlp blocks: ``model.W_in[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``W_in`` of the mlp blocks: ``model.W_in[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "W_in", MLP)
 
     @property
     def W_out(self) -> PerLayer:
-        """TransformerLens' ``W_out`` of the mlp blocks: ``model.W_out[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``W_out`` of the mlp blocks: ``model.W_out[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "W_out", MLP)
 
     @property
     def b_in(self) -> PerLayer:
-        """TransformerLens' ``b_in`` of the mlp blocks: ``model.b_in[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``b_in`` of the mlp blocks: ``model.b_in[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "b_in", MLP)
 
     @property
     def b_out(self) -> PerLayer:
-        """TransformerLens' ``b_out`` of the mlp blocks: ``model.b_out[L]`` (see ``tl_weights``)."""
+        """TransformerLens' ``b_out`` of the mlp blocks: ``model.b_out[L]`` (see ``tl.weights``)."""
         return PerLayer(self, "b_out", MLP)

@@ -31,7 +31,7 @@ class NotNemotronHError(TypeError):
 def tiny_dir() -> Path:
     """The bundled tiny checkpoint's directory."""
     try:
-        from .checkpoints import tiny_path
+        from . import tiny_path
     except ImportError:
         raise CheckpointError("this installation has no bundled tiny checkpoint") from None
     return tiny_path()
@@ -100,7 +100,7 @@ def read_config(where: str | os.PathLike):
     if "layers_block_type" in cfg and "hybrid_override_pattern" in cfg:
         cfg.pop("hybrid_override_pattern")
     if isinstance(cfg.get("layers_block_type"), list):
-        from .layer_types import to_hf
+        from ..core.layer_types import to_hf
 
         cfg["layers_block_type"] = to_hf(cfg["layers_block_type"])
     return NemotronHConfig.from_dict(cfg)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .hook_names import BLOCK_POINTS, MIXER_POINTS, HookNameError
-from .layer_types import HOOK_PREFIX
+from ..core.hook_names import BLOCK_POINTS, MIXER_POINTS, HookNameError
+from ..core.layer_types import HOOK_PREFIX
 
 # TL's aliases -> our short point names (without 'hook_').
 _ALIASES = {

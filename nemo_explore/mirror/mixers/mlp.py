@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..hooks import Fire
+from ...core.hooks import Fire
 from ._call import check_keywords
 
 

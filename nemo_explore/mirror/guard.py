@@ -28,11 +28,11 @@ import warnings
 
 import torch
 
-from .configs import small_config
-from .hook_names import MIXER_POINTS
-from .hooks import Fire, HookRegistry
+from ..checkpoints.configs import small_config
+from ..core.hook_names import MIXER_POINTS
+from ..core.hooks import Fire, HookRegistry
+from ..core.layer_types import ATTENTION, HOOK_PREFIX, LAYER_TYPES, MAMBA, parse_pattern
 from .instrument import instrument_mixer
-from .layer_types import ATTENTION, HOOK_PREFIX, LAYER_TYPES, MAMBA, parse_pattern
 from .mixers.attention import pattern_times_v
 from .versions import (
     NEWEST_VERIFIED,
