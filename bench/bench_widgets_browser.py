@@ -9,6 +9,9 @@ Parts (the bars of issue 15):
 - ``tiny``: ``Explorer(ne.load("tiny"))``; the page's bytes for the cell, then 10 Runs with new prompts:
   click-to-drawn time, bytes and JS heap growth (after a forced GC) across the 10.
 - ``nb01``: ``notebooks/01_quickstart.ipynb``, Run All: bytes the page received in total.
+- ``real``: ``Explorer`` on a random model of Nemotron 3 Nano 30B-A3B's shape (52 layers, 128 experts) at
+  4,096 tokens: drawn against one forward, then a click on an attention, a Mamba and an MoE block, on the
+  overview (a new window of query rows) and on "by load": click-to-drawn and bytes each, kernel peak memory.
 - ``big``: 2,048 tokens on a random model at the issue's size (hidden 1024, 32 attention heads, 64 Mamba
   heads, 64 experts top-6); first draw of each view (the cache exists), then layer / head / mode switches:
   click-to-drawn time and bytes each.
@@ -303,6 +306,83 @@ print(len(cache.str_tokens), "tokens")"""
     return out
 
 
+def bench_real(browser, lab, root: Path, package: str | None, tokens: int = 4096) -> dict:
+    """The Explorer on a real shape (Nemotron 3 Nano 30B-A3B's 52 layers, 128 experts, 64 Mamba heads, 32/2
+    attention heads; residual width 256) at ``tokens`` tokens: drawn, then a click on each kind of block,
+    the overview (a new window of query rows), the experts by load."""
+    setup = (
+        preamble(package).replace("torch.set_num_threads(1)", "torch.set_num_threads(2)")
+        + f"import sys\nsys.path[:0] = [{str(ROOT / 'bench')!r}, {str(ROOT / 'tests' / 'browser')!r}, "
+        f"{str(ROOT / 'tests')!r}]\n"
+        + f"""import time
+from bench_explorer import real_shape
+model = real_shape("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B", 256)
+base = "The little cat sat on the mat by the door. "
+text = (base * ({tokens} // len(base) + 1))[: {tokens} - 1]
+ids, _ = model.to_inputs(text)
+with torch.no_grad():
+    t0 = time.perf_counter(); model.hf_model(ids); forward = time.perf_counter() - t0
+print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
+    )
+    code_notebook(
+        root / "real.ipynb",
+        [
+            setup,
+            "from nemo_explore.widgets import Explorer\n"
+            "ex = Explorer(model, text)\nex.add_class('b-real')\nex",
+            "import resource\n"
+            "print('peak kernel RSS MiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)",
+        ],
+    )
+    page = Page(browser, lab.url("real.ipynb"))
+    out = {"setup": page.run_cell(0)}
+    out["forward_s"] = float(page.page.locator(".jp-OutputArea-output >> text=one forward").first.inner_text()
+                             .split("one forward")[1].split("s")[0])  # fmt: skip
+    out["explorer_drawn"] = page.run_cell(
+        1, "() => document.querySelectorAll('.b-real .js-plotly-plot .main-svg').length >= 6"
+    )
+    p = page.page
+    kinds = p.evaluate(
+        "() => [...document.querySelectorAll('.b-real .ne-cell')]"
+        ".map(c => [...c.classList].find(k => k.startsWith('ne-cell-')).slice(8))"
+    )
+    attn = len(kinds) - 1 - kinds[::-1].index("attention")  # the last attention block
+    mamba, moe = kinds.index("mamba") + 2, kinds.index("moe")
+
+    def cell(i: int):
+        return lambda: p.locator(".b-real .ne-cell").nth(i).click()
+
+    def overview():  # the attention view's overview: a click at its centre moves the detail there
+        p.locator(".b-real .ne-view:visible .js-plotly-plot").nth(1).locator(".nsewdrag").first.click()
+
+    def by_load():
+        p.locator(".b-real .widget-toggle-buttons button:visible", has_text="by load").click()
+
+    clicks = {
+        f"click attention block {attn}": (cell(attn), (has_text("b-real"), f"block {attn} · attention")),
+        f"click Mamba block {mamba}": (cell(mamba), (has_text("b-real"), f"block {mamba} · mamba")),
+        "overview click: query rows at the middle": (overview, None),
+        f"click MoE block {moe}": (cell(moe), (has_text("b-real"), f"block {moe} · moe")),
+        "experts by load": (by_load, None),
+    }
+    since, results = page.now(), {}
+    for name, (do, until) in clicks.items():
+        results[name] = page.act(do, *([until] if until else []))
+    out["clicks"] = results
+    out["click_s_max"] = max(r["s"] for r in results.values())
+    out["click_kB_max"] = max(r["kB"] for r in results.values())
+    out["longest_task_during_clicks_ms"] = page.longest_task_ms(since)
+    page.run_cell(2)
+    rss = p.locator(".jp-OutputArea-output >> text=peak kernel RSS").first.inner_text()
+    out["peak_kernel_rss_mib"] = int(rss.split()[-1])
+    out["errors"] = page.errors
+    shot = ROOT / "artifacts" / "bench" / "real_explorer.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    p.locator(".b-real").first.screenshot(path=str(shot))
+    page.page.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="tiny,nb01,big")
@@ -311,7 +391,7 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    parts = {"tiny": bench_tiny, "nb01": bench_nb01, "big": bench_big}
+    parts = {"tiny": bench_tiny, "nb01": bench_nb01, "big": bench_big, "real": bench_real}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root, work = Path(tmp, "root"), Path(tmp, "work")

@@ -445,10 +445,13 @@ def test_moe_errors_and_window(cache):
         MoERouting(cache, expert=8)
     long = make_cache(p=2300, b=1, drop=("hook_hidden_attn", "hook_pattern"))
     view = MoERouting(long)
-    assert z(view.routing.data[0]).shape == (E, 1024) and sum(view.load.data[0].y) == 2300 * K
+    assert z(view.routing.data[0]).shape == (E, 256) and sum(view.load.data[0].y) == 2300 * K
     assert view.load._config == {"displayModeBar": False}  # no modebar over the load chart's title
     assert "Long input" in view.note.value
-    # 1,024 tokens in 640 px: no room for a top-k mark per cell, so none is sent (the title says so)
+    # 256 tokens of the window, folded under one line; a short input's chips are open (test above)
+    folded = view.tokens.value
+    assert folded.startswith("<details><summary") and folded.count('class="ne-tok"') == 256
+    # 256 tokens in 640 px: no room for a top-k mark per cell, so none is sent (the title says so)
     assert (
         len(view.routing.data[1].x) == 0
         and "marks left out: cells under 6 px" in view.routing.layout.title.text
@@ -832,3 +835,17 @@ def test_views_over_plain_arrays(cache):
         MoERouting.from_arrays({3: {"weights": norms}}, tokens)
     with pytest.raises(ValueError, match="kind 'moe'; this view shows attention and mamba layers"):
         AttentionHeads.from_arrays({1: pattern}, tokens, kinds={1: "moe"})
+
+
+def test_experts_by_load(cache):
+    """order='load' puts the busiest experts first, each row still its own expert's values."""
+    view = MoERouting(cache, order="load")
+    load = view.expert_load()
+    rows = sorted(range(E), key=lambda k: (-int(load[k]), k))
+    assert list(view.routing.data[0].y) == [f"e{k}" for k in rows]
+    assert list(view.routing.layout.yaxis.categoryarray) == [f"e{k}" for k in rows]
+    np.testing.assert_array_equal(z(view.routing.data[0]), view.dense_weights().T[rows].numpy())
+    view.order_select.value = "index"
+    assert list(view.routing.data[0].y) == [f"e{k}" for k in range(E)]
+    with pytest.raises(ValueError, match="order must be 'index' or 'load'"):
+        MoERouting(cache, order="size")

@@ -21,7 +21,9 @@ from ._figures import figure_widget, fit_height
 from ._static import Page
 from ._tokens import Window, tick_room, ticks, token_chips
 
-TOKEN_WINDOW = 1024  # ≤ 0.5 MB of float32 per map at 128 heads or experts; a slider moves it
+TOKEN_WINDOW = 256  # positions drawn at a time (2.5 px each in the 640 px map); a slider moves them
+CHIPS_OPEN = 128  # a window of more tokens shows its token chips folded (a click unfolds them)
+ORDERS = {"index": "experts by index", "load": "by load"}
 EXPECTED = {"moe": "blocks.{i}.moe.hook_topk_indices"}
 NAMES = "('hook_router_scores', 'hook_topk_indices', 'hook_topk_weights')"
 VALUES = {"weight": "routing weight", "score": "router score (sigmoid)"}
@@ -37,8 +39,9 @@ class MoERouting(CacheView):
     ``cache`` holds ``blocks.{i}.moe.hook_topk_indices`` and ``hook_topk_weights`` (and, for the score
     view, ``hook_router_scores``). ``layer``: the block shown first (default: the first MoE layer cached);
     ``expert``: the expert whose tokens are highlighted (default: the most loaded); ``values``:
-    ``'weight'`` or ``'score'``; ``batch``: the row of the batch; ``window``: first position of the
-    window on long inputs.
+    ``'weight'`` or ``'score'``; ``order``: the experts' rows by ``'index'`` or by ``'load'`` (busiest
+    first: with 128 experts the few that matter are together); ``batch``: the row of the batch;
+    ``window``: first position of the window on long inputs.
     """
 
     title = "MoE routing"
@@ -57,6 +60,7 @@ class MoERouting(CacheView):
         expert: int | None = None,
         *,
         values: str = "weight",
+        order: str = "index",
         batch: int = 0,
         window: int | None = None,
     ) -> None:
@@ -66,6 +70,8 @@ class MoERouting(CacheView):
             layer = self._layers[0]
         if values not in VALUES:
             raise ValueError(f"values must be 'weight' or 'score' (router sigmoid), not {values!r}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be 'index' or 'load' (busiest expert first), not {order!r}")
 
         self.layer_select = widgets.Dropdown(
             options=[(f"{i} · moe", i) for i in self._layers], value=self._layers[0], description="layer"
@@ -73,6 +79,9 @@ class MoERouting(CacheView):
         self.expert_select = widgets.Dropdown(description="expert", layout=widgets.Layout(width="260px"))
         self.values_select = widgets.ToggleButtons(
             options=[(v, k) for k, v in VALUES.items()], value=values, style=dict(button_width="170px")
+        )
+        self.order_select = widgets.ToggleButtons(
+            options=[(v, k) for k, v in ORDERS.items()], value=order, style=dict(button_width="120px")
         )
         self.window_slider = self._slider()
         self.routing = figure_widget(760, 360)
@@ -95,11 +104,14 @@ class MoERouting(CacheView):
         self.load.update_yaxes(title_text="tokens")
         self.load._config = {"displayModeBar": False}  # a bar per expert needs no zoom tools over its title
         self.tokens = widgets.HTML()
-        for control in (self.layer_select, self.expert_select, self.values_select):
+        for control in (self.layer_select, self.expert_select, self.values_select, self.order_select):
             control.observe(self._on_control, names="value")
         self.children = [
             widgets.HTML(STYLE),
-            widgets.HBox([self.layer_select, self.expert_select, self.values_select]),
+            widgets.HBox(
+                [self.layer_select, self.expert_select, self.values_select, self.order_select],
+                layout=widgets.Layout(flex_flow="row wrap"),
+            ),
             self.window_slider,
             self.note,
             self.routing,
@@ -239,14 +251,18 @@ class MoERouting(CacheView):
         start, n_exp, layer, expert = view["start"], self._n_experts, self.layer, self.expert
         cats = position_labels(view["tokens"], start)
         experts = [f"e{k}" for k in range(n_exp)]
+        rows = list(range(n_exp))
+        if self.order_select.value == "load":  # busiest first (ties by index)
+            rows = sorted(rows, key=lambda k: (-int(view["load"][k]), k))
+        shown = [experts[k] for k in rows]
         what = VALUES[self.values]
         # weights: from 0 to the largest; scores: the sigmoid's whole range
         top = (float(view["values"].max()) or 1.0) if self.values == "weight" else 1.0
         with self.routing.batch_update():
             self.routing.data[0].update(
                 x=cats,
-                y=experts,
-                z=view["values"].numpy(),
+                y=shown,
+                z=view["values"][rows].numpy(),
                 zmin=0,
                 zmax=top,
                 colorbar=dict(title=dict(text="weight" if self.values == "weight" else "score")),
@@ -267,6 +283,7 @@ class MoERouting(CacheView):
                 f"{k}, weight %{{customdata[1]:.4g}}<extra>top-k</extra>",
             )
             self.routing.update_xaxes(**ticks(view["tokens"], start, pixels=PLOT_PX))
+            self.routing.update_yaxes(categoryorder="array", categoryarray=shown)
             fit_height(self.routing, plot, room)
             key = (
                 f"□ = top-{k} choice"
@@ -310,11 +327,17 @@ class MoERouting(CacheView):
         ]
         top = float(view["expert_weights"].max()) or 1.0
         weights = (view["expert_weights"] / top).tolist()
-        self.tokens.value = (
-            f'<div class="ne-note"><b>Tokens routed to expert {expert}</b> in block {layer} '
-            f"({len(rank)} of the {len(titles)} tokens shown; shade ∝ weight, hover for details):</div>"
-            + token_chips(view["tokens"], start, weights=weights, titles=titles, color=MOE_RGB)
+        head = (
+            f"<b>Tokens routed to expert {expert}</b> in block {layer} ({len(rank)} of the {len(titles)} "
+            "tokens shown; shade ∝ weight, hover for details)"
         )
+        chips = token_chips(view["tokens"], start, weights=weights, titles=titles, color=MOE_RGB)
+        if len(titles) <= CHIPS_OPEN:
+            self.tokens.value = f'<div class="ne-note">{head}:</div>{chips}'
+        else:  # a wall of text: folded, its line says what it holds
+            self.tokens.value = (
+                f'<details><summary class="ne-note">{head}: click to show the text</summary>{chips}</details>'
+            )
         note = (
             "<b>Routing</b>: each token goes to its top-k experts by router score; the routing weight is the "
             f"score normalised over the chosen experts and scaled. Shown: {escape(what)}."
