@@ -14,8 +14,8 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Self
 
-from .core.hook_names import MODEL_POINTS, all_names, parse, unknown_name_error
-from .core.hooks import Fire, HookFn, HookRegistry
+from .core.hook_names import MODEL_POINTS, NO_GRADIENT, READ_ONLY, all_names, parse, unknown_name_error
+from .core.hooks import Fire, HookFn, HookRegistry, NoGradientError, on_gradient
 from .core.layer_types import HOOK_PREFIX
 from .core.options import RunOptions
 from .mirror import guard, hf_layout
@@ -49,19 +49,26 @@ class HookLifecycle:
 
     @contextlib.contextmanager
     def hooks(
-        self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (), **options
+        self,
+        fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+        bwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+        **options,
     ) -> Iterator[Self]:
         """Context in which ``fwd_hooks`` are active; they (and only they) are removed on exit, even on error.
-        Contexts nest; options (``state_positions``...) apply inside this context."""
+        ``bwd_hooks``: ``fn(grad, hook)`` on the gradient of each point's value (see ``add_hook``); a
+        forward in the context puts them on its tensors, so they run at its ``backward()``, even after the
+        context closed. Contexts nest; options (``state_positions``...) apply inside this context."""
         saved_options = self._options
         run_options = saved_options.updated(**options)  # checked before anything changes
         handles: list[int] = []
         try:
-            for target, fn in fwd_hooks:
+            for target, fn, backward in [(t, f, False) for t, f in fwd_hooks] + [
+                (t, f, True) for t, f in bwd_hooks
+            ]:
                 if not callable(fn):
                     raise TypeError(f"hook for {target!r} is not callable: {fn!r}")
                 for name in self._resolve(target):
-                    handles.append(self._registry.add(name, fn))
+                    handles.append(self._registry.add(name, self._backward(name, fn) if backward else fn))
             self._options = run_options
             self._sync()
             yield self
@@ -91,22 +98,45 @@ class HookLifecycle:
         is_permanent: bool = False,
     ) -> None:
         """Add a hook that stays until ``reset_hooks()`` (TransformerLens' persistent hooks; ``is_permanent``
-        ones stay until ``reset_hooks(including_permanent=True)``). ``name``: a name or a predicate."""
-        no_bwd_hooks([(name, hook)] if dir != "fwd" else ())
+        ones stay until ``reset_hooks(including_permanent=True)``). ``name``: a name or a predicate.
+        ``dir="bwd"``: ``hook(grad, hook_point)`` runs on the gradient of the point's value during
+        ``backward()`` (returning a tensor replaces that gradient)."""
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', not {dir!r}")
         if not callable(hook):
             raise TypeError(f"hook for {name!r} is not callable: {hook!r}")
         for n in self._resolve(name):
-            self._added[self._registry.add(n, hook)] = is_permanent
+            fn = self._backward(n, hook) if dir == "bwd" else hook
+            self._added[self._registry.add(n, fn)] = is_permanent
         self._sync()
+
+    def _backward(self, name: str, fn: HookFn) -> HookFn:
+        """``fn`` as a backward hook on ``name``, refused where the point has no gradient."""
+        short = parse(name)[2]
+        if short in NO_GRADIENT and short not in READ_ONLY:
+            raise NoGradientError(f"{name} has no gradient: its values are integers (expert indices)")
+        if short in NO_GRADIENT:
+            raise NoGradientError(
+                f"{name} has no gradient: it is read-only, computed on the side without grad to describe the "
+                "computation. Its inputs have one: hook_x, hook_B, hook_C, hook_dt or hook_state on a Mamba "
+                "block"
+            )
+        return on_gradient(fn)
 
     def reset_hooks(
         self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False
     ) -> None:
         """Remove every hook — those of ``add_hook`` and of any open context — except ``add_hook``'s
-        permanent ones unless ``including_permanent``; ``clear_contexts`` empties every ``hook.ctx``."""
+        permanent ones unless ``including_permanent``; ``direction``: ``'fwd'`` or ``'bwd'`` removes only
+        the forward or only the backward hooks; ``clear_contexts`` empties every ``hook.ctx``. (Backward
+        hooks already put on a forward's tensors still run at its ``backward()``.)"""
+        if direction not in ("fwd", "bwd", "both"):
+            raise ValueError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
         keep = set() if including_permanent else {h for h, permanent in self._added.items() if permanent}
+        if direction != "both":
+            keep |= set(self._registry.handles(backward=direction == "fwd"))
         self._registry.remove([h for h in self._registry.handles() if h not in keep])
-        self._added = {h: True for h in keep}
+        self._added = {h: p for h, p in self._added.items() if h in keep}
         if clear_contexts:
             self._registry.clear_contexts()
         self._sync()
@@ -192,12 +222,3 @@ class HookLifecycle:
         guard.ensure(kind)
         fire = Fire(self._registry, i, kind, f"blocks.{i}.{HOOK_PREFIX[kind]}.", lambda: self._options)
         return instrument_mixer(hf_layout.mixer(self.hf_model, i), kind, fire)
-
-
-def no_bwd_hooks(bwd_hooks) -> None:
-    """Refuse backward hooks (``run_with_hooks(bwd_hooks=...)``, ``add_hook(dir='bwd')``): say what to do."""
-    if list(bwd_hooks):
-        raise NotImplementedError(
-            "backward hooks are not supported: run the forward with grad enabled, keep the tensor in a "
-            "forward hook (t.retain_grad()) and read t.grad after loss.backward()"
-        )

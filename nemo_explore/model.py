@@ -22,12 +22,12 @@ from .cache import ActivationCache
 from .checkpoints.describe import MemoryWarning, describe
 from .checkpoints.sources import NotNemotronHError
 from .core.formatting import format_bytes
-from .core.hook_names import parse
+from .core.hook_names import NO_GRADIENT, parse
 from .core.hooks import HookFn, HookPoint
 from .core.layer_types import ATTENTION, MAMBA, MLP, MOE, canonical, parse_pattern
 from .core.options import RunOptions
 from .inputs import Input, Inputs, is_texts
-from .lifecycle import HookLifecycle, NamesFilter, no_bwd_hooks
+from .lifecycle import HookLifecycle, NamesFilter
 from .mirror import hf_layout
 from .tl.config import TLConfig
 from .tl.utils import lm_cross_entropy_loss
@@ -190,17 +190,18 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         **options,
     ) -> torch.Tensor | None:
         """Run once with ``fwd_hooks`` = ``[(name or predicate, fn)]``; ``fn(tensor, hook)`` may return a
-        replacement. ``return_type``, ``loss_per_token``, ``stop_at_layer``: as for ``model(...)``.
-        ``clear_contexts``: empty every ``hook.ctx`` afterwards. Options: as for ``run_with_cache``."""
+        replacement. ``bwd_hooks``: ``fn(grad, hook)`` on the gradient of each point's value, run when you
+        call ``backward()`` on what this returns (they stay on this forward's tensors). ``return_type``,
+        ``loss_per_token``, ``stop_at_layer``: as for ``model(...)``. ``clear_contexts``: empty every
+        ``hook.ctx`` afterwards. Options: as for ``run_with_cache``."""
         _check_return_type(return_type)
-        no_bwd_hooks(bwd_hooks)
         if not reset_hooks_end:
             raise ValueError(
                 "reset_hooks_end=False: hooks that outlive the call are model.add_hook(name, fn), removed by "
                 "model.reset_hooks()"
             )
         try:
-            with self.hooks(fwd_hooks, **options):
+            with self.hooks(fwd_hooks, bwd_hooks, **options):
                 return self(input, attention_mask, return_type, loss_per_token=loss_per_token,
                             stop_at_layer=stop_at_layer, prepend_bos=prepend_bos)
         finally:
@@ -217,6 +218,7 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         return_type: str | None = "logits",
         *,
         remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
         loss_per_token: bool = False,
         stop_at_layer: int | None = None,
         prepend_bos: bool | None = None,
@@ -232,7 +234,9 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         ``hook_attn_scores``: for long inputs, b·h·q·p instead of b·h·p²).
         ``return_type``, ``loss_per_token``, ``stop_at_layer``: as for ``model(...)`` (with ``stop_at_layer``
         the cache holds the points reached). ``remove_batch_dim=True``: a batch of one is cached without its
-        batch axis (as ``cache.remove_batch_dim()``).
+        batch axis (as ``cache.remove_batch_dim()``). ``incl_bwd=True``: the output (a scalar, e.g.
+        ``return_type="loss"``) is back-propagated too, and each point's gradient cached as
+        ``cache[name + "_grad"]`` (grad must be enabled; parameter gradients accumulate as usual).
         """
         _check_return_type(return_type)
         names = self._resolve(names_filter)
@@ -248,7 +252,7 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         to_host = device is not None and torch.device(device).type == "cpu"
         copying = []  # GPU -> host copies still in flight
 
-        def keep(tensor: torch.Tensor, hook: HookPoint) -> None:
+        def keep(tensor: torch.Tensor, hook: HookPoint, into: dict | None = None) -> None:
             t = tensor.detach()
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)  # where it was computed (a GPU casts faster than the host)
@@ -258,16 +262,28 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
                 t = t.to(device, non_blocking=async_copy)
                 if async_copy:
                     copying.append(t)
-            store[hook.name] = t
+            (store if into is None else into)[hook.name] = t
 
         ids, mask = self.to_inputs(input, attention_mask, prepend_bos=prepend_bos)
         self._warn_if_big(names, ids.shape, dtype, self._options.updated(**options))
-        with self.hooks([(n, keep) for n in names], **options):
+        grads: dict[str, torch.Tensor] = {}
+        graded = [n for n in names if parse(n)[2] not in NO_GRADIENT] if incl_bwd else []
+        keep_grad = [(n, lambda g, hook: keep(g, hook, grads)) for n in graded]
+        with self.hooks([(n, keep) for n in names], keep_grad, **options):
             out = self(ids, mask, return_type, loss_per_token=loss_per_token, stop_at_layer=stop_at_layer)
             run_options = self._options
+        if incl_bwd:
+            if out is None or out.numel() != 1:
+                shape = None if out is None else tuple(out.shape)
+                raise ValueError(
+                    f"incl_bwd=True back-propagates the output, which must be a scalar (got {shape}): "
+                    "return_type='loss', or run_with_hooks(bwd_hooks=...) and backward() on your own metric"
+                )
+            out.backward()
+            store.update({f"{n}_grad": grads[n] for n in names if n in grads})
         if copying:
             torch.cuda.synchronize()  # the cache is read on the host: every copy has landed
-        ordered = {n: store[n] for n in self._names if n in store}
+        ordered = {m: store[m] for n in self._names for m in (n, f"{n}_grad") if m in store}
         cache = ActivationCache(
             ordered,
             layer_types=self.layer_types,

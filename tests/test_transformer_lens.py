@@ -336,8 +336,8 @@ def test_add_hook_persists_until_reset_and_ctx_persists(model):
         model.reset_hooks(including_permanent=True)
     model(ids)
     assert len(seen) == 5 and not model._registry.names()
-    with pytest.raises(NotImplementedError, match="backward hooks"):
-        model.add_hook("hook_embed", lambda t, hook: None, dir="bwd")
+    with pytest.raises(ValueError, match="dir must be 'fwd' or 'bwd'"):
+        model.add_hook("hook_embed", lambda t, hook: None, dir="both")
 
 
 def test_stop_at_layer_returns_the_stream_and_runs_no_further(model, run):

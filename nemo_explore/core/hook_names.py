@@ -22,6 +22,8 @@ MIXER_POINTS: dict[str, tuple[str, ...]] = {
 READ_ONLY = frozenset(p.name for p in POINTS if not p.writable)
 # Derived points: computed on the side, only when someone asks for them.
 DERIVED = frozenset(p.name for p in POINTS if p.derived)
+# Points without a gradient (read-only, or integer): a backward hook on them is refused.
+NO_GRADIENT = frozenset(p.name for p in POINTS if not p.has_gradient)
 
 # The nearest point another kind of layer has, for "wrong kind" errors (attention <-> Mamba analogies).
 _ANALOGUE = {

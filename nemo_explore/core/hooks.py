@@ -5,6 +5,12 @@ given untouched, observes; returning anything else, or editing the tensor in pla
 downstream (a write). The rule is the same with grad enabled, under ``torch.no_grad()`` and under
 ``torch.inference_mode()``: where an in-place edit of the value itself would go unseen, the hook is handed
 a copy (``_editable``), and the value flows on untouched unless the hook wrote.
+
+A backward hook (TransformerLens' ``dir="bwd"``) is a hook function marked by :func:`on_gradient`: when the
+point fires, after the forward hooks, it is put on the gradient of the value that flows on
+(``Tensor.register_hook``), and runs as ``fn(grad, hook)`` during ``backward()``; returning a tensor replaces
+that gradient. It stays on that forward's tensors, so it runs even when the backward comes after the
+hooks were removed.
 """
 
 from __future__ import annotations
@@ -57,6 +63,22 @@ class ReadOnlyHookError(RuntimeError):
     pass
 
 
+class NoGradientError(RuntimeError):
+    """A backward hook on a value that has no gradient (read-only, integer, or made without grad)."""
+
+
+def on_gradient(fn: HookFn) -> HookFn:
+    """``fn(grad, hook)`` as a backward hook: the registry puts it on the gradient of the point's value."""
+    if not callable(fn):
+        raise TypeError(f"backward hook is not callable: {fn!r}")
+
+    def backward(value: torch.Tensor, hook: HookPoint) -> None:  # pragma: no cover - never called
+        raise AssertionError("backward hooks are run by HookRegistry.fire")
+
+    backward.on_gradient = fn  # type: ignore[attr-defined]
+    return backward
+
+
 class HookRegistry:
     """Active hook functions by point name, in the order they were added.
 
@@ -78,9 +100,14 @@ class HookRegistry:
         for point in self._points.values():
             point.ctx.clear()
 
-    def handles(self) -> list[int]:
-        """Every active hook's handle."""
-        return [h for fns in self._fns.values() for h, _ in fns]
+    def handles(self, backward: bool | None = None) -> list[int]:
+        """Every active hook's handle (``backward``: only the backward hooks' or only the forward ones')."""
+        return [
+            h
+            for fns in self._fns.values()
+            for h, fn in fns
+            if backward is None or hasattr(fn, "on_gradient") == backward
+        ]
 
     def add(self, name: str, fn: HookFn) -> int:
         self._next += 1
@@ -102,6 +129,10 @@ class HookRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self._fns
 
+    def wants_gradient(self, name: str) -> bool:
+        """Whether a backward hook is on ``name``: its value must then be on the path to the output."""
+        return any(hasattr(fn, "on_gradient") for _, fn in self._fns.get(name, ()))
+
     def fire(self, point: HookPoint, value: torch.Tensor) -> torch.Tensor:
         """Run every hook function of ``point`` on ``value``; return the value that flows on.
 
@@ -109,7 +140,11 @@ class HookRegistry:
         a value nobody wrote flows on as the very object it was, which is how the mixers tell a write
         (``new is not old`` in ``mixers/``)."""
         handed = None  # what the hooks see of ``value``
+        backward = []
         for _, fn in self._fns.get(point.name, ()):
+            if hasattr(fn, "on_gradient"):
+                backward.append(fn.on_gradient)
+                continue
             if handed is None:
                 handed = _editable(value)
             before = handed._version
@@ -135,7 +170,35 @@ class HookRegistry:
             if out.is_floating_point() != value.is_floating_point():
                 raise TypeError(f"hook on {point.name} returned {out.dtype} for a {value.dtype} point")
             value, handed = out, None
+        for fn in backward:
+            _on_gradient_of(value, fn, point)
         return value
+
+
+def _on_gradient_of(value: torch.Tensor, fn: HookFn, point: HookPoint) -> None:
+    """Run ``fn(grad, point)`` when backward reaches ``value``; its return, a tensor, replaces the grad."""
+    if not value.is_floating_point():
+        raise NoGradientError(f"backward hook on {point.name}: its value is {value.dtype}: no gradient")
+    if not value.requires_grad:
+        why = (
+            "the forward ran without grad (torch.no_grad(), torch.inference_mode() or "
+            "torch.set_grad_enabled(False)): run it with grad enabled"
+            if not torch.is_grad_enabled()
+            else "nothing it is computed from requires grad (the parameters have requires_grad=False and "
+            "no input does): model.requires_grad_(True), or a hook making an upstream point require grad"
+        )
+        raise NoGradientError(f"backward hook on {point.name}: its value has no gradient, because {why}")
+
+    def run(grad: torch.Tensor) -> torch.Tensor | None:
+        out = fn(grad, point)
+        if out is not None and (not isinstance(out, torch.Tensor) or out.shape != grad.shape):
+            got = type(out).__name__ if not isinstance(out, torch.Tensor) else tuple(out.shape)
+            raise ValueError(
+                f"backward hook on {point.name} returned {got}: return None or a {tuple(grad.shape)} tensor"
+            )
+        return out
+
+    value.register_hook(run)
 
 
 def _editable(value: torch.Tensor) -> torch.Tensor:
@@ -190,6 +253,10 @@ class Fire:
 
     def wants(self, point: str) -> bool:
         return f"{self.prefix}{point}" in self.registry
+
+    def wants_gradient(self, point: str) -> bool:
+        """Whether a backward hook is on ``point``: the mixer then computes the output from its value."""
+        return self.registry.wants_gradient(f"{self.prefix}{point}")
 
     def __call__(self, point: str, value: torch.Tensor) -> torch.Tensor:
         name = f"{self.prefix}{point}"

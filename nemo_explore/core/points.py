@@ -101,7 +101,8 @@ class Point:
     and the kind's prefix (``'hook_q'``); ``level``: MODEL, BLOCK or MIXER; ``kind``: the layer kind
     (``layer_types``) of a mixer point, None for the others; ``shape``: as the README writes it;
     ``size``: the shape for given ``Sizes``; ``writable``: a hook may replace the value (else it is
-    read-only); ``derived``: computed on the side, only when hooked; ``what``: the README's description;
+    read-only); ``derived``: computed on the side, only when hooked; ``integer``: an integer value, which
+    has no gradient (a read-only point has none either); ``what``: the README's description;
     ``joins``: None where the point starts its own line of the README's table, else the separator that
     adds it to the line above (which has the same shape and description).
     """
@@ -114,7 +115,13 @@ class Point:
     what: str
     writable: bool = True
     derived: bool = False
+    integer: bool = False
     joins: str | None = None
+
+    @property
+    def has_gradient(self) -> bool:
+        """Whether a backward hook may ask for this point's gradient."""
+        return self.writable and not self.integer
 
     @property
     def template(self) -> str:
@@ -127,7 +134,7 @@ class Point:
 
 def _line(where: str, line: list[str], shape: str, size, what: str, *, sep=" / ", **flags) -> list[Point]:
     """The rows of one line of the README's table: the points named in ``line`` share its shape and text.
-    ``where``: MODEL, BLOCK or a layer kind; ``flags``: ``writable`` / ``derived``."""
+    ``where``: MODEL, BLOCK or a layer kind; ``flags``: ``writable`` / ``derived`` / ``integer``."""
     level, kind = (where, None) if where in (MODEL, BLOCK) else (MIXER, where)
     return [
         Point(name, level, kind, shape, size, what, **flags, joins=sep if j else None)
@@ -207,7 +214,7 @@ POINTS: tuple[Point, ...] = (
     ),
     *_line(
         MOE, ["hook_topk_indices"], "b p k", lambda s: (s.b, s.p, s.k),
-        "chosen experts (writable: forces a routing)",
+        "chosen experts (writable: forces a routing)", integer=True,
     ),
     *_line(
         MOE, ["hook_topk_weights"], "b p k", lambda s: (s.b, s.p, s.k), "normalised, scaled routing weights"

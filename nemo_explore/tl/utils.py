@@ -112,7 +112,8 @@ def lm_cross_entropy_loss(
     """Next-token cross-entropy: logits ``(b, p, vocab)``, tokens ``(b, p)`` -> the mean over the scored
     positions, or ``(b, p-1)`` with ``per_token=True``. With ``attention_mask`` (b p), the mean counts only
     positions where the token and the one it is predicted from are both real."""
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    wide = torch.promote_types(logits.dtype, torch.float32)  # half types up to float32; float64 stays
+    logprobs = torch.log_softmax(logits[:, :-1].to(wide), dim=-1)
     losses = -logprobs.gather(-1, tokens[:, 1:, None].to(logits.device)).squeeze(-1)
     if per_token:
         return losses

@@ -3,7 +3,10 @@
 HF runs SDPA, which never forms the pattern. Reading ``hook_attn_scores``/``hook_pattern`` computes them
 on the side from q and k; the layer's output still comes from HF's own attention call, so observing is
 bit-exact. Only a hook that *replaces* scores or pattern makes z = pattern · v explicit (for
-the rows of the ``pattern_window`` option when one is given: the other rows keep HF's output).
+the rows of the ``pattern_window`` option when one is given: the other rows keep HF's output), and so does
+a backward hook on them: their gradient is then the one of the explicit path, as HF's eager attention
+computes it (the output then equals eager's, within float rounding of SDPA's). Likewise a write or a
+backward hook on ``hook_result`` makes the output the sum of the heads' results.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ def attention_forward(
             written, pattern = True, softmax_pattern(new_scores, q.dtype)
         new_pattern = fire("hook_pattern", pattern)
         written = written or new_pattern is not pattern
+        # a gradient of scores or pattern needs the output computed from them
+        written = written or fire.wants_gradient("hook_attn_scores") or fire.wants_gradient("hook_pattern")
 
     if written and rows == slice(None):  # every row rewritten: z = pattern · v, explicitly
         z = pattern_times_v(new_pattern, v)
@@ -134,7 +139,7 @@ def attention_forward(
     if fire.wants("hook_result"):
         result = head_results(z, attn.o_proj.weight)
         new_result = fire("hook_result", result)
-        if new_result is not result:  # the heads' outputs rewritten: the layer's output is their sum
+        if new_result is not result or fire.wants_gradient("hook_result"):  # the output: the heads' sum
             bias = attn.o_proj.bias
             out = new_result.sum(dim=2)
             return (out if bias is None else out + bias), weights

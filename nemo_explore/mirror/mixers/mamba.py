@@ -116,7 +116,7 @@ def _fire_derived(fire: Fire, x, dt, A, B, C, initial) -> tuple[list[int], torch
         positions = state_positions(fire.options.state_positions, seq_len)
         states = ssd.states_at(x, dt, A, B, positions, initial_state=initial)
         new = fire("hook_state", states)
-        if new is not states:
+        if new is not states or fire.wants_gradient("hook_state"):  # a gradient needs the scan to read it
             return positions, new
     return None
 
@@ -279,7 +279,8 @@ def _chunked(hf, mixer, fire: Fire, x, dt_raw, A, B, C, cache, initial, kwargs) 
     dt = _dt_used(mixer, dt_raw, keep)
     new_dt = fire("hook_dt", dt)
     written_states = _fire_derived(fire, x.float(), new_dt, A, B, C, initial)
-    if written_states is None and new_dt is dt:
+    # a gradient of dt needs the scan to read it (as a written dt is read)
+    if written_states is None and new_dt is dt and not fire.wants_gradient("hook_dt"):
         return _hf_scan(hf, mixer, x, dt_raw, A, B, C, cache, kwargs)
     positions, states = written_states or ([], None)
     return _written_scan(hf, mixer, x, new_dt, A, B, C, cache, initial, keep, positions, states, kwargs)
