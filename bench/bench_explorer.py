@@ -68,7 +68,8 @@ def main() -> None:
     else:
         text = (base * (args.tokens // len(base) + 1))[: args.tokens - 1]  # + <s>
     n = len(model.to_str_tokens(text))
-    print(f"{args.config} (hidden {args.hidden}): {model.pattern}, {n} tokens, torch {torch.__version__}, "
+    width = "" if args.config == "tiny" else f" (hidden {args.hidden})"
+    print(f"{args.config}{width}: {model.pattern}, {n} tokens, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     ids, _ = model.to_inputs(text)
     with torch.no_grad():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .core import ssd
 from .mirror import hf_layout
-from .mirror.mixers.attention import scores_and_pattern
+from .mirror.mixers.attention import ROWS, scores_and_pattern
 
 __all__ = [
     "HiddenAttentionFromSSM",
@@ -118,14 +118,17 @@ class PatternFromQK(PairwiseMaps):
         self._rep = self.n_heads // k.shape[1]
 
     def _window(self, start, stop, key_start, key_stop, heads):
-        q = self._q[:, heads]
-        k = self._k[:, [h // self._rep for h in heads]]  # each query head's key head (GQA)
+        # the aligned blocks of rows the window lies in, sliced before the heads are picked (no copy of q)
+        a0, a1 = start - start % ROWS, min(self.rows[1], -(-stop // ROWS) * ROWS)
+        q = self._q[:, :, a0:a1][:, heads]
+        kv = [h // self._rep for h in heads]  # each query head's key head (GQA)
+        k = self._k[:, kv[0] : kv[0] + 1] if len(set(kv)) == 1 else self._k[:, kv]  # one: a view
         # the keys a query may see: up to itself (a causal prefill from position 0), never padding
         keep = torch.arange(self.n_keys)[None, :] <= torch.arange(start, stop)[:, None]
         if self._keep is not None:
             keep = keep & self._keep.cpu()[None, :]
         keep = keep.to(q.device)[None, None]
-        _, pattern = scores_and_pattern(q, k, keep, self._scaling, slice(start, stop))
+        _, pattern = scores_and_pattern(q, k, keep, self._scaling, slice(start - a0, stop - a0))
         return pattern[0, :, :, key_start:key_stop]
 
 

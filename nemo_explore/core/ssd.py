@@ -28,7 +28,7 @@ from .options import query_rows
 __all__ = ["hidden_attention", "state_norms", "states_at"]
 
 _BLOCK_ELEMENTS = 1 << 21  # hidden attention is built this many entries (8 MiB) at a time
-_ROWS = 64  # hidden attention's query rows per block, aligned to multiples of it
+_ROWS = 16  # hidden attention's query rows per block, aligned to multiples of it
 _NORMS_GPU_BLOCK_ELEMENTS = 1 << 24  # state norms on a GPU: chunk matrices (b h c L L) per block, 64 MiB
 _LOG_FLOOR = -86.0  # decays below exp(_LOG_FLOOR) ≈ 4e-38 are 0
 

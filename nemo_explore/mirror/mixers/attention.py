@@ -36,7 +36,7 @@ def keep_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, devi
     return mask if mask.dtype == torch.bool else mask == 0
 
 
-ROWS = 64  # scores are computed for aligned blocks of this many query rows, whatever the window
+ROWS = 16  # scores are computed for aligned blocks of this many query rows, whatever the window
 
 
 def scores_and_pattern(
