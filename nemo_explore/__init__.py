@@ -12,9 +12,7 @@ from .core.hooks import HookPoint, ReadOnlyHookError
 from .core.layer_types import LAYER_TYPES
 from .core.options import RunOptions
 from .model import HookedNemotronH
-from .tl import (
-    utils,  # TransformerLens' `from transformer_lens import utils` -> `from nemo_explore import utils`
-)
+from .tl import patching, utils  # TransformerLens': `from transformer_lens import patching, utils`
 from .tl.factored import FactoredMatrix
 
 __all__ = [
@@ -27,6 +25,7 @@ __all__ = [
     "registry",
     "shortened",
     "small_config",
+    "patching",
     "utils",
     "LAYER_TYPES",
     "ActivationCache",

@@ -134,7 +134,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("inputs", "lifecycle", "model", "tl.residual", "cache", "pairwise")),
     ("loading", ("checkpoints.loading",)),
     # what is computed with a model: analyses, corpus statistics
-    ("tools", ("analysis", "corpus")),
+    ("tools", ("analysis", "corpus", "tl.patching")),
     # what shows them
     ("views", ("widgets",)),
     # the package's public face imports all of the above

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
@@ -70,6 +71,7 @@ values = {
     "layer_types": model.layer_types, "attn": attn, "induction": induction_score_store.tolist(),
     "state_max": float(state_result.abs().max()), "first": first, "top10": top10,
     "copiers": copiers, "others": others, "positions": len(tokens), "vocab": model.cfg.d_vocab,
+    "agreement": float(agreement), "attribution": attribution.tolist(), "patched": patching_result.tolist(),
 }
 """,
     "06_corpus": """
@@ -312,6 +314,11 @@ def test_notebook_05_claims():
     assert min(top10[h] for h in copiers) > max(top10[h] for h in others), top10
     assert min(v["induction"][attn]) > 0.85  # "all four score as induction heads"
     assert v["positions"] == 1233 and v["vocab"] == 4096
+    # attribution patching: the printed correlation is the two maps', and the map uses the same fixed scale
+    a, b = np.array(v["attribution"]).ravel(), np.array(v["patched"]).ravel()
+    assert v["agreement"] == pytest.approx(float(np.corrcoef(a, b)[0, 1]), abs=1e-6)
+    scale = figure(nb, "Attribution patching")["layout"]["coloraxis"]
+    assert (scale["cmin"], scale["cmax"]) == (-1, 1), scale
 
 
 @pytest.mark.slow

@@ -1,2 +1,3 @@
 """TransformerLens' surface: its names and helpers (``utils``), config (``config``), weight layout
-(``weights``), QK / OV circuits (``factored``) and residual-stream tools (``residual``)."""
+(``weights``), QK / OV circuits (``factored``), residual-stream tools (``residual``) and activation
+patching by TL's function names (``patching``)."""
