@@ -20,6 +20,7 @@ from .core.layer_types import HOOK_PREFIX
 from .core.options import RunOptions
 from .mirror import guard, hf_layout
 from .mirror.instrument import instrument_mixer
+from .tl.weights import HookPointRef
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -122,6 +123,24 @@ class HookLifecycle:
                 "block"
             )
         return on_gradient(fn)
+
+    def hook_point(self, name: str):
+        """TransformerLens' hook point object for ``name`` (``model.blocks[3].attn.hook_z`` gives the same):
+        ``.add_hook(fn, dir=...)``, ``.remove_hooks(...)``, ``.name``, ``.layer()``."""
+        self._resolve(name)  # an unknown name: the error suggests the closest
+        return HookPointRef(self, name)
+
+    def remove_hooks_of(self, name: str, direction: str = "fwd", including_permanent: bool = False) -> None:
+        """Remove the hooks of point ``name`` only (``direction``: 'fwd', 'bwd' or 'both'); ``add_hook``'s
+        permanent ones stay unless ``including_permanent``."""
+        if direction not in ("fwd", "bwd", "both"):
+            raise ValueError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
+        backward = None if direction == "both" else direction == "bwd"
+        permanent = {h for h, p in self._added.items() if p and not including_permanent}
+        drop = [h for h in self._registry.handles(backward, name) if h not in permanent]
+        self._registry.remove(drop)
+        self._added = {h: p for h, p in self._added.items() if h not in drop}
+        self._sync()
 
     def reset_hooks(
         self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False

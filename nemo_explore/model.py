@@ -323,7 +323,13 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
 
     @torch.no_grad()
     def generate(
-        self, input: Input, max_new_tokens: int = 20, fwd_hooks=(), return_type: str = "tokens", **kwargs
+        self,
+        input: Input,
+        max_new_tokens: int = 20,
+        fwd_hooks=(),
+        return_type: str = "tokens",
+        prepend_bos: bool | None = None,
+        **kwargs,
     ) -> torch.Tensor | str | list[str]:
         """HF's ``generate`` with any active hooks plus ``fwd_hooks``. Texts are left-padded. Returns the
         token ids, prompt included ``(b, p + new)``; ``return_type='str'``: the text (one string per row,
@@ -332,6 +338,7 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         Greedy by default; giving a sampling argument (``temperature``, ``top_k``, ``top_p``, ``typical_p``,
         ``min_p``...) samples, as in TransformerLens (``do_sample=True`` is implied), except
         ``temperature=0``, which means greedy. ``do_sample=False`` with a sampling argument is an error.
+        ``prepend_bos``: as for ``to_tokens`` (None: what the tokenizer does).
         """
         if return_type not in ("tokens", "str", "input"):
             raise ValueError(f"return_type must be 'tokens', 'str' or 'input', not {return_type!r}")
@@ -351,7 +358,9 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
                 "drop do_sample=False to sample, or drop them for greedy decoding"
             )
         kwargs.setdefault("do_sample", bool(sampling))
-        ids, mask = self.to_inputs(input, kwargs.pop("attention_mask", None), padding_side="left")
+        ids, mask = self.to_inputs(
+            input, kwargs.pop("attention_mask", None), padding_side="left", prepend_bos=prepend_bos
+        )
         if self.tokenizer is not None:
             kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with self.hooks(fwd_hooks):

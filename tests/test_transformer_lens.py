@@ -467,3 +467,49 @@ def test_split_qkv_input_says_what_to_patch_instead(model):
     model.set_use_split_qkv_input(False)
     with pytest.raises(NotImplementedError, match="hook_mixer_in"):
         model.set_use_split_qkv_input(True)
+
+
+def test_hook_points_as_objects(model, run):
+    """TL's ``model.blocks[L].attn.hook_z.add_hook(fn)``: the point as an object over the one registry."""
+    _, cache = run
+    ids = cache.tokens
+    attn, mamba = model.layers("attention")[0], model.layers("mamba")[0]
+    point = model.blocks[attn].attn.hook_z
+    assert point.name == f"blocks.{attn}.attn.hook_z" and point.layer() == attn
+    assert model.hook_embed.layer() is None
+    seen = []
+    point.add_hook(lambda z, hook: seen.append(hook.name))
+    model.blocks[mamba].mamba.hook_dt.add_hook(lambda dt, hook: seen.append(hook.name))
+    model.blocks[0].hook_resid_pre.add_hook(lambda r, hook: seen.append(hook.name), is_permanent=True)
+    model.ln_final.hook_normalized.add_hook(lambda x, hook: seen.append(hook.name))
+    try:
+        with torch.no_grad():
+            model(ids)
+        assert seen == [
+            "blocks.0.hook_resid_pre", f"blocks.{mamba}.mamba.hook_dt", f"blocks.{attn}.attn.hook_z",
+            "ln_final.hook_normalized",
+        ]  # fmt: skip
+        point.remove_hooks()  # this point's only
+        assert f"blocks.{attn}.attn.hook_z" not in model._registry.names()
+        assert f"blocks.{mamba}.mamba.hook_dt" in model._registry.names()
+        model.blocks[0].hook_resid_pre.remove_hooks()  # a permanent hook stays...
+        assert "blocks.0.hook_resid_pre" in model._registry.names()
+        model.blocks[0].hook_resid_pre.remove_hooks(including_permanent=True)  # ...unless asked
+        assert "blocks.0.hook_resid_pre" not in model._registry.names()
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert model.ln_final.weight is model.hf_model.model.norm_f.weight  # still the HF module's attributes
+    assert torch.equal(model.W_Q[torch.tensor(attn)], model.W_Q[attn])  # a tensor index, as TL allows
+    with pytest.raises(AttributeError, match="hook_zz"):
+        model.blocks[attn].attn.hook_zz  # noqa: B018
+    assert not hasattr(model.blocks[attn].attn, "hook_state")  # an AttributeError, so hasattr works
+    with pytest.raises(TypeError, match="fires inside the model's forward"):
+        point(torch.zeros(1))
+
+
+def test_generate_takes_prepend_bos(model):
+    """TL's ``generate(..., prepend_bos=...)``: the prompt as ``to_tokens`` makes it, then new tokens."""
+    for bos in (True, False):
+        out = model.generate("The cat", max_new_tokens=3, prepend_bos=bos)
+        prompt = model.to_tokens("The cat", prepend_bos=bos)
+        assert torch.equal(out[:, : prompt.shape[1]], prompt) and out.shape[1] == prompt.shape[1] + 3

@@ -100,11 +100,13 @@ class HookRegistry:
         for point in self._points.values():
             point.ctx.clear()
 
-    def handles(self, backward: bool | None = None) -> list[int]:
-        """Every active hook's handle (``backward``: only the backward hooks' or only the forward ones')."""
+    def handles(self, backward: bool | None = None, name: str | None = None) -> list[int]:
+        """Every active hook's handle (``backward``: only the backward hooks' or only the forward ones';
+        ``name``: only that point's)."""
         return [
             h
-            for fns in self._fns.values()
+            for point, fns in self._fns.items()
+            if name is None or point == name
             for h, fn in fns
             if backward is None or hasattr(fn, "on_gradient") == backward
         ]

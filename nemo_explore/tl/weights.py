@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ..core.layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE
+from ..core.hook_names import parse
+from ..core.layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, block_index
 from ..mirror import hf_layout
 from .factored import FactoredMatrix
 
@@ -149,14 +150,81 @@ class MLPWeights:
 _VIEW = {ATTENTION: AttentionWeights, MLP: MLPWeights, MAMBA: lambda m: m, MOE: lambda m: m}
 
 
+class HookPointRef:
+    """TransformerLens' ``HookPoint`` as this model has it: ``model.blocks[3].attn.hook_z``,
+    ``model.blocks[0].hook_resid_pre``, ``model.hook_embed``, ``model.ln_final.hook_normalized`` name a
+    point of the model's one hook registry. ``add_hook(fn, dir='fwd'|'bwd', is_permanent=False)`` and
+    ``remove_hooks(dir='fwd'|'bwd'|'both', including_permanent=False)`` act on that point only."""
+
+    def __init__(self, model, name: str) -> None:
+        self._model, self.name = model, name
+
+    def layer(self) -> int | None:
+        """The block the point belongs to (None at ``hook_embed`` and ``ln_final.*``)."""
+        return parse(self.name)[0]
+
+    def add_hook(self, hook, dir: str = "fwd", is_permanent: bool = False) -> None:  # noqa: A002 (TL's)
+        self._model.add_hook(self.name, hook, dir=dir, is_permanent=is_permanent)
+
+    def remove_hooks(self, dir: str = "fwd", including_permanent: bool = False) -> None:  # noqa: A002
+        self._model.remove_hooks_of(self.name, dir, including_permanent)
+
+    def __call__(self, x):
+        raise TypeError(
+            f"{self.name} fires inside the model's forward; to run code there, add a hook: "
+            f"model.add_hook({self.name!r}, fn) or this point's .add_hook(fn)"
+        )
+
+    def __repr__(self) -> str:
+        return f"HookPoint({self.name!r})"
+
+
+def _point(model, name: str) -> HookPointRef:
+    """``model.hook_point(name)`` for an attribute lookup: an unknown point is an AttributeError (so that
+    ``hasattr`` works), whose message suggests the closest names."""
+    try:
+        return model.hook_point(name)
+    except KeyError as err:
+        raise AttributeError(err.args[0] if err.args else str(err)) from None
+
+
+class Mixer:
+    """``model.blocks[i].attn`` (``.mamba``, ``.moe``, ``.mlp``): the mixer's TL weights where it has them,
+    its hook points as objects (``.hook_z``), and every attribute of the HF mixer."""
+
+    def __init__(self, model, index: int, kind: str) -> None:
+        self._inner = _VIEW[kind](hf_layout.mixer(model.hf_model, index))
+        self._model, self._prefix = model, f"blocks.{index}.{HOOK_PREFIX[kind]}."
+
+    def __getattr__(self, name: str):
+        if name.startswith("hook_"):
+            return _point(self._model, self._prefix + name)
+        return getattr(self._inner, name)
+
+
+class FinalNorm:
+    """``model.ln_final``: the final RMSNorm (HF's ``norm_f``) and its point ``hook_normalized``."""
+
+    def __init__(self, model) -> None:
+        self._model, self._norm = model, hf_layout.final_norm(model.hf_model)
+
+    def __getattr__(self, name: str):
+        if name.startswith("hook_"):
+            return _point(self._model, f"ln_final.{name}")
+        return getattr(self._norm, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._norm(*args, **kwargs)
+
+
 class Block:
     """``model.blocks[i]``: the HF block (``.norm``, ``.mixer`` and everything else are its own), with the
     mixer also under its kind's name as in the hook names — ``.attn`` / ``.mlp`` in TL layout, ``.mamba``,
     ``.moe`` — and TL's ``.ln1`` for the pre-norm."""
 
-    def __init__(self, hf_model, index: int, kind: str) -> None:
-        self._hf, self._index, self._kind = hf_model, index, kind
-        self._block = hf_layout.block(hf_model, index)
+    def __init__(self, model, index: int, kind: str) -> None:
+        self._model, self._hf, self._index, self._kind = model, model.hf_model, index, kind
+        self._block = hf_layout.block(model.hf_model, index)
 
     def __getattr__(self, name: str):
         if name in HOOK_PREFIX.values():
@@ -166,7 +234,9 @@ class Block:
                     f"its mixer is blocks[{self._index}].{HOOK_PREFIX[self._kind]} "
                     f"(hook points blocks.{self._index}.{HOOK_PREFIX[self._kind]}.*)"
                 )
-            return _VIEW[self._kind](hf_layout.mixer(self._hf, self._index))
+            return Mixer(self._model, self._index, self._kind)
+        if name.startswith("hook_"):  # the block's own points (hook_resid_pre...), as objects
+            return _point(self._model, f"blocks.{self._index}.{name}")
         if name == "ln1":
             return hf_layout.block_norm(self._hf, self._index)
         if name == "ln2":
@@ -196,7 +266,7 @@ class Blocks(Sequence):
         j = i + n if i < 0 else i
         if not 0 <= j < n:
             raise IndexError(f"block {i}: this model has {n} blocks (0..{n - 1})")
-        return Block(self._model.hf_model, j, self._model.layer_types[j])
+        return Block(self._model, j, self._model.layer_types[j])
 
     def __iter__(self) -> Iterator[Block]:
         return (self[j] for j in range(len(self)))
@@ -211,14 +281,13 @@ class PerLayer:
     def __getitem__(self, key):
         layer, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
         n = self._model.n_layers
-        if not isinstance(layer, int):
+        try:
+            i = block_index(layer, n, f"model.{self._name}[{layer!r}]")
+        except TypeError:
             raise TypeError(
                 f"model.{self._name}[layer, ...] takes the block index first; the {self._kind} blocks are "
                 f"{self._model.layers(self._kind)}"
-            )
-        i = layer + n if layer < 0 else layer
-        if not 0 <= i < n:
-            raise IndexError(f"block {layer}: this model has {n} blocks (0..{n - 1})")
+            ) from None
         kind = self._model.layer_types[i]
         if kind != self._kind:
             raise KeyError(
@@ -295,9 +364,14 @@ class TLWeights:
         )
 
     @property
-    def ln_final(self):
+    def ln_final(self) -> FinalNorm:
         """The final RMSNorm (HF's ``norm_f``); ``ln_final.hook_normalized`` includes its weight."""
-        return hf_layout.final_norm(self.hf_model)
+        return FinalNorm(self)
+
+    @property
+    def hook_embed(self) -> HookPointRef:
+        """TransformerLens' ``model.hook_embed`` as an object (``.add_hook(fn)``)."""
+        return self.hook_point("hook_embed")
 
     # the ATTENTION_WEIGHTS and MLP_WEIGHTS across blocks (tests/test_model_composition.py checks the lists)
     @property
