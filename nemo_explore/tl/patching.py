@@ -113,23 +113,34 @@ def _patched_metric(model, tokens, name, clean, index, by_pos, by_head, metric) 
     return float(metric(logits))
 
 
-def _attn_head(point: str, by_pos: bool) -> Callable:
+def _patcher(point: str, kinds: tuple[str, ...] | None, by_pos: bool, by_head: bool, doc: str) -> Callable:
+    """A ``get_act_patch_*`` function: ``point`` patched at each index of its grid (see ``patch_grid``)."""
+
     def patch(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
         return patch_grid(
-            model, corrupted_tokens, clean_cache, patching_metric, point, (ATTENTION,), by_pos, True
+            model, corrupted_tokens, clean_cache, patching_metric, point, kinds, by_pos, by_head
         )
 
-    kind = "at each position" if by_pos else "at every position at once"
-    shape = "(n_layers, pos, n_heads)" if by_pos else "(n_layers, n_heads)"
-    patch.__doc__ = f"Patch each attention head's ``{point}`` {kind}: {shape}, NaN rows for other blocks."
+    patch.__doc__ = doc
     return patch
 
 
-def get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
-    """Patch the residual stream entering each block at each position: (n_layers, pos)."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "hook_resid_pre", None, True, False
+def _head(point: str, kinds: tuple[str, ...], by_pos: bool, what: str) -> Callable:
+    when = (
+        "at each position: (n_layers, pos, heads)"
+        if by_pos
+        else "at every position at once: (n_layers, heads)"
     )
+    return _patcher(
+        point, kinds, by_pos, True, f"Patch each head's {what} {when}, NaN rows for other blocks."
+    )
+
+
+def _stack(*fns: Callable) -> Callable:
+    def patch(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
+        return torch.stack([f(model, corrupted_tokens, clean_cache, patching_metric) for f in fns])
+
+    return patch
 
 
 def get_act_patch_resid_mid(*args, **kwargs):
@@ -142,104 +153,49 @@ def get_act_patch_resid_mid(*args, **kwargs):
     )
 
 
-def get_act_patch_attn_out(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
-    """Patch each attention block's output at each position: (n_layers, pos), NaN rows for other blocks."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "hook_mixer_out", (ATTENTION,), True, False
-    )
-
-
-def get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
-    """Patch each MLP and MoE block's output at each position: (n_layers, pos), NaN rows for other blocks."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "hook_mixer_out", (MLP, MOE), True, False
-    )
-
-
-def get_act_patch_mamba_out(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
-    """Patch each Mamba block's output at each position: (n_layers, pos), NaN rows for other blocks."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "hook_mixer_out", (MAMBA,), True, False
-    )
-
-
-def get_act_patch_block_every(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
-    """``resid_pre``, ``attn_out`` and ``mlp_out`` (MLP and MoE blocks) stacked: (3, n_layers, pos)."""
-    return torch.stack(
-        [
-            f(model, corrupted_tokens, clean_cache, patching_metric)
-            for f in (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)
-        ]
-    )
-
-
-get_act_patch_attn_head_out_all_pos = _attn_head("attn.hook_z", False)
-get_act_patch_attn_head_out_by_pos = _attn_head("attn.hook_z", True)
-get_act_patch_attn_head_q_all_pos = _attn_head("attn.hook_q", False)
-get_act_patch_attn_head_q_by_pos = _attn_head("attn.hook_q", True)
-get_act_patch_attn_head_k_all_pos = _attn_head("attn.hook_k", False)
-get_act_patch_attn_head_k_by_pos = _attn_head("attn.hook_k", True)
-get_act_patch_attn_head_v_all_pos = _attn_head("attn.hook_v", False)
-get_act_patch_attn_head_v_by_pos = _attn_head("attn.hook_v", True)
-
-
-def get_act_patch_attn_head_pattern_all_pos(
-    model, corrupted_tokens, clean_cache, patching_metric
-) -> torch.Tensor:
-    """Patch each attention head's whole pattern: (n_layers, n_heads), NaN rows for other blocks."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "attn.hook_pattern", (ATTENTION,), False, True
-    )
-
-
-def get_act_patch_attn_head_pattern_by_pos(
-    model, corrupted_tokens, clean_cache, patching_metric
-) -> torch.Tensor:
-    """Patch each attention head's pattern row of each destination position: (n_layers, pos, n_heads)."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "attn.hook_pattern", (ATTENTION,), True, True
-    )
-
-
-def get_act_patch_attn_head_all_pos_every(
-    model, corrupted_tokens, clean_cache, patching_metric
-) -> torch.Tensor:
-    """z, q, pattern of each head at every position at once, stacked: (3, n_layers, n_heads). (TL stacks k
-    and v too; here they have n_key_value_heads heads: get_act_patch_attn_head_k_all_pos / _v_all_pos.)"""
-    return torch.stack(
-        [
-            f(model, corrupted_tokens, clean_cache, patching_metric)
-            for f in (
-                get_act_patch_attn_head_out_all_pos,
-                get_act_patch_attn_head_q_all_pos,
-                get_act_patch_attn_head_pattern_all_pos,
-            )
-        ]
-    )
-
-
-def get_act_patch_mamba_head_out_all_pos(
-    model, corrupted_tokens, clean_cache, patching_metric
-) -> torch.Tensor:
-    """Patch each Mamba head's scan output (``hook_ssm_out``) at every position at once:
-    (n_layers, n_mamba_heads), NaN rows for other blocks."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "mamba.hook_ssm_out", (MAMBA,), False, True
-    )
-
-
-def get_act_patch_mamba_head_out_by_pos(
-    model, corrupted_tokens, clean_cache, patching_metric
-) -> torch.Tensor:
-    """Patch each Mamba head's scan output at each position: (n_layers, pos, n_mamba_heads)."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "mamba.hook_ssm_out", (MAMBA,), True, True
-    )
-
-
-def get_act_patch_moe_routing_by_pos(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
-    """Give each token of each MoE block the experts the clean run chose for it (``hook_topk_indices``):
-    (n_layers, pos), NaN rows for other blocks."""
-    return patch_grid(
-        model, corrupted_tokens, clean_cache, patching_metric, "moe.hook_topk_indices", (MOE,), True, False
-    )
+_ATTN, _MAMBA, _MOE, _DENSE = (ATTENTION,), (MAMBA,), (MOE,), (MLP, MOE)
+get_act_patch_resid_pre = _patcher(
+    "hook_resid_pre", None, True, False, "Patch the residual stream entering each block at each position: "
+    "(n_layers, pos)."
+)  # fmt: skip
+get_act_patch_attn_out = _patcher(
+    "hook_mixer_out", _ATTN, True, False, "Patch each attention block's output at each position: "
+    "(n_layers, pos), NaN rows for other blocks."
+)  # fmt: skip
+get_act_patch_mlp_out = _patcher(
+    "hook_mixer_out", _DENSE, True, False, "Patch each MLP and MoE block's output at each position: "
+    "(n_layers, pos), NaN rows for other blocks."
+)  # fmt: skip
+get_act_patch_mamba_out = _patcher(
+    "hook_mixer_out", _MAMBA, True, False, "Patch each Mamba block's output at each position: "
+    "(n_layers, pos), NaN rows for other blocks."
+)  # fmt: skip
+get_act_patch_moe_routing_by_pos = _patcher(
+    "moe.hook_topk_indices", _MOE, True, False, "Give each token of each MoE block the experts the clean run "
+    "chose for it (hook_topk_indices): (n_layers, pos), NaN rows for other blocks."
+)  # fmt: skip
+get_act_patch_attn_head_out_all_pos = _head("attn.hook_z", _ATTN, False, "output z")
+get_act_patch_attn_head_out_by_pos = _head("attn.hook_z", _ATTN, True, "output z")
+get_act_patch_attn_head_q_all_pos = _head("attn.hook_q", _ATTN, False, "query")
+get_act_patch_attn_head_q_by_pos = _head("attn.hook_q", _ATTN, True, "query")
+get_act_patch_attn_head_k_all_pos = _head("attn.hook_k", _ATTN, False, "key (the KV heads)")
+get_act_patch_attn_head_k_by_pos = _head("attn.hook_k", _ATTN, True, "key (the KV heads)")
+get_act_patch_attn_head_v_all_pos = _head("attn.hook_v", _ATTN, False, "value (the KV heads)")
+get_act_patch_attn_head_v_by_pos = _head("attn.hook_v", _ATTN, True, "value (the KV heads)")
+get_act_patch_attn_head_pattern_all_pos = _head("attn.hook_pattern", _ATTN, False, "pattern")
+get_act_patch_attn_head_pattern_by_pos = _head("attn.hook_pattern", _ATTN, True, "pattern (destination rows)")
+get_act_patch_mamba_head_out_all_pos = _head("mamba.hook_ssm_out", _MAMBA, False, "Mamba scan output")
+get_act_patch_mamba_head_out_by_pos = _head("mamba.hook_ssm_out", _MAMBA, True, "Mamba scan output")
+get_act_patch_block_every = _stack(get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)
+get_act_patch_block_every.__doc__ = (
+    "resid_pre, attn_out and mlp_out (MLP and MoE blocks) stacked: (3, n_layers, pos)."
+)
+get_act_patch_attn_head_all_pos_every = _stack(
+    get_act_patch_attn_head_out_all_pos,
+    get_act_patch_attn_head_q_all_pos,
+    get_act_patch_attn_head_pattern_all_pos,
+)
+get_act_patch_attn_head_all_pos_every.__doc__ = (
+    "z, q, pattern of each head at every position at once, stacked: (3, n_layers, n_heads). (TL stacks k "
+    "and v too; here they have n_key_value_heads heads: get_act_patch_attn_head_k_all_pos / _v_all_pos.)"
+)
