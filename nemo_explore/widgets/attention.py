@@ -134,7 +134,7 @@ class AttentionHeads(CacheView):
         self.overview.layout.margin = dict(l=50, r=10, t=50, b=40)
         self.overview._config = {"displayModeBar": False}
         self.overview_box = widgets.Box([self.overview], layout=widgets.Layout(display="none"))
-        self.detail = figure_widget(580, 560)
+        self.detail = figure_widget(580, 560, margin=dict(l=10, r=10, t=50, b=10))  # room for two title lines
         self.detail.add_heatmap(hoverongaps=False, colorbar=dict(thickness=12))
         # token axes: margins set per update (tick_room), so plotly draws once
         self.detail.update_yaxes(autorange="reversed", tickfont=dict(size=9), automargin=False)
@@ -379,7 +379,7 @@ class AttentionHeads(CacheView):
             else f"rows sum to 1 over keys up to the query; keys {ks}–{ks + len(keys) - 1} shown"
         )
         title = {
-            "pattern": f"block {layer} · attention · head {head}: pattern ({sums})",
+            "pattern": f"block {layer} · attention · head {head}: pattern<br>({sums})",  # two lines: it fits
             "signed": f"block {layer} · mamba · head {head}: hidden attention M (signed, unnormalised)",
             "share": f"block {layer} · mamba · head {head}: |M| ÷ row Σ|M| (not a softmax)",
         }[mode]
