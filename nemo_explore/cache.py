@@ -35,15 +35,23 @@ class ActivationCache(ResidualStreamTools, Mapping):
     def __init__(
         self,
         data: dict[str, torch.Tensor],
+        model=None,
         *,
-        layer_types: list[str],
+        layer_types: list[str] | None = None,
         tokens: torch.Tensor | None = None,
         str_tokens: list[list[str]] | None = None,
         attention_mask: torch.Tensor | None = None,
         config=None,
-        model=None,
         options: RunOptions | None = None,
     ) -> None:
+        """``ActivationCache(data, model)`` as in TransformerLens, or ``layer_types`` (and the rest) given
+        without a model."""
+        if layer_types is None:
+            if model is None:
+                raise TypeError("ActivationCache needs the model it was run with, or layer_types=[...]")
+            layer_types = model.layer_types
+        if config is None and model is not None:
+            config = getattr(model, "config", None)
         self._data = dict(data)
         self.layer_types = [canonical(t) for t in layer_types]
         self.tokens = tokens
@@ -53,6 +61,11 @@ class ActivationCache(ResidualStreamTools, Mapping):
         self.model = model
         self.has_batch_dim = True
         self.options = options or RunOptions()
+
+    @property
+    def cache_dict(self) -> dict[str, torch.Tensor]:
+        """TransformerLens' ``cache.cache_dict``: the name -> tensor dict itself."""
+        return self._data
 
     # the options the run was made with, as they shaped the derived points
     @property

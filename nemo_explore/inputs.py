@@ -65,6 +65,27 @@ class Inputs:
             raise TypeError(f"to_single_token takes a string, got {type(string).__name__}")
         return single_token(self, string)
 
+    def get_token_position(
+        self,
+        single_token: str | int,
+        input: str | torch.Tensor,
+        mode: str = "first",
+        prepend_bos: bool | None = None,
+    ) -> int:
+        """TransformerLens' ``get_token_position``: where ``single_token`` (a one-token string or an id) first
+        (``mode='first'``) or last (``'last'``) occurs in ``input`` (text, or ids of one row)."""
+        if mode not in ("first", "last"):
+            raise ValueError(f"mode must be 'first' or 'last', not {mode!r}")
+        ids = self.to_tokens(input, prepend_bos=prepend_bos) if isinstance(input, str) else input
+        ids = ids if ids.dim() == 1 else ids[0] if ids.shape[0] == 1 else None
+        if ids is None:
+            raise ValueError("get_token_position takes one row of ids (a batch of one), or a text")
+        token = single_token if isinstance(single_token, int) else self.to_single_token(single_token)
+        found = (ids == token).nonzero().flatten().tolist()
+        if not found:
+            raise ValueError(f"token {single_token!r} (id {token}) is not in the input")
+        return found[0] if mode == "first" else found[-1]
+
     def _encode(
         self, text: str | Sequence[str], padding_side: str = "right", prepend_bos: bool | None = None
     ):

@@ -66,10 +66,8 @@ class HookLifecycle:
             for target, fn, backward in [(t, f, False) for t, f in fwd_hooks] + [
                 (t, f, True) for t, f in bwd_hooks
             ]:
-                if not callable(fn):
-                    raise TypeError(f"hook for {target!r} is not callable: {fn!r}")
-                for name in self._resolve(target):
-                    handles.append(self._registry.add(name, self._backward(name, fn) if backward else fn))
+                for name, hook in self._hooks_for(target, fn, backward):
+                    handles.append(self._registry.add(name, hook))
             self._options = run_options
             self._sync()
             yield self
@@ -104,12 +102,22 @@ class HookLifecycle:
         ``backward()`` (returning a tensor replaces that gradient)."""
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', not {dir!r}")
-        if not callable(hook):
-            raise TypeError(f"hook for {name!r} is not callable: {hook!r}")
-        for n in self._resolve(name):
-            fn = self._backward(n, hook) if dir == "bwd" else hook
+        for n, fn in self._hooks_for(name, hook, dir == "bwd"):  # all checked before any is added
             self._added[self._registry.add(n, fn)] = is_permanent
         self._sync()
+
+    def _hooks_for(self, target: NamesFilter, fn: HookFn, backward: bool) -> list[tuple[str, HookFn]]:
+        """The (name, hook function) pairs ``target`` puts on the registry. A backward hook on a predicate
+        skips the points that have no gradient (read-only, integer), as TransformerLens' filters do over
+        its points; named explicitly, such a point is an error that says why."""
+        if not callable(fn):
+            raise TypeError(f"hook for {target!r} is not callable: {fn!r}")
+        names = self._resolve(target)
+        if not backward:
+            return [(n, fn) for n in names]
+        if callable(target):
+            names = [n for n in names if parse(n)[2] not in NO_GRADIENT]
+        return [(n, self._backward(n, fn)) for n in names]
 
     def _backward(self, name: str, fn: HookFn) -> HookFn:
         """``fn`` as a backward hook on ``name``, refused where the point has no gradient."""
@@ -123,6 +131,11 @@ class HookLifecycle:
                 "block"
             )
         return on_gradient(fn)
+
+    @property
+    def hook_dict(self) -> dict[str, HookPointRef]:
+        """TransformerLens' ``model.hook_dict``: every point's name -> its hook point object."""
+        return {name: HookPointRef(self, name) for name in self._names}
 
     def hook_point(self, name: str):
         """TransformerLens' hook point object for ``name`` (``model.blocks[3].attn.hook_z`` gives the same):

@@ -214,3 +214,21 @@ def test_what_has_no_gradient_says_so(pair):
     _, cache = model.run_with_cache(ids, return_type="loss", incl_bwd=True)  # every point: those with one
     grads = {n.removesuffix("_grad") for n in cache if n.endswith("_grad")}
     assert grads == {n for n in model.hook_names() if parse(n)[2] not in NO_GRADIENT}
+
+
+def test_a_backward_hook_on_a_filter_takes_the_points_with_a_gradient(pair):
+    """TL's attribution patching adds a backward hook with a names filter over every point: the read-only
+    and integer points are skipped there. A list naming such a point is refused, and nothing is added."""
+    hf, model = pair
+    ids = ids_for(model)
+    seen = set()
+    model.add_hook(lambda name: True, lambda g, hook: seen.add(hook.name), dir="bwd")
+    try:
+        model(ids, return_type="loss").backward()
+    finally:
+        model.reset_hooks()
+    assert seen == {n for n in model.hook_names() if parse(n)[2] not in NO_GRADIENT}
+    mamba = model.layers("mamba")[0]
+    with pytest.raises(NoGradientError):
+        model.add_hook(["hook_embed", f"blocks.{mamba}.mamba.hook_state_norm"], print, dir="bwd")
+    assert not model._registry.names()  # hook_embed was not added either

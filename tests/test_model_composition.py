@@ -48,7 +48,7 @@ def test_the_tl_weights_across_blocks_are_declared_properties():
     """One written-out property per name of ATTENTION_WEIGHTS / MLP_WEIGHTS, no more, each also a weight
     of the per-block view of its kind."""
     across = {n for n, v in vars(TLWeights).items() if isinstance(v, property)} - {
-        "blocks", "W_E", "W_U", "b_U", "W_pos", "ln_final", "embed", "unembed"
+        "blocks", "W_E", "W_U", "b_U", "W_pos", "ln_final", "embed", "unembed", "hook_embed"
     }
     assert across == {*ATTENTION_WEIGHTS, *MLP_WEIGHTS}
     for names, view in ((ATTENTION_WEIGHTS, AttentionWeights), (MLP_WEIGHTS, MLPWeights)):

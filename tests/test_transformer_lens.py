@@ -513,3 +513,54 @@ def test_generate_takes_prepend_bos(model):
         out = model.generate("The cat", max_new_tokens=3, prepend_bos=bos)
         prompt = model.to_tokens("The cat", prepend_bos=bos)
         assert torch.equal(out[:, : prompt.shape[1]], prompt) and out.shape[1] == prompt.shape[1] + 3
+
+
+def test_unindexed_circuits_have_every_block(model):
+    """TL's ``model.OV.eigenvalues`` and ``W_E @ model.OV @ W_U``: (n_layers, n_heads, ...), the attention
+    block's row equal to ``model.OV[L]``'s, NaN rows for the other blocks (never numbers)."""
+    attn = model.layers("attention")[0]
+    ov = model.OV
+    assert ov.shape == (model.n_layers, model.cfg.n_heads, model.cfg.d_model, model.cfg.d_model)
+    eig = ov.eigenvalues
+    assert eig.shape == (model.n_layers, model.cfg.n_heads, model.cfg.d_head)
+    torch.testing.assert_close(eig[attn], model.OV[attn].eigenvalues)
+    others = [i for i in range(model.n_layers) if i != attn]
+    assert torch.isnan(eig[others].real).all() and torch.isfinite(eig[attn].real).all()
+    full = model.embed.W_E @ model.OV @ model.unembed.W_U
+    assert full.shape == (model.n_layers, model.cfg.n_heads, model.cfg.d_vocab, model.cfg.d_vocab)
+    one = model.W_E @ model.OV[attn, 1] @ model.W_U
+    torch.testing.assert_close(full[attn, 1].get_corner(3), one.get_corner(3))
+    assert torch.isnan(model.QK.eigenvalues[others].real).all() and "NaN factors" in repr(model.QK)
+
+
+def test_token_positions_named_parameters_and_aliases(model):
+    text = "The cat sat. The cat ran."
+    ids = model.to_tokens(text)
+    cat = model.to_single_token(" cat")
+    where = (ids[0] == cat).nonzero().flatten().tolist()
+    assert len(where) == 2
+    assert model.get_token_position(" cat", text) == where[0]
+    assert model.get_token_position(cat, ids, mode="last") == where[1]
+    with pytest.raises(ValueError, match="not in the input"):
+        model.get_token_position(" dog", "The cat sat.")
+    named = dict(model.tl_named_parameters())
+    attn, mamba = model.layers("attention")[0], model.layers("mamba")[0]
+    assert torch.equal(named[f"blocks.{attn}.attn.W_Q"], model.W_Q[attn])
+    assert named["embed.W_E"] is model.W_E
+    assert named[f"blocks.{mamba}.mamba.A_log"].shape == (model.cfg.mamba_num_heads,)
+    n_hf = sum(p.numel() for p in model.hf_model.parameters())
+    assert sum(t.numel() for t in named.values()) == n_hf  # every weight once, none twice
+    assert utils.get_act_name("in", 2) == "blocks.2.hook_resid_pre"
+    assert utils.get_act_name("out", 2) == "blocks.2.hook_resid_post"
+
+
+def test_cache_dict_hook_dict_and_a_cache_made_by_hand(model, run):
+    _, cache = run
+    assert cache.cache_dict is cache._data
+    hook_dict = model.hook_dict
+    assert list(hook_dict) == model.hook_names() and hook_dict["hook_embed"].name == "hook_embed"
+    again = ne.ActivationCache(dict(cache.cache_dict), model)  # TL's ActivationCache(cache_dict, model)
+    assert again.layer_types == model.layer_types and again.model is model
+    assert torch.equal(again["resid_post", -1], cache["resid_post", -1])
+    with pytest.raises(TypeError, match="needs the model"):
+        ne.ActivationCache({})

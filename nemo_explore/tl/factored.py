@@ -124,8 +124,17 @@ class FactoredMatrix:
 
     @property
     def eigenvalues(self) -> torch.Tensor:
-        """The eigenvalues of ``B @ A`` (..., k), complex: the product's non-zero eigenvalues, and zeros."""
-        return torch.linalg.eigvals(self.BA)
+        """The eigenvalues of ``B @ A`` (..., k), complex: the product's non-zero eigenvalues, and zeros.
+        A matrix with a NaN (``model.OV``'s rows for blocks without heads) has NaN eigenvalues."""
+        BA = self.BA
+        finite = torch.isfinite(BA).flatten(-2).all(-1)
+        if bool(finite.all()):
+            return torch.linalg.eigvals(BA)
+        dtype = torch.promote_types(BA.dtype, torch.complex64)
+        out = torch.full(BA.shape[:-1], float("nan"), dtype=dtype, device=BA.device)
+        if bool(finite.any()):  # LAPACK is never handed a NaN (it crashes the process)
+            out[finite] = torch.linalg.eigvals(BA[finite])
+        return out
 
     def norm(self) -> torch.Tensor:
         """Frobenius norm (...,): ``|AB|² = Σ (AᵀA) ∘ (B Bᵀ)``."""

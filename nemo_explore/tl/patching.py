@@ -28,6 +28,7 @@ Metric = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = [
     "get_act_patch_attn_head_all_pos_every",
+    "get_act_patch_attn_head_by_pos_every",
     "get_act_patch_attn_head_k_all_pos",
     "get_act_patch_attn_head_k_by_pos",
     "get_act_patch_attn_head_out_all_pos",
@@ -194,6 +195,15 @@ get_act_patch_attn_head_all_pos_every = _stack(
     get_act_patch_attn_head_out_all_pos,
     get_act_patch_attn_head_q_all_pos,
     get_act_patch_attn_head_pattern_all_pos,
+)
+get_act_patch_attn_head_by_pos_every = _stack(
+    get_act_patch_attn_head_out_by_pos,
+    get_act_patch_attn_head_q_by_pos,
+    get_act_patch_attn_head_pattern_by_pos,
+)
+get_act_patch_attn_head_by_pos_every.__doc__ = (
+    "z, q, pattern of each head at each position, stacked: (3, n_layers, pos, n_heads); k and v, which have "
+    "the KV heads: get_act_patch_attn_head_k_by_pos / _v_by_pos."
 )
 get_act_patch_attn_head_all_pos_every.__doc__ = (
     "z, q, pattern of each head at every position at once, stacked: (3, n_layers, n_heads). (TL stacks k "

@@ -26,6 +26,8 @@ _ALIASES = {
     "attn_out": "mixer_out",
     "mlp_out": "mixer_out",
     "ln_final": "normalized",
+    "in": "resid_pre",  # TransformerLens' bridge: blocks.L.hook_in, what enters block L
+    "out": "resid_post",  # and blocks.L.hook_out
 }
 # short name -> the name after 'blocks.{i}.': the block points and every mixer's points.
 _BLOCK_SHORT = {p.removeprefix("hook_"): p for p in BLOCK_POINTS}

@@ -305,6 +305,42 @@ class PerLayer:
         )
 
 
+class Circuits(PerLayer):
+    """``model.QK`` / ``model.OV``: ``[L]`` / ``[L, h]`` index block L, as for every TL weight; unindexed, the
+    FactoredMatrix of every block, (n_layers, n_heads, d, d), as TransformerLens has it (``.eigenvalues``,
+    ``W_E @ model.OV @ W_U``). A block without attention heads has NaN factors there: its row of every
+    result is NaN (a gap in a plot), never a number."""
+
+    def stacked(self) -> FactoredMatrix:
+        model = self._model
+        heads = [getattr(model.blocks[i].attn, self._name) for i in model.layers(ATTENTION)]
+        if not heads:
+            raise AttributeError(f"model.{self._name}: this model has no attention block")
+        like = heads[0]
+        A = like.A.new_full((model.n_layers, *like.A.shape), float("nan"))
+        B = like.B.new_full((model.n_layers, *like.B.shape), float("nan"))
+        for i, circuit in zip(model.layers(ATTENTION), heads, strict=True):
+            A[i], B[i] = circuit.A.detach(), circuit.B.detach()
+        return FactoredMatrix(A, B)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.stacked(), name)
+
+    def __matmul__(self, other) -> FactoredMatrix:
+        return self.stacked() @ other
+
+    def __rmatmul__(self, other) -> FactoredMatrix:
+        return other @ self.stacked()
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.stacked()!r}: model.{self._name} of every block (NaN factors for the blocks without "
+            f"heads); model.{self._name}[L] for block L of {self._model.layers(self._kind)}"
+        )
+
+
 class TLWeights:
     """The model's weights under TransformerLens' names, a mixin of ``HookedNemotronH`` (``model.py``):
     ``W_E``, ``W_U``, ``b_U``, ``ln_final``, ``blocks``, and each per-block weight across blocks
@@ -329,6 +365,26 @@ class TLWeights:
     def W_U(self) -> torch.Tensor:
         """Unembedding ``(d_model, d_vocab)``: ``logits = ln_final(resid) @ W_U`` (+ ``b_U``, zeros)."""
         return hf_layout.unembed(self.hf_model).weight.T
+
+    def tl_named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """TransformerLens' ``tl_named_parameters``: ``(name, weight)`` of every weight, under TL's name where
+        TL has one (``embed.W_E``, ``blocks.L.attn.W_Q``..., ``blocks.L.mlp.W_in``..., ``unembed.W_U``), and
+        as ``blocks.L.<kind>.<HF's name>`` for the Mamba and MoE blocks' own (``A_log``...)."""
+        yield "embed.W_E", self.W_E
+        for i, kind in enumerate(self.layer_types):
+            prefix = f"blocks.{i}.{HOOK_PREFIX[kind]}."
+            yield f"blocks.{i}.ln1.w", hf_layout.block_norm(self.hf_model, i).weight
+            # grouped-query attention: the KV heads' own _W_K / _W_V, as TL names a GQA model's parameters
+            names = {ATTENTION: ("W_Q", "_W_K", "_W_V", "W_O"), MLP: MLP_WEIGHTS[:2]}.get(kind)
+            if names is not None:
+                view = getattr(self.blocks[i], HOOK_PREFIX[kind])
+                for name in names:
+                    yield prefix + name, getattr(view, name)
+            else:
+                for name, param in hf_layout.mixer(self.hf_model, i).named_parameters():
+                    yield prefix + name, param
+        yield "ln_final.w", hf_layout.final_norm(self.hf_model).weight
+        yield "unembed.W_U", self.W_U
 
     @property
     def embed(self) -> SimpleNamespace:
@@ -435,14 +491,14 @@ class TLWeights:
         return PerLayer(self, "_b_V", ATTENTION)
 
     @property
-    def QK(self) -> PerLayer:
+    def QK(self) -> Circuits:
         """TransformerLens' ``QK`` of the attention blocks: ``model.QK[L]`` (see ``tl.weights``)."""
-        return PerLayer(self, "QK", ATTENTION)
+        return Circuits(self, "QK", ATTENTION)
 
     @property
-    def OV(self) -> PerLayer:
+    def OV(self) -> Circuits:
         """TransformerLens' ``OV`` of the attention blocks: ``model.OV[L]`` (see ``tl.weights``)."""
-        return PerLayer(self, "OV", ATTENTION)
+        return Circuits(self, "OV", ATTENTION)
 
     @property
     def W_in(self) -> PerLayer:
