@@ -59,8 +59,8 @@ long_view""",
 _, routed = model.run_with_cache(long_text, names_filter=lambda n: ".moe.hook_" in n)
 pieces = list(routed.str_tokens)  # a split character, quotes and a long run of spaces, as a BPE model gives
 pieces[1:5] = ["\\\\xe2", "\\\\x80", "\\\\x94", ' "q"']
-pieces[11] = " " * 40  # on a tick: 600 tokens get one every 11
-pieces[22] = "漢字" * 5  # wide glyphs, on a tick
+pieces[10] = " " * 40  # on a tick: the routing map's 256-token window gets one every 5
+pieces[20] = "漢字" * 5  # wide glyphs, on a tick
 routed = ActivationCache(
     dict(routed), layer_types=routed.layer_types, str_tokens=[pieces], tokens=routed.tokens
 )

@@ -243,6 +243,9 @@ def test_new_prompt_updates_figures_in_place(session):
 
 def test_token_text_rule_in_the_browser(session):
     page, _, _, _ = session
+    folded = page.locator(".t-text details").first  # more than 128 tokens: the chips are one line, folded
+    assert folded.count() == 1 and page.locator(".t-text .ne-tok").first.inner_text() == ""
+    folded.locator("summary").click()  # unfolded by a click
     chips = page.locator(".t-text .ne-tok").all_inner_texts()
     assert chips[1:5] == ["—₁", "—₂", "—₃", '␣"q"'], chips[:6]
     labels = page.evaluate(
@@ -252,7 +255,7 @@ def test_token_text_rule_in_the_browser(session):
     widths = page.evaluate(
         "() => [...document.querySelectorAll('.t-text .xtick text')].map(t => t.getBBox().width)"
     )
-    assert "11 ␣×40" in labels and max(widths) < 120, (labels[:3], max(widths))  # not a 300 px label
+    assert "10 ␣×40" in labels and max(widths) < 120, (labels[:3], max(widths))  # not a 300 px label
     # chips wrap inside the output: none runs off the right edge
     overflow = page.evaluate(
         """() => { const box = document.querySelector('.t-text .ne-toks').getBoundingClientRect();
