@@ -676,8 +676,9 @@ imshow(patching_result, x=labels, y=[f"{i} {t}" for i, t in enumerate(model.laye
 ### Attribution patching: one forward and one backward
 The map above took one forward per block and position. Attribution patching estimates every entry at once to
 first order, (clean − corrupted activation) · ∂metric/∂activation, from a single backward of the corrupted
-run: backward hooks (`bwd_hooks`, TL's) catch the gradient at every `resid_pre`. Where the metric is close to
-linear in the stream the two maps agree; where they differ, the linearisation is what breaks.""",
+run: backward hooks (`bwd_hooks`, TL's) catch the gradient at every `resid_pre`. It finds the same cells (the
+correlation printed below), each smaller: swapping a whole position's stream moves the logit difference far
+from where its first-order estimate holds.""",
     ),
     (
         "code",

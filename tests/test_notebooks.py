@@ -317,6 +317,9 @@ def test_notebook_05_claims():
     # attribution patching: the printed correlation is the two maps', and the map uses the same fixed scale
     a, b = np.array(v["attribution"]).ravel(), np.array(v["patched"]).ravel()
     assert v["agreement"] == pytest.approx(float(np.corrcoef(a, b)[0, 1]), abs=1e-6)
+    assert v["agreement"] > 0.9  # "the same cells"
+    top = b > 0.5 * b.max()  # the cells patching restores: "each smaller" in the estimate
+    assert (a[top] < b[top]).all(), (a[top], b[top])
     scale = figure(nb, "Attribution patching")["layout"]["coloraxis"]
     assert (scale["cmin"], scale["cmax"]) == (-1, 1), scale
 
