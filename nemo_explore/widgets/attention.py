@@ -235,6 +235,8 @@ class AttentionHeads(CacheView):
         try:
             maps = pairwise_maps(self.cache, layer, self.batch, None if span is None else int(span[0]))
         except ValueError as err:
+            if "query rows" not in str(err):
+                raise
             raise ValueError(f"{err}, e.g. AttentionHeads(cache, {option}=(start, stop))") from None
         h, p = maps.n_heads, maps.n_keys
         q0, q1 = maps.rows
