@@ -564,3 +564,17 @@ def test_cache_dict_hook_dict_and_a_cache_made_by_hand(model, run):
     assert torch.equal(again["resid_post", -1], cache["resid_post", -1])
     with pytest.raises(TypeError, match="needs the model"):
         ne.ActivationCache({})
+
+
+def test_heads_by_layer_puts_each_head_in_its_block(model, run):
+    """stack_head_results gives the attention blocks' heads; heads_by_layer lays them out as TL's
+    (n_layers, n_heads), NaN rows for the other blocks."""
+    _, cache = run
+    per_head = cache.stack_head_results(layer=-1, pos_slice=-1)[:, 0].norm(dim=-1)  # (attn blocks · h,)
+    grid = utils.heads_by_layer(per_head, model)
+    attn = model.layers("attention")
+    assert grid.shape == (model.n_layers, model.cfg.n_heads)
+    assert torch.equal(grid[attn].flatten(), per_head)
+    assert torch.isnan(grid[[i for i in range(model.n_layers) if i not in attn]]).all()
+    with pytest.raises(ValueError, match="attention blocks"):
+        utils.heads_by_layer(per_head[:-1], model)

@@ -190,3 +190,22 @@ def get_corner(tensor, n: int = 3):
     if hasattr(tensor, "get_corner"):
         return tensor.get_corner(n)
     return tensor[tuple(slice(n) for _ in range(tensor.ndim))]
+
+
+def heads_by_layer(per_head: torch.Tensor, model) -> torch.Tensor:
+    """A per-head result over the attention blocks' heads (``cache.stack_head_results`` order: block by
+    block, head by head, ``(n_attention_blocks · n_heads, ...)``) -> ``(n_layers, n_heads, ...)`` as
+    TransformerLens code reshapes it, with a row of NaN for every block without attention heads (a gap in
+    a plot, never a number). TL's ``einops.rearrange(x, "(layer head) -> layer head", ...)`` ports as
+    ``utils.heads_by_layer(x, model)``."""
+    layers = model.layers("attention")
+    n_heads = model.cfg.n_heads
+    if per_head.shape[0] != len(layers) * n_heads:
+        raise ValueError(
+            f"expected {len(layers)} attention blocks × {n_heads} heads = {len(layers) * n_heads} rows "
+            f"(cache.stack_head_results order), got {per_head.shape[0]}"
+        )
+    wide = per_head if per_head.is_floating_point() else per_head.float()
+    out = wide.new_full((model.cfg.n_layers, n_heads, *per_head.shape[1:]), float("nan"))
+    out[layers] = wide.reshape(len(layers), n_heads, *per_head.shape[1:])
+    return out
