@@ -83,7 +83,7 @@ def main() -> None:
         explorer = Explorer(model, text)
 
     first = timed(build)
-    held = sum(t.numel() * t.element_size() for t in explorer.cache.values())
+    held = explorer.cache.nbytes
     print(f"Explorer(model, text): {first:.2f} s = {first / forward:.2f}× the forward; {format_bytes(held)} "
           f"of per-token points held")  # fmt: skip
     print("  its status line:", re.sub("<[^>]+>", "", explorer.status.value))

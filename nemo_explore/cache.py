@@ -63,6 +63,11 @@ class ActivationCache(ResidualStreamTools, Mapping):
         self.options = options or RunOptions()
 
     @property
+    def nbytes(self) -> int:
+        """The bytes the cached tensors take."""
+        return sum(t.numel() * t.element_size() for t in self._data.values())
+
+    @property
     def cache_dict(self) -> dict[str, torch.Tensor]:
         """TransformerLens' ``cache.cache_dict``: the name -> tensor dict itself."""
         return self._data
@@ -139,7 +144,7 @@ class ActivationCache(ResidualStreamTools, Mapping):
                 f'<tr><th style="text-align:left;vertical-align:top;white-space:nowrap">{label}</th>'
                 f'<td style="text-align:left">{" · ".join(points)}</td></tr>'
             )
-        size = format_bytes(sum(t.numel() * t.element_size() for t in self._data.values()))
+        size = format_bytes(self.nbytes)
         tokens = "" if self.tokens is None else f", {' × '.join(map(str, self.tokens.shape))} tokens"
         layers = to_pattern(self.layer_types)
         head = f"ActivationCache: {len(self)} tensors, {size}{tokens}, layers {layers}"

@@ -124,7 +124,7 @@ class HookLifecycle:
         short = parse(name)[2]
         if short in NO_GRADIENT and short not in READ_ONLY:
             raise NoGradientError(f"{name} has no gradient: its values are integers (expert indices)")
-        if short in NO_GRADIENT:
+        if short in READ_ONLY:
             raise NoGradientError(
                 f"{name} has no gradient: it is read-only, computed on the side without grad to describe the "
                 "computation. Its inputs have one: hook_x, hook_B, hook_C, hook_dt or hook_state on a Mamba "
@@ -146,13 +146,7 @@ class HookLifecycle:
     def remove_hooks_of(self, name: str, direction: str = "fwd", including_permanent: bool = False) -> None:
         """Remove the hooks of point ``name`` only (``direction``: 'fwd', 'bwd' or 'both'); ``add_hook``'s
         permanent ones stay unless ``including_permanent``."""
-        if direction not in ("fwd", "bwd", "both"):
-            raise ValueError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
-        backward = None if direction == "both" else direction == "bwd"
-        permanent = {h for h, p in self._added.items() if p and not including_permanent}
-        drop = [h for h in self._registry.handles(backward, name) if h not in permanent]
-        self._registry.remove(drop)
-        self._added = {h: p for h, p in self._added.items() if h not in drop}
+        self._drop_hooks(name, direction, including_permanent)
         self._sync()
 
     def reset_hooks(
@@ -162,16 +156,22 @@ class HookLifecycle:
         permanent ones unless ``including_permanent``; ``direction``: ``'fwd'`` or ``'bwd'`` removes only
         the forward or only the backward hooks; ``clear_contexts`` empties every ``hook.ctx``. (Backward
         hooks already put on a forward's tensors still run at its ``backward()``.)"""
-        if direction not in ("fwd", "bwd", "both"):
-            raise ValueError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
-        keep = set() if including_permanent else {h for h, permanent in self._added.items() if permanent}
-        if direction != "both":
-            keep |= set(self._registry.handles(backward=direction == "fwd"))
-        self._registry.remove([h for h in self._registry.handles() if h not in keep])
-        self._added = {h: p for h, p in self._added.items() if h in keep}
+        self._drop_hooks(None, direction, including_permanent)
         if clear_contexts:
             self._registry.clear_contexts()
         self._sync()
+
+    def _drop_hooks(self, name: str | None, direction: str, including_permanent: bool) -> None:
+        """Remove the hooks of ``name`` (None: of every point) in ``direction`` ('fwd', 'bwd', 'both'),
+        but ``add_hook``'s permanent ones unless ``including_permanent``."""
+        if direction not in ("fwd", "bwd", "both"):
+            raise ValueError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
+        backward = None if direction == "both" else direction == "bwd"
+        permanent = set() if including_permanent else {h for h, p in self._added.items() if p}
+        drop = [h for h in self._registry.handles(backward, name) if h not in permanent]
+        self._registry.remove(drop)
+        for h in drop:
+            self._added.pop(h, None)
 
     def _resolve(self, target: NamesFilter) -> list[str]:
         """A name, list of names, predicate or None -> the list of hook names it selects."""

@@ -55,9 +55,7 @@ class PairwiseMaps:
                 f"window rows {start}..{stop - 1} × keys {key_start}..{key_stop - 1} outside the "
                 f"{q0}..{q1 - 1} × 0..{self.n_keys - 1} this {self.kind} map has"
             )
-        idx = (
-            list(range(self.n_heads)) if heads is None else [heads] if isinstance(heads, int) else list(heads)
-        )
+        idx = ssd.head_indices(heads, self.n_heads)
         maps = self._window(start, stop, key_start, key_stop, idx).float().cpu()
         return maps[0] if isinstance(heads, int) else maps
 

@@ -79,6 +79,10 @@ def on_gradient(fn: HookFn) -> HookFn:
     return backward
 
 
+def _is_backward(fn: HookFn) -> bool:
+    return hasattr(fn, "on_gradient")
+
+
 class HookRegistry:
     """Active hook functions by point name, in the order they were added.
 
@@ -108,7 +112,7 @@ class HookRegistry:
             for point, fns in self._fns.items()
             if name is None or point == name
             for h, fn in fns
-            if backward is None or hasattr(fn, "on_gradient") == backward
+            if backward is None or _is_backward(fn) == backward
         ]
 
     def add(self, name: str, fn: HookFn) -> int:
@@ -133,7 +137,7 @@ class HookRegistry:
 
     def wants_gradient(self, name: str) -> bool:
         """Whether a backward hook is on ``name``: its value must then be on the path to the output."""
-        return any(hasattr(fn, "on_gradient") for _, fn in self._fns.get(name, ()))
+        return any(_is_backward(fn) for _, fn in self._fns.get(name, ()))
 
     def fire(self, point: HookPoint, value: torch.Tensor) -> torch.Tensor:
         """Run every hook function of ``point`` on ``value``; return the value that flows on.
@@ -144,7 +148,7 @@ class HookRegistry:
         handed = None  # what the hooks see of ``value``
         backward = []
         for _, fn in self._fns.get(point.name, ()):
-            if hasattr(fn, "on_gradient"):
+            if _is_backward(fn):
                 backward.append(fn.on_gradient)
                 continue
             if handed is None:

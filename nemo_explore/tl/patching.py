@@ -106,7 +106,7 @@ def _patched_metric(model, tokens, name, clean, index, by_pos, by_head, metric) 
 
     def hook(value: torch.Tensor, hook) -> torch.Tensor:
         value = value.clone()
-        value[where[: value.dim()]] = clean[where[: value.dim()]].to(value.dtype)
+        value[where] = clean[where].to(value.dtype)
         return value
 
     with torch.no_grad():

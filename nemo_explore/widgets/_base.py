@@ -129,12 +129,11 @@ class CacheView(widgets.VBox):
         """The row's tokens as strings and the position of the first one (``#id`` when no tokenizer); a
         character split over several tokens shows on each (``join_pieces``). Kept per cache and row: a
         32k-token row takes 0.4 s to read."""
-        key = (id(self.cache), self.batch, p)
         memo = getattr(self, "_tokens_memo", None)
-        if memo is not None and memo[0] == key and memo[1] is self.cache:
+        if memo is not None and memo[0] is self.cache and memo[1] == (self.batch, p):
             return memo[2]
         found = self._read_tokens(p)
-        self._tokens_memo = (key, self.cache, found)
+        self._tokens_memo = (self.cache, (self.batch, p), found)
         return found
 
     def _read_tokens(self, p: int) -> tuple[list[str], int]:

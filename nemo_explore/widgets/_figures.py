@@ -51,12 +51,9 @@ def pooled(maps: torch.Tensor, size: int, diagonal: int = 0) -> tuple[torch.Tens
     be left blank."""
     n, m = maps.shape[-2:]
     t = (min(n, size), min(m, size))
-    below = torch.ones(n, m).tril(diagonal)
-    if t == (n, m):
-        return maps, below.bool()
-    low = F.adaptive_avg_pool2d(maps.reshape(1, -1, n, m), t).reshape(*maps.shape[:-2], *t)
-    reach = F.adaptive_max_pool2d(below[None], t)[0] > 0
-    return low, reach
+    if t != (n, m):
+        maps = F.adaptive_avg_pool2d(maps.reshape(1, -1, n, m), t).reshape(*maps.shape[:-2], *t)
+    return maps, reach(n, m, *t, diagonal=diagonal)
 
 
 def reach(n: int, m: int, t: int, u: int, diagonal: int = 0) -> torch.Tensor:

@@ -137,7 +137,7 @@ class Explorer(widgets.VBox):
             wanted = [n for n in self.model.hook_names() if n.endswith(POINTS)] or ["hook_embed"]
             _, cache = self.model.run_with_cache(text, names_filter=wanted)
         ran = time.perf_counter() - t0
-        held = sum(t.numel() * t.element_size() for t in cache.values())
+        held = cache.nbytes
         wanted = {
             "attention": bool(cache.layers("attention") or cache.layers("mamba")),
             "ssm": bool(cache.layers("mamba")),
