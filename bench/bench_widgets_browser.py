@@ -12,6 +12,7 @@ Parts (the bars of issue 15):
 - ``real``: ``Explorer`` on a random model of Nemotron 3 Nano 30B-A3B's shape (52 layers, 128 experts) at
   4,096 tokens: drawn against one forward, then a click on an attention, a Mamba and an MoE block, on the
   overview (a new window of query rows) and on "by load": click-to-drawn and bytes each, kernel peak memory.
+- ``long``: the same clicks on ``Explorer(ne.load("tiny"), text)`` at 32,768 tokens.
 - ``big``: 2,048 tokens on a random model at the issue's size (hidden 1024, 32 attention heads, 64 Mamba
   heads, 64 experts top-6); first draw of each view (the cache exists), then layer / head / mode switches:
   click-to-drawn time and bytes each.
@@ -306,68 +307,91 @@ print(len(cache.str_tokens), "tokens")"""
     return out
 
 
-def bench_real(browser, lab, root: Path, package: str | None, tokens: int = 4096) -> dict:
+REAL_MODEL = """from bench_explorer import real_shape
+model = real_shape("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B", 256)
+base = "The little cat sat on the mat by the door. "
+text = (base * ({tokens} // len(base) + 1))[: {tokens} - 1]"""
+LONG_MODEL = """import nemo_explore as ne
+model = ne.load("tiny")
+torch.manual_seed(0)
+text = model.tokenizer.decode(torch.randint(3, model.cfg.d_vocab, ({tokens},)))
+while len(model.to_str_tokens(text)) > {tokens}:
+    text = text[: int(len(text) * 0.98)]"""
+
+
+def bench_real(browser, lab, root: Path, package: str | None) -> dict:
     """The Explorer on a real shape (Nemotron 3 Nano 30B-A3B's 52 layers, 128 experts, 64 Mamba heads, 32/2
-    attention heads; residual width 256) at ``tokens`` tokens: drawn, then a click on each kind of block,
-    the overview (a new window of query rows), the experts by load."""
+    attention heads; residual width 256) at 4,096 tokens."""
+    return bench_explorer_clicks(browser, lab, root, package, "real", REAL_MODEL.format(tokens=4096))
+
+
+def bench_long(browser, lab, root: Path, package: str | None) -> dict:
+    """The Explorer on the tiny checkpoint at 32,768 tokens (random ids, their text cut to fit)."""
+    return bench_explorer_clicks(browser, lab, root, package, "long", LONG_MODEL.format(tokens=32768))
+
+
+def bench_explorer_clicks(browser, lab, root: Path, package: str | None, name: str, make_model: str) -> dict:
+    """``Explorer(model, text)`` with ``model`` and ``text`` made by ``make_model``: drawn against one plain
+    forward, then a click on each kind of block, on the overview (a new window of query rows) and on the
+    experts by load; click-to-drawn and bytes each, the kernel's peak memory, a screenshot."""
+    scope = f"b-{name}"
     setup = (
         preamble(package).replace("torch.set_num_threads(1)", "torch.set_num_threads(2)")
         + f"import sys\nsys.path[:0] = [{str(ROOT / 'bench')!r}, {str(ROOT / 'tests' / 'browser')!r}, "
-        f"{str(ROOT / 'tests')!r}]\n"
-        + f"""import time
-from bench_explorer import real_shape
-model = real_shape("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B", 256)
-base = "The little cat sat on the mat by the door. "
-text = (base * ({tokens} // len(base) + 1))[: {tokens} - 1]
+        f"{str(ROOT / 'tests')!r}]\nimport time\n"
+        + make_model
+        + """
 ids, _ = model.to_inputs(text)
 with torch.no_grad():
     t0 = time.perf_counter(); model.hf_model(ids); forward = time.perf_counter() - t0
 print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     )
     code_notebook(
-        root / "real.ipynb",
+        root / f"{name}.ipynb",
         [
             setup,
             "from nemo_explore.widgets import Explorer\n"
-            "ex = Explorer(model, text)\nex.add_class('b-real')\nex",
+            f"ex = Explorer(model, text)\nex.add_class({scope!r})\nex",
             "import resource\n"
             "print('peak kernel RSS MiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)",
         ],
     )
-    page = Page(browser, lab.url("real.ipynb"))
+    page = Page(browser, lab.url(f"{name}.ipynb"))
     out = {"setup": page.run_cell(0)}
-    out["forward_s"] = float(page.page.locator(".jp-OutputArea-output >> text=one forward").first.inner_text()
-                             .split("one forward")[1].split("s")[0])  # fmt: skip
+    said = page.page.locator(".jp-OutputArea-output >> text=one forward").first.inner_text()
+    out["tokens"] = int(said.split()[0])
+    out["forward_s"] = float(said.split("one forward")[1].split("s")[0])
     out["explorer_drawn"] = page.run_cell(
-        1, "() => document.querySelectorAll('.b-real .js-plotly-plot .main-svg').length >= 6"
+        1, f"() => document.querySelectorAll('.{scope} .js-plotly-plot .main-svg').length >= 6"
     )
     p = page.page
     kinds = p.evaluate(
-        "() => [...document.querySelectorAll('.b-real .ne-cell')]"
+        f"() => [...document.querySelectorAll('.{scope} .ne-cell')]"
         ".map(c => [...c.classList].find(k => k.startsWith('ne-cell-')).slice(8))"
     )
     attn = len(kinds) - 1 - kinds[::-1].index("attention")  # the last attention block
-    mamba, moe = kinds.index("mamba") + 2, kinds.index("moe")
+    mambas = [i for i, k in enumerate(kinds) if k == "mamba"]
+    mamba, moe = mambas[min(1, len(mambas) - 1)], kinds.index("moe")
 
     def cell(i: int):
-        return lambda: p.locator(".b-real .ne-cell").nth(i).click()
+        return lambda: p.locator(f".{scope} .ne-cell").nth(i).click()
 
     def overview():  # the attention view's overview: a click at its centre moves the detail there
-        p.locator(".b-real .ne-view:visible .js-plotly-plot").nth(1).locator(".nsewdrag").first.click()
+        p.locator(f".{scope} .ne-view:visible .js-plotly-plot").nth(1).locator(".nsewdrag").first.click()
 
     def by_load():
-        p.locator(".b-real .widget-toggle-buttons button:visible", has_text="by load").click()
+        p.locator(f".{scope} .widget-toggle-buttons button:visible", has_text="by load").click()
 
     clicks = {
-        f"click attention block {attn}": (cell(attn), (has_text("b-real"), f"block {attn} · attention")),
-        f"click Mamba block {mamba}": (cell(mamba), (has_text("b-real"), f"block {mamba} · mamba")),
+        f"click attention block {attn}": (cell(attn), (has_text(scope), f"block {attn} · attention")),
+        f"click Mamba block {mamba}": (cell(mamba), (has_text(scope), f"block {mamba} · mamba")),
         "overview click: query rows at the middle": (overview, None),
-        f"click MoE block {moe}": (cell(moe), (has_text("b-real"), f"block {moe} · moe")),
+        f"click MoE block {moe}": (cell(moe), (has_text(scope), f"block {moe} · moe")),
         "experts by load": (by_load, None),
     }
     since, results = page.now(), {}
-    for name, (do, until) in clicks.items():
-        results[name] = page.act(do, *([until] if until else []))
+    for what, (do, until) in clicks.items():
+        results[what] = page.act(do, *([until] if until else []))
     out["clicks"] = results
     out["click_s_max"] = max(r["s"] for r in results.values())
     out["click_kB_max"] = max(r["kB"] for r in results.values())
@@ -376,9 +400,9 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     rss = p.locator(".jp-OutputArea-output >> text=peak kernel RSS").first.inner_text()
     out["peak_kernel_rss_mib"] = int(rss.split()[-1])
     out["errors"] = page.errors
-    shot = ROOT / "artifacts" / "bench" / "real_explorer.png"
+    shot = ROOT / "artifacts" / "bench" / f"{name}_explorer.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    p.locator(".b-real").first.screenshot(path=str(shot))
+    p.locator(f".{scope}").first.screenshot(path=str(shot))
     page.page.close()
     return out
 
@@ -391,7 +415,7 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    parts = {"tiny": bench_tiny, "nb01": bench_nb01, "big": bench_big, "real": bench_real}
+    parts = {"tiny": bench_tiny, "nb01": bench_nb01, "big": bench_big, "real": bench_real, "long": bench_long}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root, work = Path(tmp, "root"), Path(tmp, "work")

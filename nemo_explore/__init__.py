@@ -12,7 +12,11 @@ from .core.hooks import HookPoint, ReadOnlyHookError
 from .core.layer_types import LAYER_TYPES
 from .core.options import RunOptions
 from .model import HookedNemotronH
-from .tl import patching, utils  # TransformerLens': `from transformer_lens import patching, utils`
+from .tl import (  # TransformerLens': `from transformer_lens import evals, patching, utils`
+    evals,
+    patching,
+    utils,
+)
 from .tl.factored import FactoredMatrix
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "registry",
     "shortened",
     "small_config",
+    "evals",
     "patching",
     "utils",
     "LAYER_TYPES",

@@ -22,12 +22,13 @@ from .cache import ActivationCache
 from .checkpoints.describe import MemoryWarning, describe
 from .checkpoints.sources import NotNemotronHError
 from .core.formatting import format_bytes
-from .core.hook_names import NO_GRADIENT, parse
-from .core.hooks import HookFn, HookPoint
+from .core.hook_lifecycle import NamesFilter
+from .core.hook_names import parse
+from .core.hooks import HookFn
 from .core.layer_types import ATTENTION, MAMBA, MLP, MOE, canonical, parse_pattern
 from .core.options import RunOptions
 from .inputs import Input, Inputs, is_texts
-from .lifecycle import HookLifecycle, NamesFilter
+from .lifecycle import HookLifecycle
 from .mirror import hf_layout
 from .tl.config import TLConfig
 from .tl.utils import lm_cross_entropy_loss
@@ -134,9 +135,10 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
                 f"return_type={return_type!r} needs a next token to predict, and this input has a single "
                 "token per row: pass a longer input, or use return_type='logits'"
             )
-        logits = self.hf_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        if return_type is None:
+        if return_type is None:  # run for the hooks: HF unembeds the last position only, not (b, p, vocab)
+            self.hf_model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
             return None
+        logits = self.hf_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         if return_type == "logits":
             return logits
         return lm_cross_entropy_loss(logits, ids, mask, per_token=return_type == "loss_per_token")
@@ -195,18 +197,12 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         ``loss_per_token``, ``stop_at_layer``: as for ``model(...)``. ``clear_contexts``: empty every
         ``hook.ctx`` afterwards. Options: as for ``run_with_cache``."""
         _check_return_type(return_type)
-        if not reset_hooks_end:
-            raise ValueError(
-                "reset_hooks_end=False: hooks that outlive the call are model.add_hook(name, fn), removed by "
-                "model.reset_hooks()"
-            )
-        try:
-            with self.hooks(fwd_hooks, bwd_hooks, **options):
-                return self(input, attention_mask, return_type, loss_per_token=loss_per_token,
-                            stop_at_layer=stop_at_layer, prepend_bos=prepend_bos)
-        finally:
-            if clear_contexts:
-                self._registry.clear_contexts()
+
+        def run() -> torch.Tensor | None:
+            return self(input, attention_mask, return_type, loss_per_token=loss_per_token,
+                        stop_at_layer=stop_at_layer, prepend_bos=prepend_bos)
+
+        return self._run_with_hooks(run, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts, **options)
 
     def run_with_cache(
         self,
@@ -239,53 +235,20 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         ``cache[name + "_grad"]`` (grad must be enabled; parameter gradients accumulate as usual).
         """
         _check_return_type(return_type)
-        names = self._resolve(names_filter)
-        if not names:
-            if callable(names_filter):
-                examples = ", ".join(repr(n) for n in self._examples())
-                raise ValueError(
-                    f"names_filter matched no hook point of this model. Names look like {examples}; "
-                    "list them with model.hook_names() (or hook_names(layer_type='mamba'))"
-                )
-            raise ValueError("names_filter is empty: pass a name, names, a predicate, or None for all points")
-        store: dict[str, torch.Tensor] = {}
-        to_host = device is not None and torch.device(device).type == "cpu"
-        copying = []  # GPU -> host copies still in flight
-
-        def keep(tensor: torch.Tensor, hook: HookPoint, into: dict | None = None) -> None:
-            t = tensor.detach()
-            if dtype is not None and t.is_floating_point():
-                t = t.to(dtype)  # where it was computed (a GPU casts faster than the host)
-            if device is not None:
-                # GPU -> host: into pinned memory, asynchronously, overlapping the rest of the forward
-                async_copy = to_host and t.is_cuda
-                t = t.to(device, non_blocking=async_copy)
-                if async_copy:
-                    copying.append(t)
-            (store if into is None else into)[hook.name] = t
-
+        names = self._cached_names(names_filter)
         ids, mask = self.to_inputs(input, attention_mask, prepend_bos=prepend_bos)
-        self._warn_if_big(names, ids.shape, dtype, self._options.updated(**options))
-        grads: dict[str, torch.Tensor] = {}
-        graded = [n for n in names if parse(n)[2] not in NO_GRADIENT] if incl_bwd else []
-        keep_grad = [(n, lambda g, hook: keep(g, hook, grads)) for n in graded]
-        with self.hooks([(n, keep) for n in names], keep_grad, **options):
-            out = self(ids, mask, return_type, loss_per_token=loss_per_token, stop_at_layer=stop_at_layer)
-            run_options = self._options
-        if incl_bwd:
-            if out is None or out.numel() != 1:
-                shape = None if out is None else tuple(out.shape)
-                raise ValueError(
-                    f"incl_bwd=True back-propagates the output, which must be a scalar (got {shape}): "
-                    "return_type='loss', or run_with_hooks(bwd_hooks=...) and backward() on your own metric"
-                )
-            out.backward()
-            store.update({f"{n}_grad": grads[n] for n in names if n in grads})
-        if copying:
-            torch.cuda.synchronize()  # the cache is read on the host: every copy has landed
-        ordered = {m: store[m] for n in self._names for m in (n, f"{n}_grad") if m in store}
+        run_options = self._options.updated(**options)  # what hooks() sets for the run
+        self._warn_if_big(names, ids.shape, dtype, run_options)
+
+        def run() -> torch.Tensor | None:
+            return self(ids, mask, return_type, loss_per_token=loss_per_token, stop_at_layer=stop_at_layer)
+
+        out, recorder = self._record(
+            run, names, incl_bwd=incl_bwd, scalar_hint="return_type='loss'", device=device, dtype=dtype,
+            **options,
+        )
         cache = ActivationCache(
-            ordered,
+            recorder.cache(self._names),
             layer_types=self.layer_types,
             tokens=ids,
             str_tokens=self._str_tokens_of(ids, mask),

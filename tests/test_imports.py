@@ -121,8 +121,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "core", "core.layer_types", "core.options", "core.dtypes", "core.formatting", "core.token_text",
         "core.ssd", "mirror", "mirror.hf_layout", "mirror.versions", "mirror.state_dict", "tl", "tl.factored",
     )),  # fmt: skip
-    # the hook points: their table, their names, the one hook mechanism
-    ("points", ("core.points", "core.hook_names", "core.hooks")),
+    # the hook points: their table, their names, the one hook mechanism and its lifecycle; TransformerLens'
+    # build-your-own hooked module, which is that lifecycle over HookPoint modules
+    ("points", ("core.points", "core.hook_names", "core.hooks", "core.hook_lifecycle", "tl.hooked_module")),
     # configs and checkpoints, and what a model costs, before there is a model
     ("checkpoints", ("checkpoints",)),
     # the mirror of HF's private mixer code, and its run-time check
@@ -134,7 +135,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("inputs", "lifecycle", "model", "tl.residual", "cache", "pairwise")),
     ("loading", ("checkpoints.loading",)),
     # what is computed with a model: analyses, corpus statistics
-    ("tools", ("analysis", "corpus", "tl.patching")),
+    ("tools", ("analysis", "corpus", "tl.patching", "tl.evals")),
     # what shows them
     ("views", ("widgets",)),
     # the package's public face imports all of the above

@@ -10,6 +10,7 @@ import torch
 from models import hooked_pair
 
 from nemo_explore import model as model_module
+from nemo_explore.core.hook_lifecycle import HookLifecycleBase
 from nemo_explore.core.layer_types import ATTENTION, MLP
 from nemo_explore.inputs import Inputs
 from nemo_explore.lifecycle import HookLifecycle
@@ -34,7 +35,8 @@ def own_members(cls) -> set[str]:
 
 
 def test_each_concern_has_one_home():
-    assert HookedNemotronH.__mro__[1:4] == (Inputs, HookLifecycle, TLWeights)
+    # the lifecycle mixin stands on the generic one it shares with tl.hooked_module's HookedRootModule
+    assert HookedNemotronH.__mro__[1:5] == (Inputs, HookLifecycle, HookLifecycleBase, TLWeights)
     homes = [own_members(c) for c in (HookedNemotronH, Inputs, HookLifecycle, TLWeights)]
     for i, a in enumerate(homes):
         for b in homes[i + 1 :]:

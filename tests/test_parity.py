@@ -97,6 +97,47 @@ def test_residual_points_equal_hf_modules(pair):
             assert torch.equal(cache[f"blocks.{i}.hook_{short}"], ref[f"{i}.{key}"]), (i, short)
 
 
+def test_return_type_none_caches_the_same_and_unembeds_one_position(pair):
+    """Run for the hooks (return_type=None): every point as with logits, bit for bit, while HF's lm_head
+    sees the last position only (HF's logits_to_keep=1: no (b, p, vocab) tensor)."""
+    hf, model = pair
+    ids = tokens(p=13)
+    seen = []
+    handle = hf.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        none, cache = model.run_with_cache(ids, names_filter=CHEAP, return_type=None)
+        _, ref = model.run_with_cache(ids, names_filter=CHEAP)
+    finally:
+        handle.remove()
+    assert none is None and seen == [(2, 1, hf.config.hidden_size), (2, 13, hf.config.hidden_size)]
+    assert list(cache) == list(ref) and all(torch.equal(cache[n], ref[n]) for n in ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_scales_are_the_divisors_of_hf_norms(pair, dtype):
+    """hook_scale / ln_final.hook_scale: √(mean x² + ε) of what HF's norm received (float32, b p 1), and
+    HF's norm output is w · x / scale up to HF's own rounding (it multiplies by the rsqrt of the same sum)."""
+    hf, _ = pair
+    hf = copy.deepcopy(hf).to(dtype)
+    model = ne.HookedNemotronH(hf)
+    ids = tokens()
+    norms = {f"{i}": block.norm for i, block in enumerate(hf.model.layers)} | {"final": hf.model.norm_f}
+    spec = {f"{k}.{io}": (m, io) for k, m in norms.items() for io in ("in", "out")}
+    _, ref = capture(hf, ids, spec)
+    _, cache = model.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_scale"))
+    assert len(cache) == model.n_layers + 1
+    for key, norm in norms.items():
+        scale = cache["ln_final.hook_scale" if key == "final" else f"blocks.{key}.hook_scale"]
+        x = ref[f"{key}.in"].float()
+        assert scale.dtype == torch.float32 and scale.shape == (*x.shape[:2], 1)
+        assert torch.equal(scale, (x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()), key
+        by_scale = (norm.weight.float() * (x / scale)).to(dtype)
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(by_scale, ref[f"{key}.out"], **tol)
+    with pytest.raises(ne.ReadOnlyHookError):
+        model.run_with_hooks(ids, fwd_hooks=[("blocks.0.hook_scale", lambda s, hook: s * 2)])
+
+
 def test_attention_points(pair):
     hf, model = pair
     ids = tokens()

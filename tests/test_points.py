@@ -19,6 +19,7 @@ OPTIONS = {
     "options": dict(
         state_positions=[0, -1], hidden_attn_heads=[3, 1], hidden_attn_window=(2, 6), pattern_window=(1, 5)
     ),
+    "ungrouped": dict(ungroup_grouped_query_attention=True),
 }
 
 
@@ -34,15 +35,21 @@ def test_readme_hook_table_is_the_rendered_table():
 
 
 def expected_names(layer_types: list[str]) -> list[str]:
-    """The table's rows spelt out for a model: the first model point, then block by block the block points
-    with the mixer's points between hook_mixer_in and hook_mixer_out, then the last model point."""
-    first, last = [p.name for p in POINTS if p.level == MODEL]
-    block = [p.name for p in POINTS if p.level == BLOCK]
-    names = [first]
+    """The forward order spelt out for a model: the embedding, then block by block the stream in, the
+    norm's scale and output, the mixer's points (the table's order), what the mixer adds and the stream
+    out, then the final norm's scale and output."""
+    assert {p.name for p in POINTS if p.level == BLOCK} == {
+        "hook_resid_pre", "hook_scale", "hook_mixer_in", "hook_mixer_out", "hook_resid_post"
+    }  # fmt: skip
+    assert [p.name for p in POINTS if p.level == MODEL] == [
+        "hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"
+    ]  # fmt: skip
+    names = ["hook_embed"]
     for i, kind in enumerate(layer_types):
         mixer = [f"{HOOK_PREFIX[kind]}.{p.name}" for p in POINTS if p.kind == kind]
-        names += [f"blocks.{i}.{n}" for n in (*block[:2], *mixer, *block[2:])]
-    return [*names, last]
+        before = ["hook_resid_pre", "hook_scale", "hook_mixer_in"]
+        names += [f"blocks.{i}.{n}" for n in (*before, *mixer, "hook_mixer_out", "hook_resid_post")]
+    return [*names, "ln_final.hook_scale", "ln_final.hook_normalized"]
 
 
 @pytest.fixture(scope="module")

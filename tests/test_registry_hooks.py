@@ -20,9 +20,9 @@ def names_of_modules(hf) -> list[str]:
         cls = type(layer.mixer).__name__
         (kind,) = [k for part, k in MIXER_CLASSES.items() if part in cls]
         mixer = [f"blocks.{i}.{HOOK_PREFIX[kind]}.{p}" for p in MIXER_POINTS[kind]]
-        names += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_mixer_in", *mixer]
+        names += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_scale", f"blocks.{i}.hook_mixer_in", *mixer]
         names += [f"blocks.{i}.hook_mixer_out", f"blocks.{i}.hook_resid_post"]
-    return [*names, "ln_final.hook_normalized"]
+    return [*names, "ln_final.hook_scale", "ln_final.hook_normalized"]
 
 
 @pytest.mark.parametrize("name", ne.registry.names())
@@ -36,4 +36,4 @@ def test_registry_config_hook_names_on_meta(name):
     expected = names_of_modules(hf)
     assert model.hook_names() == expected
     assert ne.describe(cfg).hook_names("all") == expected
-    assert len(model.hook_names(layer_type="attention")) == 11 * kinds.count("attention")
+    assert len(model.hook_names(layer_type="attention")) == 12 * kinds.count("attention")

@@ -96,3 +96,27 @@ def test_stacked_grids_and_what_does_not_exist(setup):
     _, partial = model.run_with_cache(clean, names_filter=lambda n: "resid" in n)
     with pytest.raises(KeyError, match=r"clean_cache lacks blocks\.\d+\.attn\.hook_z"):
         patching.get_act_patch_attn_head_out_all_pos(model, corrupted, partial, metric)
+
+
+def test_with_a_key_per_query_head_every_stacks_all_five_as_tl(setup):
+    """Under TL's ungroup_grouped_query_attention, k and v have a head per query head: their grids are
+    (n_layers, n_heads), each entry a run with that query head's copy patched by hand, and *_every stacks
+    z, q, k, v, pattern as TL does."""
+    model, clean, corrupted, _ = setup
+    attn = model.layers("attention")[0]
+    model.set_ungroup_grouped_query_attention(True)
+    try:
+        _, cache = model.run_with_cache(clean)
+        k = patching.get_act_patch_attn_head_k_all_pos(model, corrupted, cache, metric)
+        assert k.shape == (model.n_layers, model.cfg.n_heads)
+        name = f"blocks.{attn}.attn.hook_k"
+        for head in (0, 1):  # two query heads that share a KV head: patched apart, they differ
+            assert k[attn, head] == pytest.approx(
+                by_hand(model, corrupted, cache, name, (slice(None), slice(None), head)), abs=0
+            )
+        assert k[attn, 0] != k[attn, 1]
+        every = patching.get_act_patch_attn_head_all_pos_every(model, corrupted, cache, metric)
+        assert every.shape == (5, model.n_layers, model.cfg.n_heads)
+        assert torch.allclose(every[2], k, equal_nan=True, rtol=0, atol=0)
+    finally:
+        model.set_ungroup_grouped_query_attention(False)

@@ -48,6 +48,12 @@ def test_get_act_name_maps_tl_and_nemotron_names():
     assert utils.get_act_name("post", 5) == utils.get_act_name("mlp_post", 5) == "blocks.5.mlp.hook_post"
     assert utils.get_act_name("blocks.3.attn.hook_z") == "blocks.3.attn.hook_z"
     assert utils.get_act_name("result", 3) == "blocks.3.attn.hook_result"
+    assert utils.get_act_name("scale", 3, "ln1") == utils.get_act_name("scale", 3) == "blocks.3.hook_scale"
+    final = utils.get_act_name("scale", None, "ln_final")
+    assert utils.get_act_name("scale") == final == "ln_final.hook_scale"
+    for layer, sub in [(3, "ln2"), (3, "ln_final"), (None, "ln1")]:
+        with pytest.raises(HookNameError, match="one norm, before its mixer"):
+            utils.get_act_name("scale", layer, sub)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +61,6 @@ def test_get_act_name_maps_tl_and_nemotron_names():
     [
         ("resid_mid", "one mixer and one residual add"),
         ("pos_embed", "no positional embedding"),
-        ("scale", "apply_ln_to_stack"),
     ],
 )
 def test_get_act_name_says_why_a_tl_name_has_no_meaning(name, why):
@@ -499,6 +504,13 @@ def test_hook_points_as_objects(model, run):
     finally:
         model.reset_hooks(including_permanent=True)
     assert model.ln_final.weight is model.hf_model.model.norm_f.weight  # still the HF module's attributes
+    ln1 = model.blocks[attn].ln1  # TL's pre-norm: its points are the block's scale and norm output
+    assert ln1.weight is model.hf_model.model.layers[attn].norm.weight
+    assert ln1.hook_scale.name == f"blocks.{attn}.hook_scale"
+    assert ln1.hook_normalized.name == f"blocks.{attn}.hook_mixer_in"
+    assert model.ln_final.hook_scale.name == "ln_final.hook_scale"
+    with pytest.raises(AttributeError, match=f"Did you mean 'blocks.{attn}.hook_scale'"):
+        ln1.hook_scal  # noqa: B018
     assert torch.equal(model.W_Q[torch.tensor(attn)], model.W_Q[attn])  # a tensor index, as TL allows
     with pytest.raises(AttributeError, match="hook_zz"):
         model.blocks[attn].attn.hook_zz  # noqa: B018
@@ -578,3 +590,24 @@ def test_heads_by_layer_puts_each_head_in_its_block(model, run):
     assert torch.isnan(grid[[i for i in range(model.n_layers) if i not in attn]]).all()
     with pytest.raises(ValueError, match="attention blocks"):
         utils.heads_by_layer(per_head[:-1], model)
+
+
+def test_induction_loss_is_the_second_copys_mean_loss(model):
+    """evals.induction_loss (TL's): the mean cross-entropy of tokens 2..L of the second copy, by hand from
+    the logits; the tiny checkpoint copies, so it is far below the first copy's loss."""
+    from nemo_explore import evals
+    from nemo_explore.analysis.induction import repeated_tokens
+
+    L = 48
+    tokens, prefix = repeated_tokens(model, seq_len=L, batch=3, seed=5)
+    assert prefix == 1 and tokens.shape == (3, 1 + 2 * L)
+    with torch.no_grad():
+        logits = model(tokens).float()
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # b p-1
+    second, first = ce[:, prefix + L :], ce[:, prefix : prefix + L - 1]
+    assert second.shape == (3, L - 1)
+    got = evals.induction_loss(model, batch_size=3, subseq_len=L, seed=5)
+    torch.testing.assert_close(got, second.mean(), rtol=1e-5, atol=1e-6)
+    assert got < 0.5 * first.mean()
+    no_bos = evals.induction_loss(model, batch_size=3, subseq_len=L, seed=5, prepend_bos=False)
+    assert no_bos.shape == () and not torch.equal(no_bos, got)

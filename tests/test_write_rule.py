@@ -300,7 +300,7 @@ def test_indexing_a_query_head_of_hook_v_names_the_kv_heads():
         model.run_with_hooks(ids(p=5), fwd_hooks=[(name, zero_head_3)])
     message = str(raised.value)
     assert name in message and "h // (n_heads // n_key_value_heads)" in message
-    assert "hook_q or hook_z" in message
+    assert "set_ungroup_grouped_query_attention(True)" in message
     assert isinstance(raised.value.__cause__, IndexError)
     # other points' IndexErrors are the hook's own
     q = name.replace("hook_v", "hook_q")

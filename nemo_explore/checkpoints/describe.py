@@ -38,7 +38,7 @@ import torch
 
 from ..core.dtypes import as_dtype
 from ..core.formatting import format_bytes, format_count
-from ..core.hook_names import BLOCK_POINTS, all_names, unknown_name_error
+from ..core.hook_names import STREAM_POINTS, all_names, unknown_name_error
 from ..core.layer_types import (
     ATTENTION,
     LAYER_COLORS,
@@ -204,7 +204,7 @@ class ModelDescription:
         if hooks is None or (isinstance(hooks, str) and hooks == "all"):
             return names
         if isinstance(hooks, str) and hooks == "residual":
-            return [n for n in names if n.startswith("blocks.") and n.split(".")[-1] in BLOCK_POINTS]
+            return [n for n in names if n.startswith("blocks.") and n.split(".")[-1] in STREAM_POINTS]
         if callable(hooks):
             return [n for n in names if hooks(n)]
         wanted = [hooks] if isinstance(hooks, str) else list(hooks)
@@ -224,12 +224,14 @@ class ModelDescription:
         hidden_attn_heads: int | Iterable[int] | None = None,
         hidden_attn_window: tuple[int, int] | None = None,
         pattern_window: tuple[int, int] | None = None,
+        ungroup_grouped_query_attention: bool = False,
     ) -> dict[str, tuple[int, ...]]:
         """Name -> shape of each selected hook value for ``batch`` sequences of ``seq_len`` tokens.
 
         The options mean what they mean for ``run_with_cache``: which positions ``hook_state`` keeps
         (default: all of an input of at most 64 tokens, else the last), which heads / query rows
-        ``hook_hidden_attn`` keeps, which query rows ``hook_pattern`` / ``hook_attn_scores`` keep.
+        ``hook_hidden_attn`` keeps, which query rows ``hook_pattern`` / ``hook_attn_scores`` keep, whether
+        ``hook_k`` / ``hook_v`` carry a copy of the KV head per query head.
         """
         _check_positive(seq_len=seq_len, batch=batch)
         s = sizes(
@@ -240,6 +242,7 @@ class ModelDescription:
             hidden_attn_heads=hidden_attn_heads,
             hidden_attn_window=hidden_attn_window,
             pattern_window=pattern_window,
+            ungroup_grouped_query_attention=ungroup_grouped_query_attention,
         )
         return {name: row(name).size(s) for name in self.hook_names(hooks)}
 

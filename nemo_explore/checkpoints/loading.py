@@ -33,6 +33,7 @@ def load(
     tokenizer: Any = None,
     allow_pickle: bool = False,
     revision: str | None = None,
+    ungroup_grouped_query_attention: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> HookedNemotronH:
     """Load a Nemotron-H model with hook points.
@@ -43,8 +44,20 @@ def load(
     ``"bf16"``, ``"fp16"``...: ``dtypes.as_dtype``),
     ``device`` and ``device_map`` (accelerate: ``"auto"``, ``{"model.layers.0": 0, ...}``) go to transformers;
     a CUDA device that this torch build or machine lacks is refused (``ValueError``) before anything loads.
-    ``tokenizer``: a tokenizer to use instead of the checkpoint's own.
+    ``tokenizer``: a tokenizer to use instead of the checkpoint's own. ``ungroup_grouped_query_attention``:
+    TransformerLens' option (``model.set_ungroup_grouped_query_attention``): ``hook_k`` / ``hook_v`` carry a
+    copy of the KV head per query head.
     """
+    model = _load(
+        source, dtype, device, device_map, tokenizer, allow_pickle, revision, from_pretrained_kwargs
+    )
+    if ungroup_grouped_query_attention:
+        model.set_ungroup_grouped_query_attention(True)
+    return model
+
+
+def _load(source, dtype, device, device_map, tokenizer, allow_pickle, revision, from_pretrained_kwargs):
+    """``load`` less its switches on the built model."""
     quiet_cpu_kernel_advice()
     if isinstance(source, torch.nn.Module):
         check_devices(device, None)

@@ -1,7 +1,7 @@
 """The hook-name contract: which points each kind of block has, and clear words for wrong names.
 
-Names: ``hook_embed``, ``blocks.{i}.hook_{resid_pre,mixer_in,mixer_out,resid_post}``, the mixer points
-``blocks.{i}.{attn,mamba,moe,mlp}.hook_*`` of block i's kind, and ``ln_final.hook_normalized``.
+Names: ``hook_embed``, ``blocks.{i}.hook_{resid_pre,scale,mixer_in,mixer_out,resid_post}``, the mixer points
+``blocks.{i}.{attn,mamba,moe,mlp}.hook_*`` of block i's kind, and ``ln_final.hook_{scale,normalized}``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from .layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE
 from .points import BLOCK, MODEL, POINTS, names
 
 # Every list of points comes from the one table of them, points.POINTS (forward order within a kind).
-MODEL_POINTS = names(MODEL)  # hook_embed, ln_final.hook_normalized
-BLOCK_POINTS = names(BLOCK)  # resid_pre, mixer_in (before the mixer's points), mixer_out, resid_post
+MODEL_POINTS = names(MODEL)  # hook_embed, ln_final.hook_scale, ln_final.hook_normalized
+BLOCK_POINTS = names(BLOCK)  # resid_pre, mixer_in, mixer_out, resid_post, scale
+STREAM_POINTS = names(BLOCK, derived=False)  # the block's (b p d) points: resid_pre ... resid_post
+# A block's points around its mixer's, in forward order: the stream in, the norm, then what the mixer adds.
+_BEFORE_MIXER = ("hook_resid_pre", "hook_scale", "hook_mixer_in")
+_AFTER_MIXER = ("hook_mixer_out", "hook_resid_post")
 MIXER_POINTS: dict[str, tuple[str, ...]] = {
     kind: names(kind) for kind in dict.fromkeys(p.kind for p in POINTS if p.kind)
 }
@@ -52,16 +56,16 @@ def block_point_names(i: int, kind: str) -> list[str]:
     """Every hook name of block ``i`` of the given kind, in the order the forward pass reaches them."""
     prefix = f"blocks.{i}."
     mixer = [f"{HOOK_PREFIX[kind]}.{p}" for p in MIXER_POINTS[kind]]
-    return [prefix + p for p in (*BLOCK_POINTS[:2], *mixer, *BLOCK_POINTS[2:])]
+    return [prefix + p for p in (*_BEFORE_MIXER, *mixer, *_AFTER_MIXER)]
 
 
 def all_names(layer_types: list[str]) -> list[str]:
     """Every hook name of a model with these layer types, in forward order."""
-    embed, normalized = MODEL_POINTS
+    embed, *final = MODEL_POINTS  # the final norm's points come after every block
     out = [embed]
     for i, kind in enumerate(layer_types):
         out += block_point_names(i, kind)
-    return [*out, normalized]
+    return [*out, *final]
 
 
 def parse(name: str) -> tuple[int | None, str | None, str]:

@@ -87,9 +87,12 @@ class HookRegistry:
     """Active hook functions by point name, in the order they were added.
 
     ``add`` returns a handle for ``remove``; the model re-derives what to instrument from ``names()``.
+    ``read_only``: which points refuse a write, by name (default: the package's read-only points, by the
+    name after ``blocks.{i}.``; a module of your own passes its own rule).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, read_only: Callable[[str], bool] | None = None) -> None:
+        self._read_only = read_only or (lambda name: parse(name)[2] in READ_ONLY)
         self._fns: dict[str, list[tuple[int, HookFn]]] = {}
         self._next = 0
         self._points: dict[str, HookPoint] = {}
@@ -159,7 +162,7 @@ class HookRegistry:
                 if handed._version == before:
                     continue
                 out = handed.clone()  # edited in place: a write, made visible as a new tensor
-            if point.short in READ_ONLY:
+            if self._read_only(point.name):
                 raise ReadOnlyHookError(
                     f"{point.name} is read-only: it describes the computation and is not part of it. "
                     "Return None from the hook to observe it; to intervene, write a point that flows "
@@ -233,7 +236,9 @@ def _call(fn: HookFn, tensor: torch.Tensor, point: HookPoint) -> torch.Tensor | 
         raise IndexError(
             f"{err}. In a hook on {point.name}: this point has n_key_value_heads = {kv} heads, "
             f"shape (batch, pos, {kv}, d_head), not n_heads (grouped-query attention); query head h reads "
-            "KV head h // (n_heads // n_key_value_heads). For per-query-head edits, hook hook_q or hook_z."
+            "KV head h // (n_heads // n_key_value_heads). For a copy per query head, as TransformerLens' "
+            "option gives: model.set_ungroup_grouped_query_attention(True) (or the run option "
+            "ungroup_grouped_query_attention=True)."
         ) from err
 
 

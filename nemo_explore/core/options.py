@@ -7,7 +7,13 @@ import dataclasses
 import difflib
 from collections.abc import Iterable
 
-OPTIONS = ("state_positions", "hidden_attn_heads", "hidden_attn_window", "pattern_window")
+OPTIONS = (
+    "state_positions",
+    "hidden_attn_heads",
+    "hidden_attn_window",
+    "pattern_window",
+    "ungroup_grouped_query_attention",
+)
 STATES_ALL_POSITIONS_MAX = 64  # hook_state holds every position of an input this short, else the last
 
 
@@ -24,12 +30,15 @@ def check_options(options: Iterable[str]) -> None:
 class RunOptions:
     """The options one forward runs under, set with ``run_with_cache`` / ``run_with_hooks`` / ``hooks()``
     (contexts nest: the inner one's options over the outer's) and carried by the cache it makes. None: the
-    default (every position of a short input / all heads / all query rows)."""
+    default (every position of a short input / all heads / all query rows). The model's own defaults
+    outside any context: ``model.set_ungroup_grouped_query_attention(True)``."""
 
     state_positions: int | Iterable[int] | None = None  # which positions hook_state keeps
     hidden_attn_heads: int | Iterable[int] | None = None  # which heads hook_hidden_attn keeps
     hidden_attn_window: tuple[int, int] | None = None  # which query rows hook_hidden_attn keeps
     pattern_window: tuple[int, int] | None = None  # which query rows hook_attn_scores / hook_pattern keep
+    # TransformerLens' option: hook_k / hook_v carry a copy of the KV head per query head (b p h d)
+    ungroup_grouped_query_attention: bool = False
 
     def updated(self, **changes) -> RunOptions:
         """These options with ``changes`` (checked: a misspelt option is an error naming the right one)."""

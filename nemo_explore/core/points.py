@@ -31,7 +31,7 @@ class Sizes:
     p: int  # positions
     d: int  # hidden
     h: int  # attention heads
-    h_kv: int  # attention key / value heads
+    h_kv: int  # attention key / value heads (one per query head with ungroup_grouped_query_attention)
     d_head: int
     q: int  # query rows hook_attn_scores / hook_pattern keep (pattern_window)
     h_mamba: int
@@ -63,6 +63,7 @@ def sizes(
     hidden_attn_heads: int | Iterable[int] | None = None,
     hidden_attn_window: tuple[int, int] | None = None,
     pattern_window: tuple[int, int] | None = None,
+    ungroup_grouped_query_attention: bool = False,
 ) -> Sizes:
     """The ``Sizes`` of ``batch`` × ``seq_len`` tokens through a model of ``config`` (a NemotronHConfig)
     under these ``run_with_cache`` options; an option out of range raises as the run would."""
@@ -77,7 +78,7 @@ def sizes(
         p=p,
         d=c.hidden_size,
         h=c.num_attention_heads,
-        h_kv=c.num_key_value_heads,
+        h_kv=c.num_attention_heads if ungroup_grouped_query_attention else c.num_key_value_heads,
         d_head=c.head_dim,
         q=q1 - q0,
         h_mamba=c.mamba_num_heads,
@@ -152,12 +153,22 @@ POINTS: tuple[Point, ...] = (
         BLOCK, ["hook_resid_pre", "hook_mixer_in", "hook_mixer_out", "hook_resid_post"], "b p d", _bpd,
         "residual stream in, pre-norm output, what the mixer adds, residual stream out",
     ),
+    *_line(
+        BLOCK, ["hook_scale"], "b p 1", lambda s: (s.b, s.p, 1),
+        "the pre-norm's divisor √(mean x² + ε), float32: `hook_mixer_in` = w · x / scale (read-only)",
+        writable=False, derived=True,
+    ),
+    *_line(
+        MODEL, ["ln_final.hook_scale"], "b p 1", lambda s: (s.b, s.p, 1),
+        "the final norm's divisor, likewise (read-only)", writable=False, derived=True,
+    ),
     *_line(MODEL, ["ln_final.hook_normalized"], "b p d", _bpd, "final norm output"),
     # attention
     *_line(ATTENTION, ["hook_q"], "b p h d_head", lambda s: (s.b, s.p, s.h, s.d_head), "queries"),
     *_line(
         ATTENTION, ["hook_k", "hook_v"], "b p h_kv d_head", lambda s: (s.b, s.p, s.h_kv, s.d_head),
-        "keys, values (GQA)", sep=", ",
+        "keys, values (GQA: the KV heads; a copy per query head, h_kv = h, with "
+        "`ungroup_grouped_query_attention=True`)", sep=", ",
     ),
     *_line(
         ATTENTION, ["hook_attn_scores", "hook_pattern"], "b h q k", lambda s: (s.b, s.h, s.q, s.p),

@@ -105,6 +105,13 @@ def norm_eps(norm) -> float:
     return norm.variance_epsilon
 
 
+def norm_rms(norm, x: torch.Tensor) -> torch.Tensor:
+    """The divisor ``√(mean x² + eps)`` (float32, ``(..., 1)``) of RMSNorm ``norm`` for its input ``x``
+    ``(..., d)``: its mean square taken as the norm takes it (in float32), which then multiplies ``x`` by
+    the ``rsqrt`` of the same sum (equal to ``1 / scale`` within float32 rounding)."""
+    return x.to(torch.float32).pow(2).mean(-1, keepdim=True).add(norm_eps(norm)).sqrt()
+
+
 # ----------------------------------------------------------------------------------------- mixers
 def mamba_A_log(mamba) -> torch.nn.Parameter:
     """A Mamba-2 mixer's ``log(-A)`` ``(h,)`` (HF: ``A_log``): head j decays by ``exp(-dt·exp(A_log[j]))``

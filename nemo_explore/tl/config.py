@@ -37,6 +37,7 @@ _TL_NAMES = {
     "dtype": lambda c, m: hf_layout.embedding(m.hf_model).weight.dtype,
     "default_prepend_bos": lambda c, m: True,
     "layer_types": lambda c, m: list(m.layer_types),
+    "ungroup_grouped_query_attention": lambda c, m: m._options.ungroup_grouped_query_attention,
 }
 
 

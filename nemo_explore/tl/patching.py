@@ -9,7 +9,9 @@ the head.
 Heads exist in attention blocks only. TL's plots reshape per-head results to ``(n_layers, n_heads)``; here a
 block that has no attention heads gets a row of NaN there (plotted as a gap), never made-up numbers:
 ``model.layers("attention")`` lists the rows that hold values. ``hook_k`` / ``hook_v`` have the
-``n_key_value_heads`` KV heads (grouped-query attention), so their head axis is that long.
+``n_key_value_heads`` KV heads (grouped-query attention), so their head axis is that long, unless the model
+gives a copy per query head (``set_ungroup_grouped_query_attention(True)``, TL's option): then patching
+one is patching what that query head alone reads, and ``*_every`` stacks all five as TL does.
 The natural extensions for the other kinds: ``get_act_patch_mamba_out`` (each Mamba block's output),
 ``get_act_patch_mamba_head_out_all_pos`` / ``_by_pos`` (a Mamba head's scan output ``hook_ssm_out``), and
 ``get_act_patch_moe_routing_by_pos`` (the experts chosen for a token, ``hook_topk_indices``).
@@ -179,10 +181,10 @@ get_act_patch_attn_head_out_all_pos = _head("attn.hook_z", _ATTN, False, "output
 get_act_patch_attn_head_out_by_pos = _head("attn.hook_z", _ATTN, True, "output z")
 get_act_patch_attn_head_q_all_pos = _head("attn.hook_q", _ATTN, False, "query")
 get_act_patch_attn_head_q_by_pos = _head("attn.hook_q", _ATTN, True, "query")
-get_act_patch_attn_head_k_all_pos = _head("attn.hook_k", _ATTN, False, "key (the KV heads)")
-get_act_patch_attn_head_k_by_pos = _head("attn.hook_k", _ATTN, True, "key (the KV heads)")
-get_act_patch_attn_head_v_all_pos = _head("attn.hook_v", _ATTN, False, "value (the KV heads)")
-get_act_patch_attn_head_v_by_pos = _head("attn.hook_v", _ATTN, True, "value (the KV heads)")
+get_act_patch_attn_head_k_all_pos = _head("attn.hook_k", _ATTN, False, "key (KV heads, or copies)")
+get_act_patch_attn_head_k_by_pos = _head("attn.hook_k", _ATTN, True, "key (KV heads, or copies)")
+get_act_patch_attn_head_v_all_pos = _head("attn.hook_v", _ATTN, False, "value (KV heads, or copies)")
+get_act_patch_attn_head_v_by_pos = _head("attn.hook_v", _ATTN, True, "value (KV heads, or copies)")
 get_act_patch_attn_head_pattern_all_pos = _head("attn.hook_pattern", _ATTN, False, "pattern")
 get_act_patch_attn_head_pattern_by_pos = _head("attn.hook_pattern", _ATTN, True, "pattern (destination rows)")
 get_act_patch_mamba_head_out_all_pos = _head("mamba.hook_ssm_out", _MAMBA, False, "Mamba scan output")
@@ -191,21 +193,40 @@ get_act_patch_block_every = _stack(get_act_patch_resid_pre, get_act_patch_attn_o
 get_act_patch_block_every.__doc__ = (
     "resid_pre, attn_out and mlp_out (MLP and MoE blocks) stacked: (3, n_layers, pos)."
 )
-get_act_patch_attn_head_all_pos_every = _stack(
+
+
+def _every(out: Callable, q: Callable, k: Callable, v: Callable, pattern: Callable, grid: str) -> Callable:
+    """TL's ``*_every``: z, q, k, v and pattern stacked, ``(5, n_layers, *grid)`` as TL has them, where k and
+    v have a head per query head (``ungroup_grouped_query_attention``, or no grouping); with the KV heads
+    grouped their head axis is shorter, so z, q and pattern only: ``(3, ...)``."""
+
+    def patch(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
+        cfg = model.cfg
+        per_head = cfg.ungroup_grouped_query_attention or cfg.n_key_value_heads == cfg.n_heads
+        fns = (out, q, k, v, pattern) if per_head else (out, q, pattern)
+        return torch.stack([f(model, corrupted_tokens, clean_cache, patching_metric) for f in fns])
+
+    patch.__doc__ = (
+        f"z, q, k, v, pattern of each head {grid}, stacked as TL's: (5, n_layers, ...), when k and v have a "
+        "head per query head (model.set_ungroup_grouped_query_attention(True), TL's option for grouped-query "
+        "attention); with their KV heads grouped, z, q and pattern: (3, n_layers, ...)."
+    )
+    return patch
+
+
+get_act_patch_attn_head_all_pos_every = _every(
     get_act_patch_attn_head_out_all_pos,
     get_act_patch_attn_head_q_all_pos,
+    get_act_patch_attn_head_k_all_pos,
+    get_act_patch_attn_head_v_all_pos,
     get_act_patch_attn_head_pattern_all_pos,
+    "at every position at once",
 )
-get_act_patch_attn_head_by_pos_every = _stack(
+get_act_patch_attn_head_by_pos_every = _every(
     get_act_patch_attn_head_out_by_pos,
     get_act_patch_attn_head_q_by_pos,
+    get_act_patch_attn_head_k_by_pos,
+    get_act_patch_attn_head_v_by_pos,
     get_act_patch_attn_head_pattern_by_pos,
-)
-get_act_patch_attn_head_by_pos_every.__doc__ = (
-    "z, q, pattern of each head at each position, stacked: (3, n_layers, pos, n_heads); k and v, which have "
-    "the KV heads: get_act_patch_attn_head_k_by_pos / _v_by_pos."
-)
-get_act_patch_attn_head_all_pos_every.__doc__ = (
-    "z, q, pattern of each head at every position at once, stacked: (3, n_layers, n_heads). (TL stacks k "
-    "and v too; here they have n_key_value_heads heads: get_act_patch_attn_head_k_all_pos / _v_all_pos.)"
+    "at each position",
 )

@@ -46,8 +46,6 @@ _NO_MEANING = {
     "information comes from the Mamba layers. The embedding is 'embed'",
     "rot_q": "there is no rotary embedding: q is 'q'",
     "rot_k": "there is no rotary embedding: k is 'k'",
-    "scale": "the norms' scale is not a hook point: cache.ln_scale(layer) computes it from the cached "
-    "residual stream, and cache.apply_ln_to_stack() applies a norm at the scale the run used",
     "mlp_mid": "Nemotron-H's MLP is not gated and has no middle activation: 'pre' and 'post'",
 }
 
@@ -58,7 +56,9 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     ``'pattern', 3`` -> ``'blocks.3.attn.hook_pattern'``; ``'resid_pre', 0`` -> ``'blocks.0.hook_resid_pre'``;
     ``'attn_out'`` / ``'mlp_out'`` -> the block's ``hook_mixer_out`` (each block has a single mixer);
     ``'state_norm', 2`` -> ``'blocks.2.mamba.hook_state_norm'``; ``'embed'`` -> ``'hook_embed'``;
-    ``'normalized'`` (no layer) -> ``'ln_final.hook_normalized'``. A full hook name is returned as it is.
+    ``'normalized'`` (no layer) -> ``'ln_final.hook_normalized'``; ``'scale', 3, 'ln1'`` ->
+    ``'blocks.3.hook_scale'`` and ``'scale'`` (no layer) -> ``'ln_final.hook_scale'``. A full hook name is
+    returned as it is.
     Which kind of block a point belongs to follows from its name; whether block ``layer`` is of that kind is
     checked where the name is used (``cache[...]``, ``run_with_hooks``), with an error naming what it has.
     ``layer_type``: TL's sublayer (``'attn'``, ``'mlp'``, ``'ln1'``...), accepted and ignored where the
@@ -72,7 +72,16 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     short = _ALIASES.get(short, short)
     if short in _NO_MEANING:
         raise HookNameError(f"{name!r} has no counterpart in Nemotron-H: {_NO_MEANING[short]}")
-    if layer_type not in (None, "attn", "mlp", "mamba", "moe", "a", "m"):
+    if short == "scale":  # TL's ln1.hook_scale / ln_final.hook_scale: a block has one norm, before its mixer
+        final = layer is None
+        if layer_type not in (None, "ln1", "ln_final") or layer_type == ("ln1" if final else "ln_final"):
+            raise HookNameError(
+                f"get_act_name('scale', {layer}, {layer_type!r}): a Nemotron-H block has one norm, before "
+                "its mixer (TL's ln1): get_act_name('scale', layer); the final norm's: get_act_name('scale')"
+            )
+        if layer is None:
+            return "ln_final.hook_scale"
+    elif layer_type not in (None, "attn", "mlp", "mamba", "moe", "a", "m"):
         raise HookNameError(
             f"layer_type={layer_type!r}: Nemotron-H's block norms have no hook point of their own; the "
             "norm's output (weight applied) is get_act_name('mixer_in', layer)"

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..core.hook_names import parse
+from ..core.hook_lifecycle import PointHandle
 from ..core.layer_types import ATTENTION, HOOK_PREFIX, MAMBA, MLP, MOE, block_index
 from ..mirror import hf_layout
 from .factored import FactoredMatrix
@@ -150,24 +150,18 @@ class MLPWeights:
 _VIEW = {ATTENTION: AttentionWeights, MLP: MLPWeights, MAMBA: lambda m: m, MOE: lambda m: m}
 
 
-class HookPointRef:
+class HookPointRef(PointHandle):
     """TransformerLens' ``HookPoint`` as this model has it: ``model.blocks[3].attn.hook_z``,
     ``model.blocks[0].hook_resid_pre``, ``model.hook_embed``, ``model.ln_final.hook_normalized`` name a
     point of the model's one hook registry. ``add_hook(fn, dir='fwd'|'bwd', is_permanent=False)`` and
-    ``remove_hooks(dir='fwd'|'bwd'|'both', including_permanent=False)`` act on that point only."""
+    ``remove_hooks(dir='fwd'|'bwd'|'both', including_permanent=False)`` act on that point only;
+    ``layer()`` is None at ``hook_embed`` and ``ln_final.*``."""
 
     def __init__(self, model, name: str) -> None:
         self._model, self.name = model, name
 
-    def layer(self) -> int | None:
-        """The block the point belongs to (None at ``hook_embed`` and ``ln_final.*``)."""
-        return parse(self.name)[0]
-
-    def add_hook(self, hook, dir: str = "fwd", is_permanent: bool = False) -> None:  # noqa: A002 (TL's)
-        self._model.add_hook(self.name, hook, dir=dir, is_permanent=is_permanent)
-
-    def remove_hooks(self, dir: str = "fwd", including_permanent: bool = False) -> None:  # noqa: A002
-        self._model.remove_hooks_of(self.name, dir, including_permanent)
+    def _lifecycle(self):
+        return self._model
 
     def __call__(self, x):
         raise TypeError(
@@ -202,15 +196,17 @@ class Mixer:
         return getattr(self._inner, name)
 
 
-class FinalNorm:
-    """``model.ln_final``: the final RMSNorm (HF's ``norm_f``) and its point ``hook_normalized``."""
+class Norm:
+    """An RMSNorm as TL has it: ``model.ln_final`` (HF's ``norm_f``) or ``model.blocks[L].ln1`` (the block's
+    ``.norm``), with its points as objects — ``hook_scale`` (the divisor) and ``hook_normalized`` (the output,
+    weight included: a block's is its ``hook_mixer_in``) — and every attribute of the HF module."""
 
-    def __init__(self, model) -> None:
-        self._model, self._norm = model, hf_layout.final_norm(model.hf_model)
+    def __init__(self, model, norm, prefix: str, points: dict[str, str]) -> None:
+        self._model, self._norm, self._prefix, self._points = model, norm, prefix, points
 
     def __getattr__(self, name: str):
-        if name.startswith("hook_"):
-            return _point(self._model, f"ln_final.{name}")
+        if name.startswith("hook_"):  # an unknown one: the error names the closest of the model's points
+            return _point(self._model, self._points.get(name, self._prefix + name))
         return getattr(self._norm, name)
 
     def __call__(self, *args, **kwargs):
@@ -238,7 +234,9 @@ class Block:
         if name.startswith("hook_"):  # the block's own points (hook_resid_pre...), as objects
             return _point(self._model, f"blocks.{self._index}.{name}")
         if name == "ln1":
-            return hf_layout.block_norm(self._hf, self._index)
+            i = self._index
+            points = {"hook_scale": f"blocks.{i}.hook_scale", "hook_normalized": f"blocks.{i}.hook_mixer_in"}
+            return Norm(self._model, hf_layout.block_norm(self._hf, i), f"blocks.{i}.", points)
         if name == "ln2":
             raise AttributeError("a Nemotron-H block has one norm (ln1 = .norm) before its single mixer")
         return getattr(self._block, name)
@@ -420,9 +418,10 @@ class TLWeights:
         )
 
     @property
-    def ln_final(self) -> FinalNorm:
+    def ln_final(self) -> Norm:
         """The final RMSNorm (HF's ``norm_f``); ``ln_final.hook_normalized`` includes its weight."""
-        return FinalNorm(self)
+        points = {f"hook_{p}": f"ln_final.hook_{p}" for p in ("scale", "normalized")}
+        return Norm(self, hf_layout.final_norm(self.hf_model), "ln_final.", points)
 
     @property
     def hook_embed(self) -> HookPointRef:

@@ -135,7 +135,7 @@ class Explorer(widgets.VBox):
             # what the run keeps is said in the status line, with its size, not in a warning
             warnings.simplefilter("ignore", MemoryWarning)
             wanted = [n for n in self.model.hook_names() if n.endswith(POINTS)] or ["hook_embed"]
-            _, cache = self.model.run_with_cache(text, names_filter=wanted)
+            _, cache = self.model.run_with_cache(text, names_filter=wanted, return_type=None)
         ran = time.perf_counter() - t0
         held = cache.nbytes
         wanted = {

@@ -6,7 +6,9 @@ bit-exact. Only a hook that *replaces* scores or pattern makes z = pattern · v 
 the rows of the ``pattern_window`` option when one is given: the other rows keep HF's output), and so does
 a backward hook on them: their gradient is then the one of the explicit path, as HF's eager attention
 computes it (the output then equals eager's, within float rounding of SDPA's). Likewise a write or a
-backward hook on ``hook_result`` makes the output the sum of the heads' results.
+backward hook on ``hook_result`` makes the output the sum of the heads' results, and one on ``hook_k`` /
+``hook_v`` under ``ungroup_grouped_query_attention`` (a copy of the KV head per query head) makes every
+query head read its own copy.
 """
 
 from __future__ import annotations
@@ -94,13 +96,22 @@ def attention_forward(
     hidden_shape = (*input_shape, -1, attn.head_dim)
 
     q = fire("hook_q", attn.q_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
-    k = fire("hook_k", attn.k_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
-    v = fire("hook_v", attn.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+    n_heads = q.shape[1]
+    k, k_copies = fire_kv(fire, "hook_k", attn.k_proj(hidden_states).view(hidden_shape), n_heads)
+    v, v_copies = fire_kv(fire, "hook_v", attn.v_proj(hidden_states).view(hidden_shape), n_heads)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
+    explicit = k_copies or v_copies  # one key / value per query head: z = pattern · v, explicitly
     if cache is not None:
+        if explicit:
+            raise NotImplementedError(
+                "writing (or asking the gradient of) hook_k / hook_v per query head "
+                "(ungroup_grouped_query_attention) while decoding with a KV cache: the cache keeps the KV "
+                "heads. Write them without ungrouping, or run a forward without the cache"
+            )
         k, v = cache.update(k, v, attn.layer_idx, kwargs=kwargs)
 
     written, rows = False, slice(None)
-    if fire.wants("hook_attn_scores") or fire.wants("hook_pattern"):
+    if explicit or fire.wants("hook_attn_scores") or fire.wants("hook_pattern"):
         rows = pattern_rows(fire.options.pattern_window, q.shape[2])
         keep = keep_mask(attention_mask, q.shape[2], k.shape[2], q.device)
         scores, pattern = scores_and_pattern(q, k, keep[..., rows, :], attn.scaling, rows)
@@ -111,6 +122,12 @@ def attention_forward(
         written = written or new_pattern is not pattern
         # a gradient of scores or pattern needs the output computed from them
         written = written or fire.wants_gradient("hook_attn_scores") or fire.wants_gradient("hook_pattern")
+        if explicit and rows != slice(None):  # the hooks saw a window of rows: z needs them all
+            _, full = scores_and_pattern(q, k, keep, attn.scaling)
+            if written:
+                full[:, :, rows] = new_pattern
+            new_pattern, rows = full, slice(None)
+        written = written or explicit
 
     if written and rows == slice(None):  # every row rewritten: z = pattern · v, explicitly
         z = pattern_times_v(new_pattern, v)
@@ -144,6 +161,23 @@ def attention_forward(
             out = new_result.sum(dim=2)
             return (out if bias is None else out + bias), weights
     return attn.o_proj(z.reshape(*input_shape, -1).contiguous()), weights
+
+
+def fire_kv(fire: Fire, point: str, grouped: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, bool]:
+    """``hook_k`` / ``hook_v`` on ``grouped`` (b p h_kv d): ``(what the attention reads, per_query_head)``.
+
+    With the ``ungroup_grouped_query_attention`` option the point carries one copy of its KV head per query
+    head (b p h d), as TransformerLens' option does; the attention still reads the KV heads (HF's call,
+    bit-exact) unless a hook wrote the copies or asks their gradient: then it reads the copies
+    (``per_query_head``), and the caller computes z explicitly."""
+    n_rep = n_heads // grouped.shape[2]
+    if not fire.options.ungroup_grouped_query_attention or n_rep == 1:
+        return fire(point, grouped), False
+    copies = grouped.repeat_interleave(n_rep, dim=2)
+    new = fire(point, copies)
+    if new is copies and not fire.wants_gradient(point):
+        return grouped, False
+    return new, True
 
 
 def head_results(z: torch.Tensor, o_weight: torch.Tensor) -> torch.Tensor:
