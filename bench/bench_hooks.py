@@ -59,8 +59,9 @@ def variants(hf, model: ne.HookedNemotronH, ids: torch.Tensor) -> dict:
         if n.split(".")[-1] in ("hook_resid_pre", "hook_resid_post", "hook_mixer_in", "hook_mixer_out")
     ]
     no_hidden = [n for n in model.hook_names() if not n.endswith("hook_hidden_attn")]
+    # computed on the side (the norms' divisors too), not by HF's forward
     derived = ("hook_attn_scores", "hook_pattern", "hook_result", "hook_state_norm", "hook_hidden_attn",
-               "hook_state")  # fmt: skip
+               "hook_state", "hook_scale")  # fmt: skip
     computed = [n for n in model.hook_names() if not n.endswith(derived)]
     found = {
         "HF forward": lambda: hf(input_ids=ids, use_cache=False).logits,

@@ -114,7 +114,8 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         """Logits ``(b, p, vocab)``, with whatever hooks are active.
 
         ``return_type``: ``'logits'``; ``'loss'`` (mean next-token loss; with ``loss_per_token=True``, as TL
-        spells it, ``(b, p-1)``); ``'loss_per_token'`` (the same); None (run for the hooks, return None).
+        spells it, ``(b, p-1)``); ``'loss_per_token'`` (the same); None (run for the hooks, return None: HF
+        unembeds the last position only, so no ``(b, p, vocab)`` tensor is made).
         ``stop_at_layer=L``: run the embedding and blocks ``0..L-1`` only and return the residual stream
         entering block L ``(b, p, d)`` (negative L counts from the end; ``n_layers``: the final stream)."""
         _check_return_type(return_type)
