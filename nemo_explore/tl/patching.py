@@ -200,11 +200,12 @@ def _every(out: Callable, q: Callable, k: Callable, v: Callable, pattern: Callab
     v have a head per query head (``ungroup_grouped_query_attention``, or no grouping); with the KV heads
     grouped their head axis is shorter, so z, q and pattern only: ``(3, ...)``."""
 
+    every, grouped = _stack(out, q, k, v, pattern), _stack(out, q, pattern)
+
     def patch(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
         cfg = model.cfg
         per_head = cfg.ungroup_grouped_query_attention or cfg.n_key_value_heads == cfg.n_heads
-        fns = (out, q, k, v, pattern) if per_head else (out, q, pattern)
-        return torch.stack([f(model, corrupted_tokens, clean_cache, patching_metric) for f in fns])
+        return (every if per_head else grouped)(model, corrupted_tokens, clean_cache, patching_metric)
 
     patch.__doc__ = (
         f"z, q, k, v, pattern of each head {grid}, stacked as TL's: (5, n_layers, ...), when k and v have a "

@@ -201,12 +201,12 @@ class Norm:
     ``.norm``), with its points as objects — ``hook_scale`` (the divisor) and ``hook_normalized`` (the output,
     weight included: a block's is its ``hook_mixer_in``) — and every attribute of the HF module."""
 
-    def __init__(self, model, norm, prefix: str, points: dict[str, str]) -> None:
-        self._model, self._norm, self._prefix, self._points = model, norm, prefix, points
+    def __init__(self, model, norm, prefix: str, aliases: dict[str, str] | None = None) -> None:
+        self._model, self._norm, self._prefix, self._aliases = model, norm, prefix, aliases or {}
 
     def __getattr__(self, name: str):
         if name.startswith("hook_"):  # an unknown one: the error names the closest of the model's points
-            return _point(self._model, self._points.get(name, self._prefix + name))
+            return _point(self._model, self._prefix + self._aliases.get(name, name))
         return getattr(self._norm, name)
 
     def __call__(self, *args, **kwargs):
@@ -234,9 +234,9 @@ class Block:
         if name.startswith("hook_"):  # the block's own points (hook_resid_pre...), as objects
             return _point(self._model, f"blocks.{self._index}.{name}")
         if name == "ln1":
-            i = self._index
-            points = {"hook_scale": f"blocks.{i}.hook_scale", "hook_normalized": f"blocks.{i}.hook_mixer_in"}
-            return Norm(self._model, hf_layout.block_norm(self._hf, i), f"blocks.{i}.", points)
+            i = self._index  # the block's norm output is its hook_mixer_in
+            aliases = {"hook_normalized": "hook_mixer_in"}
+            return Norm(self._model, hf_layout.block_norm(self._hf, i), f"blocks.{i}.", aliases)
         if name == "ln2":
             raise AttributeError("a Nemotron-H block has one norm (ln1 = .norm) before its single mixer")
         return getattr(self._block, name)
@@ -420,8 +420,7 @@ class TLWeights:
     @property
     def ln_final(self) -> Norm:
         """The final RMSNorm (HF's ``norm_f``); ``ln_final.hook_normalized`` includes its weight."""
-        points = {f"hook_{p}": f"ln_final.hook_{p}" for p in ("scale", "normalized")}
-        return Norm(self, hf_layout.final_norm(self.hf_model), "ln_final.", points)
+        return Norm(self, hf_layout.final_norm(self.hf_model), "ln_final.")
 
     @property
     def hook_embed(self) -> HookPointRef:
