@@ -81,7 +81,7 @@ class MoERouting(CacheView):
             options=[(v, k) for k, v in VALUES.items()], value=values, style=dict(button_width="170px")
         )
         self.order_select = widgets.ToggleButtons(
-            options=[(v, k) for k, v in ORDERS.items()], value=order, style=dict(button_width="120px")
+            options=[(v, k) for k, v in ORDERS.items()], value=order, style=dict(button_width="150px")
         )
         self.window_slider = self._slider()
         self.routing = figure_widget(760, 360)
