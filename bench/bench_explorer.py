@@ -1,5 +1,7 @@
-"""The Explorer on a real shape at a real length, kernel side: a Run against one plain HF forward, then every
-kind of click (its Python time: what the kernel spends before the browser gets the new data).
+"""The Explorer on a real shape at a real length, kernel side: Runs against the plain HF forwards just before
+and after each, then every kind of click (its Python time: what the kernel spends before the browser gets the
+new data). A Run is timed as a notebook kernel runs it, on an event loop: to drawn, and to its last state
+norm, which is computed in the loop's idle time after the draw.
 
 The model is random, with the layer pattern, head counts, expert count and state sizes of a registry
 checkpoint (default Nemotron 3 Nano 30B-A3B: 52 layers, 128 experts top-6, 64 Mamba heads, 32/2 attention
@@ -13,6 +15,7 @@ tokenizer makes the token count exact.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import resource
 import statistics
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("--config", default="nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B", help="registry name or tiny")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=3, help="Runs, each between two plain forwards")
     args = ap.parse_args()
     from nemo_explore.widgets import Explorer
 
@@ -72,24 +76,53 @@ def main() -> None:
     print(f"{args.config}{width}: {model.pattern}, {n} tokens, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     ids, _ = model.to_inputs(text)
+
+    @torch.no_grad()
+    def plain():
+        model.hf_model(ids)
+
     with torch.no_grad():
         model.hf_model(ids[:, :64])  # warm-up
-        forward = statistics.median(timed(lambda: model.hf_model(ids)) for _ in range(2))
-    print(f"plain HF forward: {forward:.2f} s")
     explorer = None
+
+    async def run_in_kernel(do, click=None) -> tuple[float, float]:
+        """``do()`` (a Run) as a notebook kernel runs it, on an event loop: seconds to drawn, and to the
+        last state norm (computed in the loop's idle time after the draw). ``click``: done (and timed) a
+        moment after the draw, while the norms are being computed."""
+        t0 = time.perf_counter()
+        do()
+        drawn = time.perf_counter() - t0
+        await asyncio.sleep(0.2)
+        if click is not None:
+            print(f"  a click while {explorer.views['ssm'].norms_pending} Mamba layers' norms are pending: "
+                  f"{timed(click):.3f} s")  # fmt: skip
+        while explorer.views["ssm"].norms_pending:
+            await asyncio.sleep(0)
+        return drawn, time.perf_counter() - t0
 
     def build():
         nonlocal explorer
         explorer = Explorer(model, text)
 
-    first = timed(build)
-    held = explorer.cache.nbytes
-    print(f"Explorer(model, text): {first:.2f} s = {first / forward:.2f}× the forward; {format_bytes(held)} "
-          f"of per-token points held")  # fmt: skip
-    print("  its status line:", re.sub("<[^>]+>", "", explorer.status.value))
-    rerun = timed(lambda: explorer.run(text + " "))
-    print(f"Run (a new prompt): {rerun:.2f} s = forward + {rerun - forward:.2f} s")
-    print("  its status line:", re.sub("<[^>]+>", "", explorer.status.value))
+    # a Run against the plain forwards just before and after it (this machine's speed drifts)
+    forwards, runs = [timed(plain)], []
+    last_mamba = model.layers("mamba")[-1:]
+    for k in range(args.rounds):
+        do = build if k == 0 else (lambda k=k: explorer.run(text + " " * (k % 2)))
+        last = k == args.rounds - 1 and last_mamba
+        click = (lambda: explorer.select_layer(last_mamba[0])) if last else None
+        runs.append(asyncio.run(run_in_kernel(do, click)))
+        forwards.append(timed(plain))
+        what = "Explorer(model, text)" if k == 0 else "Run (a new prompt)"
+        forward = (forwards[-2] + forwards[-1]) / 2
+        drawn, norms = runs[-1]
+        print(f"{what}: drawn {drawn:.2f} s = forward {forward:.2f} s + {drawn - forward:.2f} s "
+              f"(forwards before/after {forwards[-2]:.2f} / {forwards[-1]:.2f}); every state norm in "
+              f"{norms:.2f} s")  # fmt: skip
+        print("  its status line:", re.sub("<[^>]+>", "", explorer.status.value))
+    over = [drawn - (a + b) / 2 for (drawn, _), a, b in zip(runs, forwards, forwards[1:], strict=False)]
+    print(f"drawn minus forward, median of {len(over)}: {statistics.median(over):.2f} s; "
+          f"{format_bytes(explorer.cache.nbytes)} of per-token points held")  # fmt: skip
     kinds = model.layer_types
     attn = [i for i, t in enumerate(kinds) if t == "attention"]
     mamba = [i for i, t in enumerate(kinds) if t == "mamba"]

@@ -127,9 +127,11 @@ class Page:
                 self.page.screenshot(path=str(shot), full_page=True)
                 print("timed out waiting for", predicate, "errors:", self.errors, file=sys.stderr)
                 raise
+        held = (self.now() - t0) / 1000  # every predicate holds (the Explorer: drawn)
         seconds = self.settle(t0)
         time.sleep(0.2)  # frames still in flight
-        return {"s": round(seconds, 3), "kB": round((self.bytes() - b0) / 1e3, 1)}
+        out = {"s": round(seconds, 3), "kB": round((self.bytes() - b0) / 1e3, 1)}
+        return out | ({"until_s": round(held, 3)} if until else {})
 
     def run_cell(self, i: int, drawn: str | None = None) -> dict:
         """Run cell ``i`` (Shift+Enter), wait until it has an execution count and ``drawn`` holds."""
@@ -367,9 +369,13 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     out["first_widget_on_the_page"] = page.run_cell(
         1, "() => document.querySelectorAll('.b-first .js-plotly-plot .main-svg').length >= 6"
     )
+    # drawn: every figure there; then the state norms come in (the status line counts them) until it settles
     out["explorer_drawn"] = page.run_cell(
         2, f"() => document.querySelectorAll('.{scope} .js-plotly-plot .main-svg').length >= 6"
     )
+    status = page.page.locator(f".{scope} .ne-note").first.inner_text()
+    assert "State norms of" in status, status  # settled: every norm in
+    out["explorer_drawn"]["status"] = status
     p = page.page
     kinds = p.evaluate(
         f"() => [...document.querySelectorAll('.{scope} .ne-cell')]"

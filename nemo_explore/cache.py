@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
@@ -11,6 +11,7 @@ from .core.formatting import format_bytes
 from .core.hook_names import BLOCK_POINTS
 from .core.layer_types import HOOK_PREFIX, LAYER_COLORS, block_index, canonical, to_pattern
 from .core.options import RunOptions, state_positions
+from .core.storage import compacted, held_bytes
 from .tl.residual import ResidualStreamTools
 from .tl.utils import get_act_name
 
@@ -64,8 +65,9 @@ class ActivationCache(ResidualStreamTools, Mapping):
 
     @property
     def nbytes(self) -> int:
-        """The bytes the cached tensors take."""
-        return sum(t.numel() * t.element_size() for t in self._data.values())
+        """The memory the cached tensors hold: each storage once, and whole (a view keeps all of the
+        tensor it views alive; ``run_with_cache`` copies out a view that uses less than half of it)."""
+        return held_bytes(self._data.values())
 
     @property
     def cache_dict(self) -> dict[str, torch.Tensor]:
@@ -219,6 +221,18 @@ class ActivationCache(ResidualStreamTools, Mapping):
         from .pairwise import pairwise_maps
 
         return pairwise_maps(self, i, batch)
+
+    def _put(self, name: str, tensor: torch.Tensor) -> None:
+        """Add a point computed after the run (``state_norms.StateNormJob``): exactly what the run would
+        have cached under ``name``."""
+        self._data[name] = tensor
+
+    def _discard(self, names: Iterable[str]) -> None:
+        """Forget ``names``; the views left using less than half of what they keep alive are copied out
+        (dropping Mamba's ``hook_x`` frees the conv output its ``hook_B`` and ``hook_C`` view)."""
+        for name in names:
+            self._data.pop(name, None)
+        self._data = compacted(self._data)
 
     def to(self, device: str | torch.device) -> ActivationCache:
         self._data = {k: v.to(device) for k, v in self._data.items()}

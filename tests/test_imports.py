@@ -114,12 +114,14 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # Bottom to top. A name stands for the module, or for the package and every module in it (the longest name
 # that matches places a module).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    # the words every other module speaks: layer kinds, run options, dtypes, labels, token text, the one
-    # reader of HF's layout, the verified releases; pure math on tensors (Mamba-2's SSD, factored matrices);
+    # the words every other module speaks: layer kinds, run options, dtypes, labels, token text, what a
+    # cached tensor keeps alive, the one reader of HF's layout, the verified releases; pure math on tensors
+    # (Mamba-2's SSD, factored matrices);
     # the folders' own __init__ files, which import nothing
     ("foundations", (
         "core", "core.layer_types", "core.options", "core.dtypes", "core.formatting", "core.token_text",
-        "core.ssd", "mirror", "mirror.hf_layout", "mirror.versions", "mirror.state_dict", "tl", "tl.factored",
+        "core.ssd", "core.storage", "mirror", "mirror.hf_layout", "mirror.versions", "mirror.state_dict",
+        "tl", "tl.factored",
     )),  # fmt: skip
     # the hook points: their table, their names, the one hook mechanism and its lifecycle; TransformerLens'
     # build-your-own hooked module, which is that lifecycle over HookPoint modules
@@ -131,8 +133,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # TransformerLens' surface the model and its cache are built from: names and loss, config, weights
     ("transformer_lens", ("tl.utils", "tl.config", "tl.weights")),
     # the model (its tokenizer side, its hook lifecycle, the forward), its cache and the TL residual tools
-    # the cache offers, and the p × p maps computed from a cache
-    ("model", ("inputs", "lifecycle", "model", "tl.residual", "cache", "pairwise")),
+    # the cache offers, and what is computed from a cache's per-token points: p × p maps, state norms
+    ("model", ("inputs", "lifecycle", "model", "tl.residual", "cache", "pairwise", "state_norms")),
     ("loading", ("checkpoints.loading",)),
     # what is computed with a model: analyses, corpus statistics
     ("tools", ("analysis", "corpus", "tl.patching", "tl.evals")),

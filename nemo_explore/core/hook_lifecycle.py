@@ -20,6 +20,7 @@ import torch
 
 from .hook_names import HookNameError
 from .hooks import HookFn, HookRegistry, NoGradientError, on_gradient
+from .storage import compacted
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 HookList = Iterable[tuple[str | Callable[[str], bool], HookFn]]
@@ -289,7 +290,7 @@ class Recorder:
         """``{name: value, name + '_grad': gradient}`` for each name of ``order`` that was kept, in order."""
         if self._copying:
             torch.cuda.synchronize()  # the cache is read on the host: every copy has landed
-        kept = {**self.values, **{f"{n}_grad": g for n, g in self.grads.items()}}
+        kept = compacted({**self.values, **{f"{n}_grad": g for n, g in self.grads.items()}})
         return {m: kept[m] for n in order for m in (n, f"{n}_grad") if m in kept}
 
 

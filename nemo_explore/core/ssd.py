@@ -18,14 +18,14 @@ float32's normal range, are taken as exactly 0 (subnormal arithmetic is ~50× sl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .options import query_rows
 
-__all__ = ["hidden_attention", "state_norms", "states_at"]
+__all__ = ["hidden_attention", "state_norm_steps", "state_norms", "states_at"]
 
 _BLOCK_ELEMENTS = 1 << 21  # hidden attention is built this many entries (8 MiB) at a time
 _ROWS = 16  # hidden attention's query rows per block, aligned to multiples of it
@@ -52,19 +52,42 @@ def state_norms(
     from one chunk to the next. Time linear in p, memory bounded by one block of chunks.
     ``initial_state`` (b h d n) is the state before the first token. Read-only: computed without autograd.
     """
+    norms = x.new_empty(x.shape[:3], dtype=torch.float32)
+    for _ in state_norm_steps(x, dt, A, B, norms, initial_state=initial_state, chunk=chunk):
+        pass
+    return norms
+
+
+def state_norm_steps(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, out: torch.Tensor, **options
+) -> Iterator[int]:
+    """``state_norms`` a block of chunks at a time, written into ``out`` (b, p, h) float32: an iterator
+    that yields the tokens done after each block (a few ms each on a CPU), so that a caller can do other
+    work between blocks. Run to the end, ``out`` holds exactly what ``state_norms`` returns. ``options``:
+    ``initial_state`` and ``chunk``, as there. The inputs are checked at once, not at the first step."""
     b, p, h, d, g, n = _check(x, dt, A, B)
+    initial_state, chunk = options.pop("initial_state", None), options.pop("chunk", 64)
+    if options:
+        raise TypeError(f"state_norm_steps takes initial_state and chunk, not {', '.join(options)}")
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    x, dt, B = x.float(), dt.float(), B.float()
+    if out.shape != (b, p, h) or out.dtype != torch.float32:
+        raise ValueError(f"out must be float32 of shape {(b, p, h)}, got {out.dtype} {tuple(out.shape)}")
+    x = x.float()
     state = _initial(initial_state, b, h, d, n, x)
+    return _norm_blocks(x, dt.float(), A, B.float(), out, state, chunk)
+
+
+@torch.no_grad()
+def _norm_blocks(x, dt, A, B, out, state, chunk) -> Iterator[int]:
+    p = x.shape[1]
     hi, lo = _split(_log_decay_cumsum(dt, A))  # b h p+1; index i = before token i
     per_block = _chunks_per_block(x, chunk)
-    norms = x.new_empty(b, p, h)
     for t0 in range(0, p, per_block * chunk):
         t1 = min(t0 + per_block * chunk, p)
         sq, state = _block_norms(x[:, t0:t1], dt[:, t0:t1], B[:, t0:t1], hi, lo, t0, state, chunk)
-        norms[:, t0:t1] = sq.clamp_min_(0).sqrt_()  # cancellation may leave -ε
-    return norms
+        out[:, t0:t1] = sq.clamp_min_(0).sqrt_()  # cancellation may leave -ε
+        yield t1
 
 
 def _chunks_per_block(x: torch.Tensor, chunk: int) -> int:

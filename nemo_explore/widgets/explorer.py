@@ -4,9 +4,11 @@ It runs ``model.run_with_cache`` once per prompt, caching only per-token points 
 the views show per token, and what the p × p maps are made of (an attention layer's q and k, a Mamba
 layer's dt, B and C), from which ``nemo_explore.pairwise`` computes exactly the rows and the pooled
 overview a view draws. An h × p × p map per layer would not fit in memory for a large model at long inputs,
-and a click never runs the model. Clicking a block on the map opens its view; a new prompt re-runs the model
-and updates the same views in place (the browser gets only the new data, never new figures), keeping the
-chosen layers.
+and a click never runs the model. The Mamba state norms are computed after the forward from the layer's x,
+dt and B (``nemo_explore.state_norms``): the shown block's before the views are drawn, the others in the
+kernel's idle time, so the views appear one forward after Run; x is then let go. Clicking a block on the
+map opens its view; a new prompt re-runs the model and updates the same views in place (the browser gets
+only the new data, never new figures), keeping the chosen layers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..core.layer_types import PATTERN_CHAR
 from ..core.token_text import escape
 from ..mirror import hf_layout
 from ..pairwise import PER_TOKEN
+from ..state_norms import FROM_POINTS
 from ._base import STYLE
 from ._static import Page
 from .attention import AttentionHeads
@@ -36,7 +39,7 @@ from .ssm import SSMStateNorms
 POINTS = tuple(
     dict.fromkeys(
         (
-            "mamba.hook_state_norm",
+            *FROM_POINTS,  # the state norms are computed from these after the forward
             "moe.hook_router_scores",
             "moe.hook_topk_indices",
             "moe.hook_topk_weights",
@@ -58,7 +61,8 @@ class Explorer(widgets.VBox):
 
     ``model``: a ``HookedNemotronH`` (``nemo_explore.load(...)``) with a tokenizer; ``text``: the prompt
     (default: a sentence said twice, which the tiny checkpoint copies).
-    ``views`` maps ``'attention'``/``'ssm'``/``'moe'`` to the views of the last run; ``cache`` is its cache.
+    ``views`` maps ``'attention'``/``'ssm'``/``'moe'`` to the views of the last run; ``cache`` is its cache
+    (with every state norm: reading it finishes those still pending).
     """
 
     def __init__(self, model, text: str = DEFAULT_PROMPT) -> None:
@@ -72,10 +76,12 @@ class Explorer(widgets.VBox):
                 )
         self.model = model
         self.layer_types: list[str] = list(model.layer_types)
-        self.cache = None
+        self._cache = None
         self.views: dict[str, widgets.Widget] = {}
         self.selected: int | None = None
-        self._ran = ""  # the last run's status sentence
+        # the status line: the last run, its state norms, the selected block
+        self._ran, self._norms_note, self._selected_note = "", "", "Click a block above to see its view."
+        self._held = 0
 
         self.cells = []
         for i, kind in enumerate(self.layer_types):
@@ -154,19 +160,56 @@ class Explorer(widgets.VBox):
                 view.rebind(cache, **extra)  # in place: the browser gets only the new data
             else:
                 view = make(cache, **extra)
+                if key == "ssm":
+                    view.observe(self._on_norms, names="norms_pending")
             views[key] = view
-        self.cache, self.views = cache, views
+        self._cache, self.views = cache, views
         if list(self.tabs.children) != list(views.values()):
             self.tabs.children = list(views.values())
             for k, key in enumerate(views):
                 self.tabs.set_title(k, TABS[key])
-        self._ran = (
-            f"Ran {n} tokens in {ran:.2f} s, drawn in {time.perf_counter() - t0 - ran:.2f} s; "
-            f"{format_bytes(held)} of per-token points held."
-        )
-        self.status.value = f'<div class="ne-note">{self._ran} Click a block above to see its view.</div>'
+        self._ran = f"Ran {n} tokens in {ran:.2f} s, drawn in {time.perf_counter() - t0 - ran:.2f} s"
+        self._held = held
         if self.selected is not None:
             self.select_layer(self.selected)
+        else:
+            self._selected_note = "Click a block above to see its view."
+        self._on_norms()
+
+    @property
+    def cache(self):
+        """The last run's cache, every Mamba state norm in it (those still pending are computed now)."""
+        ssm = self.views.get("ssm")
+        if ssm is not None and ssm.norms_pending:
+            ssm.finish_norms()
+        return self._cache
+
+    def _on_norms(self, change=None) -> None:
+        """The status line, as the state norms come in; when all are in, x is let go (only the norms were
+        made of it), so the cache holds its per-token points compactly."""
+        ssm = self.views.get("ssm")
+        if change is not None and (change["owner"] is not ssm or ssm.cache is not self._cache):
+            return  # a view of an earlier run, or one being rebound to the next (_run says when it is)
+        pending = ssm.norms_pending if ssm is not None else 0
+        if ssm is not None and not pending and any(n.endswith(".mamba.hook_x") for n in self._cache):
+            self._cache._discard([n for n in self._cache if n.endswith(".mamba.hook_x")])
+            self._held = self._cache.nbytes
+        self._norms_note = ""
+        if ssm is not None:
+            total = len(ssm._sources)
+            self._norms_note = (
+                f"State norms: {total - pending} of {total} Mamba layers so far, the rest in the kernel's "
+                "idle time."
+                if pending
+                else f"State norms of {total} Mamba layers computed in {ssm.norms_seconds:.2f} s."
+            )
+        self._show_status()
+
+    def _show_status(self) -> None:
+        """The status line: the last run, its state norms, then what the selected block shows."""
+        parts = [f"{self._ran}; {format_bytes(self._held)} of per-token points held.", self._norms_note]
+        text = " ".join(p for p in (*parts, self._selected_note) if p)
+        self.status.value = f'<div class="ne-note">{text}</div>'
 
     @contextlib.contextmanager
     def _progress(self, n: int, what: str) -> Iterator[None]:
@@ -215,12 +258,14 @@ class Explorer(widgets.VBox):
         for k, cell in enumerate(self.cells):
             cell.layout.border = "3px solid #111" if k == i else "3px solid transparent"
         if kind == "mlp":
-            self.status.value = (
-                f'<div class="ne-note">{self._ran} Block {i} is a dense MLP: no view here; its activations '
-                f"are <code>blocks.{i}.mlp.hook_pre</code> / <code>hook_post</code>.</div>"
+            self._selected_note = (
+                f"Block {i} is a dense MLP: no view here; its activations are "
+                f"<code>blocks.{i}.mlp.hook_pre</code> / <code>hook_post</code>."
             )
+            self._show_status()
             return
-        self.status.value = f'<div class="ne-note">{self._ran} Showing block {i} ({kind}).</div>'
+        self._selected_note = f"Showing block {i} ({kind})."
+        self._show_status()
         keys = {"attention": ["attention"], "mamba": ["attention", "ssm"], "moe": ["moe"]}[kind]
         for key in keys:
             if self.views[key].layer != i:

@@ -5,6 +5,11 @@ tokens × heads for one Mamba layer and tokens × Mamba layers (mean over heads)
 normalised per head (÷ the head's max over the row's tokens) or per token (÷ the token's max over heads).
 
 Long inputs: at most ``TOKEN_WINDOW`` positions are drawn at a time (a window the user moves).
+
+A cache may hold the norms, or what they are made of (``hook_x``, ``hook_dt``, ``hook_B``; see
+``nemo_explore.state_norms``): then the view computes the shown block's norms at once and the others in the
+kernel's idle time (``norms_pending`` counts down; the overview is drawn whole when it reaches 0), or all at
+once outside a notebook. The norms it computes are added to the cache.
 """
 
 from __future__ import annotations
@@ -13,15 +18,18 @@ from collections.abc import Mapping
 
 import ipywidgets as widgets
 import torch
+import traitlets
 
-from ..core.token_text import position_labels
+from ..core.token_text import escape, position_labels
+from ..state_norms import FROM_POINTS, POINT, StateNormJob, computable
 from ._base import STYLE, CacheView
 from ._figures import figure_widget, fit_height
+from ._idle import IdleTask
 from ._static import Page
 from ._tokens import Window, tick_room, ticks
 
 TOKEN_WINDOW = 1024  # ≤ 0.5 MB of float32 per map at 128 heads or experts; a slider moves it
-EXPECTED = {"mamba": "blocks.{i}.mamba.hook_state_norm"}
+EXPECTED = {"mamba": None}  # the view checks its blocks itself: norms cached, or computable
 NAMES = "'hook_state_norm'"
 NORMS = {"raw": "raw ‖state‖", "head": "÷ head's max", "token": "÷ token's max"}
 TIPS = [
@@ -43,6 +51,7 @@ class SSMStateNorms(CacheView):
 
     title = "Mamba state norms"
     ARRAYS = {"mamba": "mamba.hook_state_norm"}  # (p, h) per block
+    norms_pending = traitlets.Int(0, help="Mamba blocks whose norms are still being computed")
 
     def __init__(
         self,
@@ -55,6 +64,7 @@ class SSMStateNorms(CacheView):
         window: int | None = None,
     ) -> None:
         super().__init__(cache, batch)
+        self._task: IdleTask | None = None
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, not {norm!r}")
         layer = self._read(cache, layer, horizons, window)
@@ -101,31 +111,89 @@ class SSMStateNorms(CacheView):
             self.overview,
         ]
         self._sync_slider(self.window_slider, self._window)
+        self._continue()
         self._redraw()
 
     def _read(self, cache, layer: int | None, horizons, window: int | None) -> int:
-        """Take the state norms (and horizons) of ``cache``; return the layer to show (checked)."""
-        sources = {
-            i: EXPECTED["mamba"].format(i=i)
-            for i in cache.layers("mamba")
-            if EXPECTED["mamba"].format(i=i) in cache
-        }
+        """Take the state norms (or what they are computed from) and horizons of ``cache``; compute the
+        norms of the layer to show (checked), and return it."""
+        sources = [i for i in cache.layers("mamba") if f"blocks.{i}.{POINT}" in cache or computable(cache, i)]
         if not sources:
             raise ValueError(
                 "SSMStateNorms found no Mamba state norms in this cache: cache them first, e.g. "
-                f"model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
+                f"model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES})), or what they are "
+                f"computed from, n.endswith({FROM_POINTS})"
             )
+        if self._task is not None:
+            self._task.cancel()
         self.cache, self._sources = cache, sources
+        self._job = StateNormJob(cache, sources)  # the blocks whose norms the cache lacks
+        self._rows: dict[int, torch.Tensor] = {}  # block -> its norms (p h), as read
         if layer is None:
             shown = getattr(self, "layer_select", None)
-            layer = shown.value if shown is not None and shown.value in sources else next(iter(sources))
+            layer = shown.value if shown is not None and shown.value in sources else sources[0]
         self._check_layer(layer, EXPECTED, NAMES)
-        self._norms = {i: self._row(cache[name], name) for i, name in sources.items()}  # p h
-        p = next(iter(self._norms.values())).shape[0]
+        self._check_source(layer)
+        p = self.norms_of(layer).shape[0]
         self._all_tokens, self._offset = self._tokens(p)
-        self._horizons = self._check_horizons(horizons)
+        self._horizons = self._check_horizons(horizons, self.norms_of(layer).shape[1])
         self._window = Window(TOKEN_WINDOW, self._offset, self._offset + len(self._all_tokens), start=window)
         return layer
+
+    def _check_source(self, layer: int) -> None:
+        if layer not in self._sources:
+            raise ValueError(
+                f"block {layer}'s state norms are not in this cache, nor {', '.join(FROM_POINTS)}: cache "
+                f"them first, e.g. model.run_with_cache(text, names_filter=lambda n: n.endswith({NAMES}))"
+            )
+
+    def norms_of(self, layer: int) -> torch.Tensor:
+        """Block ``layer``'s state norms for the view's batch row (p h), computed now if still pending."""
+        if layer not in self._rows:
+            self._job.compute(layer)
+            name = f"blocks.{layer}.{POINT}"
+            self._rows[layer] = self._row(self.cache[name], name)
+            self.norms_pending = len(self._job.pending)
+        return self._rows[layer]
+
+    def _continue(self) -> None:
+        """Before a draw: the pending blocks' norms, in the kernel's idle time from the next moment on (the
+        overview is drawn again, whole, at the end); where there is no idle time (no notebook), now."""
+        if not self._job.done:
+            self._task = IdleTask(
+                self._job.steps(),
+                on_step=self._on_progress,
+                on_done=self._on_norms_done,
+                on_error=self._on_error,
+            )
+            if not self._task.start():
+                self._task = None
+                self._job.finish()
+        self.norms_pending = len(self._job.pending)
+
+    @property
+    def norms_seconds(self) -> float:
+        """The time spent computing the state norms this cache lacked."""
+        return self._job.seconds
+
+    def finish_norms(self) -> None:
+        """Compute every pending block's norms now (and draw the overview whole)."""
+        if not self._job.done:
+            if self._task is not None:
+                self._task.cancel()
+            self._job.finish()
+            self._on_norms_done()
+
+    def _on_progress(self) -> None:
+        self.norms_pending = len(self._job.pending)
+
+    def _on_norms_done(self) -> None:
+        self.norms_pending = 0
+        self._redraw()
+
+    def _on_error(self, err: BaseException) -> None:
+        message = escape(f"{type(err).__name__}: {err}")
+        self.note.value = f'<div class="ne-warn">computing the state norms: {message}</div>'
 
     def rebind(
         self, cache, layer: int | None = None, horizons: Mapping[int, torch.Tensor] | None = None
@@ -140,6 +208,7 @@ class SSMStateNorms(CacheView):
         layer = self._read(cache, layer, horizons, None)
         self._set_layers([(f"{i} · mamba", i) for i in self._sources], layer)
         self._sync_slider(self.window_slider, self._window)
+        self._continue()
         self._redraw()
 
     @property
@@ -150,11 +219,12 @@ class SSMStateNorms(CacheView):
         """Show another layer, normalisation or window position (what the controls do)."""
         if layer is not None:
             self._check_layer(layer, EXPECTED, NAMES)
+            self._check_source(layer)
         if norm is not None and norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, not {norm!r}")
         self._set([(self.layer_select, layer), (self.norm_select, norm)], window)
 
-    def _check_horizons(self, horizons) -> dict[int, torch.Tensor]:
+    def _check_horizons(self, horizons, h: int) -> dict[int, torch.Tensor]:
         if horizons is None:
             return {}
         if not isinstance(horizons, Mapping):
@@ -163,10 +233,9 @@ class SSMStateNorms(CacheView):
             )
         out = {}
         for i, value in horizons.items():
-            if i not in self._norms:
+            if i not in self._sources:
                 raise ValueError(f"horizons given for block {i}, which is not a cached Mamba layer here")
             value = torch.as_tensor(value).detach().float().cpu().reshape(-1)
-            h = self._norms[i].shape[1]
             if value.shape != (h,):
                 raise ValueError(
                     f"horizons[{i}] must have one value per head ({h}), got {tuple(value.shape)}"
@@ -181,7 +250,7 @@ class SSMStateNorms(CacheView):
     # -------------------------------------------------------------- data
     def normalised(self, layer: int) -> torch.Tensor:
         """Block ``layer``'s norms over the row's real tokens (n h), normalised as chosen."""
-        x = self._norms[layer][self._offset : self._offset + len(self._all_tokens)]
+        x = self.norms_of(layer)[self._offset : self._offset + len(self._all_tokens)]
         tiny = torch.finfo(x.dtype).tiny
         if self.norm == "head":
             return x / x.amax(0, keepdim=True).clamp_min(tiny)
@@ -191,13 +260,19 @@ class SSMStateNorms(CacheView):
 
     def shown(self) -> dict:
         """What the view draws now: ``heads`` (h, n) for the selected layer, ``overview`` (L, n) (mean over
-        heads per Mamba layer), ``raw`` (h, n), ``tokens`` (n) and ``start``, for the window's positions."""
+        heads per Mamba layer; NaN for a block whose norms are still pending), ``raw`` (h, n), ``tokens``
+        (n) and ``start``, for the window's positions."""
         s, e = self._window.start - self._offset, self._window.stop - self._offset
         layer = self.layer
+        pending = set(self._job.pending)
+        rows = [
+            torch.full((e - s,), torch.nan) if i in pending else self.normalised(i)[s:e].mean(1)
+            for i in self._sources
+        ]
         return dict(
             heads=self.normalised(layer)[s:e].T,
-            raw=self._norms[layer][self._offset :][s:e].T,
-            overview=torch.stack([self.normalised(i)[s:e].mean(1) for i in self._norms]),
+            raw=self.norms_of(layer)[self._offset :][s:e].T,
+            overview=torch.stack(rows),
             tokens=self._all_tokens[s:e],
             start=self._window.start,
         )
@@ -236,7 +311,7 @@ class SSMStateNorms(CacheView):
             self.heads.layout.title = dict(
                 text=f"block {layer} · mamba: state norm per token and head ({what})"
             )
-        names = [f"{i} mamba" for i in self._norms]
+        names = [f"{i} mamba" for i in self._sources]
         with self.overview.batch_update():
             self.overview.data[0].update(
                 x=cats,
@@ -245,7 +320,7 @@ class SSMStateNorms(CacheView):
                 hovertemplate="token %{x}<br>block %{y}<br>mean over heads = %{z:.4g}<extra></extra>",
             )
             self.overview.update_xaxes(**axis)
-            row = list(self._norms).index(layer)
+            row = self._sources.index(layer)
             self.overview.layout.shapes = [
                 dict(
                     type="rect",
@@ -258,7 +333,11 @@ class SSMStateNorms(CacheView):
                 )
             ]
             fit_height(self.overview, min(350, max(70, 22 * len(names))), room)
-            self.overview.layout.title = dict(text=f"all Mamba layers: mean over heads ({what}); click a row")
+            waiting = len(self._job.pending)
+            so_far = f" — {len(names) - waiting} of {len(names)} so far, the rest follow" if waiting else ""
+            self.overview.layout.title = dict(
+                text=f"all Mamba layers: mean over heads ({what}); click a row{so_far}"
+            )
         note = (
             "<b>State norm</b> ‖h<sub>t</sub>‖ of each head's recurrent state after token t (Frobenius norm, "
             "head_dim × d_state): how much the head is carrying forward."
@@ -268,6 +347,7 @@ class SSMStateNorms(CacheView):
         self._show_note(note, "token maps")
 
     def _static(self, page: Page) -> None:
+        self.finish_norms()  # a page shows every block
         page.html(f'<p class="ne-note">{self.note.value}</p>')
         page.figure(self.heads)
         page.figure(self.overview)

@@ -228,6 +228,12 @@ def test_new_prompt_updates_figures_in_place(session):
     n = len(prompt)  # a token per character
     page.wait_for_selector(f".t-explorer >> text=Ran {n} tokens", timeout=60_000)
     wait_title(page, "t-explorer", "block")
+    # the state norms, computed in the kernel's idle time after the draw, come in and the status says so
+    page.wait_for_selector(r".t-explorer >> text=/State norms of 3 Mamba layers computed in/", timeout=30_000)
+    titles = page.evaluate(
+        "() => [...document.querySelectorAll('.t-explorer .gtitle')].map(t => t.textContent)"
+    )
+    assert not any("so far" in t for t in titles), titles  # an overview drawn whole once they are in
     seconds, sent = time.monotonic() - t, received(events) - before
     kept = page.evaluate(
         "() => [...document.querySelectorAll('.t-explorer .js-plotly-plot')].map(p => p.dataset.mark)"
