@@ -81,7 +81,6 @@ class Explorer(widgets.VBox):
         self.selected: int | None = None
         # the status line: the last run, its state norms, the selected block
         self._ran, self._norms_note, self._selected_note = "", "", "Click a block above to see its view."
-        self._held = 0
 
         self.cells = []
         for i, kind in enumerate(self.layer_types):
@@ -143,7 +142,6 @@ class Explorer(widgets.VBox):
             wanted = [n for n in self.model.hook_names() if n.endswith(POINTS)] or ["hook_embed"]
             _, cache = self.model.run_with_cache(text, names_filter=wanted, return_type=None)
         ran = time.perf_counter() - t0
-        held = cache.nbytes
         wanted = {
             "attention": bool(cache.layers("attention") or cache.layers("mamba")),
             "ssm": bool(cache.layers("mamba")),
@@ -169,11 +167,8 @@ class Explorer(widgets.VBox):
             for k, key in enumerate(views):
                 self.tabs.set_title(k, TABS[key])
         self._ran = f"Ran {n} tokens in {ran:.2f} s, drawn in {time.perf_counter() - t0 - ran:.2f} s"
-        self._held = held
         if self.selected is not None:
             self.select_layer(self.selected)
-        else:
-            self._selected_note = "Click a block above to see its view."
         self._on_norms()
 
     @property
@@ -191,9 +186,9 @@ class Explorer(widgets.VBox):
         if change is not None and (change["owner"] is not ssm or ssm.cache is not self._cache):
             return  # a view of an earlier run, or one being rebound to the next (_run says when it is)
         pending = ssm.norms_pending if ssm is not None else 0
-        if ssm is not None and not pending and any(n.endswith(".mamba.hook_x") for n in self._cache):
-            self._cache._discard([n for n in self._cache if n.endswith(".mamba.hook_x")])
-            self._held = self._cache.nbytes
+        xs = [n for n in self._cache if n.endswith(".mamba.hook_x")]
+        if ssm is not None and not pending and xs:
+            self._cache._discard(xs)
         self._norms_note = ""
         if ssm is not None:
             total = len(ssm._sources)
@@ -207,8 +202,8 @@ class Explorer(widgets.VBox):
 
     def _show_status(self) -> None:
         """The status line: the last run, its state norms, then what the selected block shows."""
-        parts = [f"{self._ran}; {format_bytes(self._held)} of per-token points held.", self._norms_note]
-        text = " ".join(p for p in (*parts, self._selected_note) if p)
+        held = f"{self._ran}; {format_bytes(self._cache.nbytes)} of per-token points held."
+        text = " ".join(p for p in (held, self._norms_note, self._selected_note) if p)
         self.status.value = f'<div class="ne-note">{text}</div>'
 
     @contextlib.contextmanager

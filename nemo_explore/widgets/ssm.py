@@ -134,9 +134,9 @@ class SSMStateNorms(CacheView):
             layer = shown.value if shown is not None and shown.value in sources else sources[0]
         self._check_layer(layer, EXPECTED, NAMES)
         self._check_source(layer)
-        p = self.norms_of(layer).shape[0]
+        p, h = self.norms_of(layer).shape
         self._all_tokens, self._offset = self._tokens(p)
-        self._horizons = self._check_horizons(horizons, self.norms_of(layer).shape[1])
+        self._horizons = self._check_horizons(horizons, h)
         self._window = Window(TOKEN_WINDOW, self._offset, self._offset + len(self._all_tokens), start=window)
         return layer
 
