@@ -7,6 +7,7 @@ from .checkpoints.configs import build_config, recommended_defaults, shortened, 
 from .checkpoints.describe import ModelDescription, describe
 from .checkpoints.loading import MemoryWarning, load
 from .checkpoints.sources import CheckpointError, NotNemotronHError
+from .core.allocator import reuse_freed_memory
 from .core.hook_names import HookNameError
 from .core.hooks import HookPoint, ReadOnlyHookError
 from .core.layer_types import LAYER_TYPES
@@ -26,6 +27,7 @@ __all__ = [
     "corpus",
     "describe",
     "recommended_defaults",
+    "reuse_freed_memory",
     "registry",
     "shortened",
     "small_config",

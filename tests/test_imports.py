@@ -115,13 +115,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # that matches places a module).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the words every other module speaks: layer kinds, run options, dtypes, labels, token text, what a
-    # cached tensor keeps alive, the one reader of HF's layout, the verified releases; pure math on tensors
-    # (Mamba-2's SSD, factored matrices);
+    # cached tensor keeps alive, where freed CPU memory goes, the one reader of HF's layout, the verified
+    # releases; pure math on tensors (Mamba-2's SSD, factored matrices);
     # the folders' own __init__ files, which import nothing
     ("foundations", (
         "core", "core.layer_types", "core.options", "core.dtypes", "core.formatting", "core.token_text",
-        "core.ssd", "core.storage", "mirror", "mirror.hf_layout", "mirror.versions", "mirror.state_dict",
-        "tl", "tl.factored",
+        "core.ssd", "core.storage", "core.allocator", "mirror", "mirror.hf_layout", "mirror.versions",
+        "mirror.state_dict", "tl", "tl.factored",
     )),  # fmt: skip
     # the hook points: their table, their names, the one hook mechanism and its lifecycle; TransformerLens'
     # build-your-own hooked module, which is that lifecycle over HookPoint modules

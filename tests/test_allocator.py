@@ -1,0 +1,74 @@
+"""reuse_freed_memory: a freed large tensor's pages are handed out again instead of faulted in afresh, the
+model computes the same bits, and where glibc is absent nothing changes and the user is told. Run in
+subprocesses: the setting is process-wide and would change the rest of the test session."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import nemo_explore as ne
+from nemo_explore.core import allocator
+
+# page faults of allocating, touching and freeing 64 MiB (16,384 pages of 4 KiB), after one such round
+FAULTS = """
+import resource, torch
+import nemo_explore as ne
+
+def faults():
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.empty(64 << 20, dtype=torch.uint8)
+    x.fill_(1)
+    del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+faults()
+before = faults()
+print(before, ne.reuse_freed_memory(), ne.reuse_freed_memory())
+faults()
+print(faults())
+"""
+
+
+def run(code: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_freed_pages_are_reused_instead_of_faulted_in_again():
+    before, first, again, after = run(FAULTS)
+    assert int(before) >= 16_000  # glibc's default: 64 MiB of fresh pages each time
+    assert (first, again) == ("True", "True")
+    assert int(after) < 500, f"{after} page faults for a 64 MiB tensor after reuse_freed_memory()"
+
+
+def test_the_model_computes_the_same_bits_after_it(tmp_path):
+    # reused memory is not zeroed: a computation that read a tensor it never wrote would differ here
+    code = f"""
+    import torch
+    import nemo_explore as ne
+    model = ne.load("tiny")
+    text = "The little cat sat on the mat by the door. " * 8
+    def points():
+        logits, cache = model.run_with_cache(text)
+        return {{"logits": logits, **{{name: cache[name] for name in cache}}}}
+    torch.save(points(), {str(tmp_path / "a.pt")!r})
+    ne.reuse_freed_memory()
+    points()
+    torch.save(points(), {str(tmp_path / "b.pt")!r})
+    """
+    run(code)
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert len(a) > 50 and a.keys() == b.keys()
+    assert [name for name in a if not torch.equal(a[name], b[name])] == []
+
+
+def test_elsewhere_it_warns_and_changes_nothing(monkeypatch):
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("", ""))
+    with pytest.warns(RuntimeWarning, match="needs Linux with glibc .*nothing changed"):
+        assert ne.reuse_freed_memory() is False
