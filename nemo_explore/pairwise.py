@@ -34,6 +34,7 @@ PER_TOKEN = {
     "mamba": ("mamba.hook_dt", "mamba.hook_B", "mamba.hook_C"),
 }
 POOLED_ENTRIES = 1 << 24  # a pooled overview computes at most about this many map entries
+POOLED_CALL_ENTRIES = 1 << 20  # ... this many at a time
 
 
 class PairwiseMaps:
@@ -69,18 +70,27 @@ class PairwiseMaps:
         a side, and how many rows each mean covers: ``((t, u), rows)``. The bins are adaptive pooling's.
         When a bin has more rows than ``POOLED_ENTRIES`` allows, its mean is over the run of that many rows
         at its centre (the map is never built whole: at 32k tokens a head's is 4 GiB). ``transform`` maps
-        each computed block of rows (n, m) before it is averaged (e.g. to shares of the row)."""
+        each computed block of rows (n, m) before it is averaged, row by row (e.g. to shares of the row)."""
         n, m = stop - start, key_stop - key_start
         t, u = min(n, size), min(m, size)
         bins = [(start + i * n // t, start + -(-(i + 1) * n // t)) for i in range(t)]
         take = max(1, min(max(b - a for a, b in bins), POOLED_ENTRIES // (t * m)))
+        runs = [
+            (a + (b - a - take) // 2, a + (b - a - take) // 2 + take) if b - a > take else (a, b)
+            for a, b in bins
+        ]
         means = torch.empty(t, m)
-        for i, (a, b) in enumerate(bins):
-            if b - a > take:
-                a = a + (b - a - take) // 2
-                b = a + take
-            rows = self.window(a, b, key_start, key_stop, head)
-            means[i] = (rows if transform is None else transform(rows)).mean(0)
+        most = max(1, POOLED_CALL_ENTRIES // m)  # rows computed in one call
+        i = 0
+        while i < t:  # runs that follow on from each other are computed together, up to `most` rows
+            j, first = i + 1, runs[i][0]
+            while j < t and runs[j][0] == runs[j - 1][1] and runs[j][1] - first <= most:
+                j += 1
+            rows = self.window(first, runs[j - 1][1], key_start, key_stop, head)
+            rows = rows if transform is None else transform(rows)
+            for k in range(i, j):
+                means[k] = rows[runs[k][0] - first : runs[k][1] - first].mean(0)
+            i = j
         low = F.adaptive_avg_pool1d(means[None], u)[0] if u < m else means
         return low, take
 

@@ -173,7 +173,11 @@ def hidden_attention(
     dt = dt.float()
     hi, lo = _split(_log_decay_cumsum(dt[:, :, idx], A[idx])[..., 1:])  # b h' p; index i = after token i
     dt_cols = dt[:, :, idx].transpose(1, 2)
-    B, C = B.float(), C.float()
+    groups = sorted({i // k for i in idx})  # C·B of these groups only (a few heads read a few groups)
+    run = groups[-1] - groups[0] + 1 == len(groups)
+    pick = slice(groups[0], groups[-1] + 1) if run else groups  # a view where the groups are a run
+    B, C = B.float()[:, :, pick], C.float()[:, :, pick]
+    slot = {group: j for j, group in enumerate(groups)}
     M = dt.new_zeros(b, len(idx), stop - start, k1 - k0)
     for r0 in range(start - start % _ROWS, stop, _ROWS):
         r1 = min(r0 + _ROWS, p)  # the aligned block: rows r0..r1-1, keys 0..r1-1 (s > t is 0)
@@ -186,7 +190,7 @@ def hidden_attention(
             part = slice(i0, min(i0 + step, len(idx)))
             decay = _causal_decay(hi[:, part], lo[:, part], r0, r1, dt_cols[:, part, :r1])
             for i, j, group in _group_runs(idx[part], k):
-                decay[:, i:j] *= cb[:, group, None]
+                decay[:, i:j] *= cb[:, slot[group], None]
             M[:, part, a - start : z - start, : cols - k0] = decay[:, :, a - r0 : z - r0, k0:cols]
     return M
 
