@@ -10,6 +10,7 @@ tokenizer makes the token count exact.
 
     python bench/bench_explorer.py                          # 4,096 tokens
     python bench/bench_explorer.py --tokens 32768 --config tiny
+    python bench/bench_explorer.py --reuse-freed-memory     # glibc keeps freed memory for the next tensor
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ sys.path[:0] = [str(ROOT / "tests" / "browser"), str(ROOT / "tests")]
 import nemo_explore as ne  # noqa: E402
 from nemo_explore.checkpoints import registry  # noqa: E402
 from nemo_explore.core.formatting import format_bytes  # noqa: E402
+
+MEMORY = {False: "given back (the default)", True: "reused (ne.reuse_freed_memory())"}
 
 
 def real_shape(name: str, hidden: int):
@@ -59,7 +62,10 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=3, help="Runs, each between two plain forwards")
+    ap.add_argument("--reuse-freed-memory", action="store_true", help="call ne.reuse_freed_memory() first")
     args = ap.parse_args()
+    if args.reuse_freed_memory:
+        ne.reuse_freed_memory()
     from nemo_explore.widgets import Explorer
 
     model = ne.load("tiny") if args.config == "tiny" else real_shape(args.config, args.hidden)
@@ -74,7 +80,7 @@ def main() -> None:
     n = len(model.to_str_tokens(text))
     width = "" if args.config == "tiny" else f" (hidden {args.hidden})"
     print(f"{args.config}{width}: {model.pattern}, {n} tokens, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+          f"{torch.get_num_threads()} threads, freed memory {MEMORY[args.reuse_freed_memory]}")  # fmt: skip
     ids, _ = model.to_inputs(text)
 
     @torch.no_grad()
@@ -82,7 +88,7 @@ def main() -> None:
         model.hf_model(ids)
 
     with torch.no_grad():
-        model.hf_model(ids[:, :64])  # warm-up
+        model.hf_model(ids)  # warm-up, full length: a first forward also pays for the first touch of memory
     explorer = None
 
     async def run_in_kernel(do, click=None) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
     python bench/bench_widgets_browser.py                      # all three parts, JSON to stdout and --out
     python bench/bench_widgets_browser.py --parts tiny,big     # a subset: tiny, nb01, big
+    python bench/bench_widgets_browser.py --parts real --reuse-freed-memory   # kernels keep freed memory
     python bench/bench_widgets_browser.py --package DIR        # the kernel imports nemo_explore from DIR
                                                                # (e.g. an older version, for a before/after)
 
@@ -71,12 +72,18 @@ BIG = dict(
     moe_shared_expert_intermediate_size=128,
 )
 CHANGED = "(old) => document.querySelector('.b-tiny .ne-note')?.innerText !== old"
+NORMS_IN = "(scope) => document.querySelector('.' + scope + ' .ne-note').innerText.includes('State norms of')"
+CHANGED_AT = "([selector, old]) => document.querySelector(selector)?.innerText !== old"
 PROMPTS = [f"The little cat sat on the mat{' and the dog' * i} by the door." for i in range(10)]
+
+
+REUSE_FREED_MEMORY = False  # --reuse-freed-memory: each kernel calls ne.reuse_freed_memory() first
 
 
 def preamble(package: str | None) -> str:
     path = f"import sys; sys.path.insert(0, {package!r})\n" if package else ""
-    return path + "import torch\ntorch.set_num_threads(1)\n"
+    reuse = "import nemo_explore\nnemo_explore.reuse_freed_memory()\n" if REUSE_FREED_MEMORY else ""
+    return path + reuse + "import torch\ntorch.set_num_threads(1)\n"
 
 
 class Page:
@@ -114,7 +121,7 @@ class Page:
     def act(self, do, *until: tuple[str, object]) -> dict:
         """Do something; wait for each ``(predicate, arg)`` (JS) and for the widgets' DOM to settle: the
         seconds to the last change, and the bytes received."""
-        b0, t0 = self.bytes(), self.now()
+        b0, n0, t0 = self.bytes(), len(self.frames), self.now()
         do()
         # the user's input event, not when playwright was asked: its actionability checks take 0.1-0.8 s
         t0 = max(t0, self.page.evaluate("() => window.__ne.input"))
@@ -131,7 +138,9 @@ class Page:
                 raise
         seconds = self.settle(t0)
         time.sleep(0.2)  # frames still in flight
+        largest = sorted(self.frames[n0:], reverse=True)[:6]  # which messages made up the bytes
         out = {"s": round(seconds, 3), "kB": round((self.bytes() - b0) / 1e3, 1)}
+        out["largest_kB"] = [round(n / 1e3, 1) for n in largest]
         return out | ({"until_s": held} if until else {})
 
     def run_cell(self, i: int, *drawn: str) -> dict:
@@ -347,6 +356,7 @@ def bench_explorer_clicks(browser, lab, root: Path, package: str | None, name: s
         + """
 ids, _ = model.to_inputs(text)
 with torch.no_grad():
+    model.hf_model(ids)  # a first forward also pays for the first touch of its memory
     t0 = time.perf_counter(); model.hf_model(ids); forward = time.perf_counter() - t0
 print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     )
@@ -357,7 +367,17 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
             # a first widget on the page: the page loads plotly's script (5.5 MB) once, whatever the length
             "from nemo_explore.widgets import Explorer\n"
             "first = Explorer(model, 'The cat sat.')\nfirst.add_class('b-first')\nfirst",
-            f"ex = Explorer(model, text)\nex.add_class({scope!r})\nex",
+            # beside it, a button that times a plain forward in the same kernel (for the Runs, below)
+            "import itertools\nimport ipywidgets as widgets\n"
+            "plain, said = widgets.Button(description='plain forward'), widgets.HTML()\n"
+            "count = itertools.count(1)\n"
+            "plain.add_class('b-plain'); said.add_class('b-plain-said')\n"
+            "def plain_forward(_):\n    with torch.no_grad():\n"
+            "        t0 = time.perf_counter(); model.hf_model(ids)\n"
+            "        said.value = f'{time.perf_counter() - t0:.2f} s (forward {next(count)})'\n"
+            "plain.on_click(plain_forward)\n"
+            f"ex = Explorer(model, text)\nex.add_class({scope!r})\n"
+            "widgets.VBox([widgets.HBox([plain, said]), ex])",
             "import resource\n"
             "print('peak kernel RSS MiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)",
         ],
@@ -409,6 +429,7 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     out["click_s_max"] = max(r["s"] for r in results.values())
     out["click_kB_max"] = max(r["kB"] for r in results.values())
     out["longest_task_during_clicks_ms"] = page.longest_task_ms(since)
+    out["runs"] = new_runs(page, scope, rounds=2)
     page.run_cell(3)
     rss = p.locator(".jp-OutputArea-output >> text=peak kernel RSS").first.inner_text()
     out["peak_kernel_rss_mib"] = int(rss.split()[-1])
@@ -420,16 +441,52 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     return out
 
 
+def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
+    """``rounds`` new Runs of the Explorer (its prompt with a space added or taken off), each against the
+    plain forwards just before and after it (the button beside the Explorer): click to the status line's
+    "Ran ..." (the views drawn), and to the last state norm."""
+    p = page.page
+
+    def forward() -> float:
+        said = p.locator(".b-plain-said").first.inner_text()
+        page.act(lambda: p.locator(".b-plain").first.click(), (CHANGED_AT, [".b-plain-said", said]))
+        return float(p.locator(".b-plain-said").first.inner_text().split()[0])
+
+    ran = (
+        "([scope, old]) => { const t = document.querySelector('.' + scope + ' .ne-note').innerText;"
+        " return t !== old && t.startsWith('Ran'); }"
+    )
+    box = p.locator(f".{scope} textarea").first
+    forwards, runs = [forward()], []
+    for _ in range(rounds):
+        status = p.locator(f".{scope} .ne-note").first.inner_text()
+        text = box.input_value()
+        box.fill(text[:-1] if text.endswith(" ") else text + " ")
+        click = p.locator(f".{scope} button", has_text="Run").first.click
+        run = page.act(click, (ran, [scope, status]), (NORMS_IN, scope))
+        forwards.append(forward())
+        drawn, mean = run["until_s"][0], (forwards[-2] + forwards[-1]) / 2
+        runs.append(
+            {"drawn_s": drawn, "norms_in_s": run["until_s"][1], "forwards_before_after_s": forwards[-2:],
+             "drawn_minus_forward_s": round(drawn - mean, 2), "kB": run["kB"],
+             "status": p.locator(f".{scope} .ne-note").first.inner_text()}
+        )  # fmt: skip
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="tiny,nb01,big")
     ap.add_argument("--package", help="directory the kernel imports nemo_explore from (default: installed)")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench" / "widgets_browser.json")
+    ap.add_argument("--reuse-freed-memory", action="store_true", help="kernels call ne.reuse_freed_memory()")
     args = ap.parse_args()
+    global REUSE_FREED_MEMORY
+    REUSE_FREED_MEMORY = args.reuse_freed_memory
     from playwright.sync_api import sync_playwright
 
     parts = {"tiny": bench_tiny, "nb01": bench_nb01, "big": bench_big, "real": bench_real, "long": bench_long}
-    results = {}
+    results: dict = {"freed_memory": "reused" if args.reuse_freed_memory else "given back (the default)"}
     with tempfile.TemporaryDirectory() as tmp:
         root, work = Path(tmp, "root"), Path(tmp, "work")
         root.mkdir()

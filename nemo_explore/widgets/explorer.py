@@ -62,7 +62,8 @@ class Explorer(widgets.VBox):
     ``model``: a ``HookedNemotronH`` (``nemo_explore.load(...)``) with a tokenizer; ``text``: the prompt
     (default: a sentence said twice, which the tiny checkpoint copies).
     ``views`` maps ``'attention'``/``'ssm'``/``'moe'`` to the views of the last run; ``cache`` is its cache
-    (with every state norm: reading it finishes those still pending).
+    (with every state norm: reading it finishes those still pending). On a Linux CPU, call
+    ``nemo_explore.reuse_freed_memory()`` first: a large model's forwards then take about half the time.
     """
 
     def __init__(self, model, text: str = DEFAULT_PROMPT) -> None:
