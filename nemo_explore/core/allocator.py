@@ -32,7 +32,7 @@ def reuse_freed_memory() -> bool:
 
     A forward of a large model on a CPU then spends no time in page faults: here a real-shape Nemotron-H
     forward of 2,048 tokens went from 25 s to 12.5 s. The price: resident memory stays near its peak (here
-    3.9 GiB instead of 3.2 GiB for the same work). Returns True once set (again: True, nothing more to do);
+    3.9 GiB instead of 3.2 GiB for the same work). Returns True once set (a second call sets the same);
     elsewhere (macOS, Windows, musl) it warns, changes nothing and returns False.
     """
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
