@@ -71,10 +71,13 @@ BIG = dict(
     moe_intermediate_size=64,
     moe_shared_expert_intermediate_size=128,
 )
-CHANGED = "(old) => document.querySelector('.b-tiny .ne-note')?.innerText !== old"
-NORMS_IN = "(scope) => document.querySelector('.' + scope + ' .ne-note').innerText.includes('State norms of')"
-CHANGED_AT = "([selector, old]) => document.querySelector(selector)?.innerText !== old"
+CHANGED = "([selector, old]) => document.querySelector(selector)?.innerText !== old"
 PROMPTS = [f"The little cat sat on the mat{' and the dog' * i} by the door." for i in range(10)]
+
+
+def norms_in(scope: str) -> str:
+    """A JS predicate: the status line of the widget with class ``scope`` says every state norm is in."""
+    return f"() => document.querySelector('.{scope} .ne-note').textContent.includes('State norms of')"
 
 
 REUSE_FREED_MEMORY = False  # --reuse-freed-memory: each kernel calls ne.reuse_freed_memory() first
@@ -196,7 +199,8 @@ def bench_tiny(browser, lab, root: Path, package: str | None) -> dict:
         page.page.locator(box).first.fill(prompt)
         runs.append(
             page.act(
-                lambda: page.page.locator(".b-tiny button", has_text="Run").first.click(), (CHANGED, status)
+                lambda: page.page.locator(".b-tiny button", has_text="Run").first.click(),
+                (CHANGED, [".b-tiny .ne-note", status]),
             )
         )
     out["runs"] = runs
@@ -394,7 +398,7 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     out["explorer_drawn"] = page.run_cell(
         2,
         f"() => document.querySelectorAll('.{scope} .js-plotly-plot .main-svg').length >= 6",
-        f"() => document.querySelector('.{scope} .ne-note').textContent.includes('State norms of')",
+        norms_in(scope),
     )
     out["explorer_drawn"]["status"] = page.page.locator(f".{scope} .ne-note").first.inner_text()
     p = page.page
@@ -449,7 +453,7 @@ def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
 
     def forward() -> float:
         said = p.locator(".b-plain-said").first.inner_text()
-        page.act(lambda: p.locator(".b-plain").first.click(), (CHANGED_AT, [".b-plain-said", said]))
+        page.act(lambda: p.locator(".b-plain").first.click(), (CHANGED, [".b-plain-said", said]))
         return float(p.locator(".b-plain-said").first.inner_text().split()[0])
 
     ran = (
@@ -463,7 +467,7 @@ def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
         text = box.input_value()
         box.fill(text[:-1] if text.endswith(" ") else text + " ")
         click = p.locator(f".{scope} button", has_text="Run").first.click
-        run = page.act(click, (ran, [scope, status]), (NORMS_IN, scope))
+        run = page.act(click, (ran, [scope, status]), (norms_in(scope), None))
         forwards.append(forward())
         drawn, mean = run["until_s"][0], (forwards[-2] + forwards[-1]) / 2
         runs.append(
