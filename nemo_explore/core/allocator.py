@@ -7,10 +7,11 @@ is paid for again, one page fault and one zeroed 4 KiB page at a time. On a mode
 much CPU time in the kernel as in the matrix products (README: "CPU forwards").
 
 ``reuse_freed_memory()`` asks glibc to keep what is freed and hand it out again: no block is mmapped, and the
-heap is given back only above 2 GiB of free memory at its top. Nothing computed changes, only where the
-bytes live; the process's resident memory then stays near its peak instead of falling back after each
-forward. It is process-wide and lasts for the rest of the process, so it is a call, never a side effect of
-an import.
+heap's free top is never given back (with a finite threshold, gigabytes freed at the top, such as an Explorer
+run's points, would be handed back and faulted in again by the next run). Nothing computed changes, only
+where the bytes live; the process's resident memory then stays near its peak instead of falling back after
+each forward. It is process-wide and lasts for the rest of the process, so it is a call, never a side
+effect of an import.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import sys
 import warnings
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc's <malloc.h>
-# no block mmapped; the heap's top given back only above 2 GiB free (mallopt takes an int of bytes), grown
-# 64 MiB at a time
-SETTINGS = {"M_MMAP_MAX": (M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, 2**31 - 1),
+# no block mmapped; the heap's top never given back (-1: mallopt(3)'s value for "no trimming"), grown 64 MiB
+# at a time
+SETTINGS = {"M_MMAP_MAX": (M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, -1),
             "M_TOP_PAD": (M_TOP_PAD, 64 << 20)}  # fmt: skip
 
 
