@@ -7,11 +7,14 @@ character tokenizer (``tests/browser/demo_model.py``). The real-browser test is 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import re
 import subprocess
 import sys
+import warnings
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -590,9 +593,52 @@ def test_explorer_shows_progress_and_can_be_interrupted(model, monkeypatch):
         ex.run("a different prompt")
     finally:
         model.reset_hooks()
-    assert "Interrupted" in ex.status.value and ex.cache is cache and ex.views == views
-    ex.run("the cat")  # hooks were removed: runs as before
-    assert text(ex.status.value).startswith("Ran ")
+    # the previous run's points were let go before the forward: the views hide, and say how to get them back
+    assert "Interrupted" in ex.status.value and "press Run" in ex.status.value
+    assert ex.cache is None and ex.tabs.layout.display == "none"
+    with pytest.raises(RuntimeError, match="run a prompt first"):
+        ex.select_layer(1)
+    with pytest.raises(RuntimeError, match="run a prompt first"):
+        ex.to_html()
+    ex.run("the cat")  # hooks were removed: runs as before, into the same views
+    assert text(ex.status.value).startswith("Ran ") and ex.views == views and ex.tabs.layout.display is None
+    assert ex.cache is not cache and ex.views["moe"].cache is ex.cache
+    ex.select_layer(1)
+    ex.run("")  # a failure before the forward keeps the run shown
+    assert "ValueError" in ex.status.value and "still show the previous prompt" in ex.status.value
+    assert ex.cache is not None and ex.tabs.layout.display is None
+
+
+def test_explorer_holds_one_runs_points_at_a_time(model):
+    """A new run lets go of the previous run's points before its forward: by the new forward's first block,
+    every tensor over the last run's memory is freed (the views keep only what they drew)."""
+    ex = Explorer(model, "the cat sat on the mat")
+    ex.select_layer(1)  # the attention view holds that layer's q and k for its maps
+    storages = {t.untyped_storage().data_ptr() for t in ex.cache.values()}
+    with warnings.catch_warnings():  # isinstance on every object reads deprecated module attributes
+        warnings.simplefilter("ignore", FutureWarning)
+        over_them = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.device.type == "cpu"]
+    held = [weakref.ref(o) for o in over_them if o.untyped_storage().data_ptr() in storages]
+    assert len(held) >= len(storages)  # the cache's own tensors are among them
+    del over_them
+    alive = []
+
+    def look(tensor, hook):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in held))
+
+    model.add_hook("blocks.0.hook_resid_pre", look)
+    try:
+        ex.run("a different prompt", raise_errors=True)
+    finally:
+        model.reset_hooks()
+    assert alive == [0]
+    # and a caller who kept the cache keeps it whole
+    kept = ex.cache
+    ex.run("the cat", raise_errors=True)
+    assert "blocks.1.attn.hook_q" in kept and kept["blocks.1.attn.hook_q"].shape[1] == len(
+        model.to_str_tokens("a different prompt")
+    )
 
 def test_nemo_explore_imports_without_ipywidgets():
     code = (

@@ -235,6 +235,11 @@ class CacheView(widgets.VBox):
     def _redraw(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _release(self) -> None:
+        """Let go of the cache and of what was read from it; the figures stay as drawn. Nothing is drawn
+        or selected again until ``rebind`` gives the view a cache (the Explorer does, for a new run)."""
+        self.cache, self._tokens_memo = None, None
+
     # -------------------------------------------------------------- static
     def to_html(self) -> str:
         """A self-contained HTML page of what the view shows now (no network or kernel needed to view)."""

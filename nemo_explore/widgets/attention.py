@@ -201,6 +201,10 @@ class AttentionHeads(CacheView):
         self._set_layers([(self._layer_label(i), i) for i in sources], layer)
         self._load(layer, None, None)
 
+    def _release(self) -> None:
+        super()._release()
+        self._maps = None  # its per-token points
+
     def _find_sources(self, cache) -> list[int]:
         sources = [i for i in range(len(cache.layer_types)) if available(cache, i)]
         if not sources:

@@ -8,7 +8,8 @@ and a click never runs the model. The Mamba state norms are computed after the f
 dt and B (``nemo_explore.state_norms``): the shown block's before the views are drawn, the others in the
 kernel's idle time, so the views appear one forward after Run; x is then let go. Clicking a block on the
 map opens its view; a new prompt re-runs the model and updates the same views in place (the browser gets
-only the new data, never new figures), keeping the chosen layers.
+only the new data, never new figures), keeping the chosen layers. A new run lets go of the previous one's
+points before its forward, so the kernel holds one run's points at a time, not two.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ POINTS = tuple(
         )
     )
 )
+NO_RUN = "the last run failed and the one before it was let go: run a prompt first (explorer.run(text))"
 TABS = {"attention": "Attention heads", "ssm": "Mamba state norms", "moe": "MoE routing"}
 PROGRESS_AFTER_S, PROGRESS_EVERY_S = 0.5, 0.2  # a forward this long shows its block in the status line
 # A sentence said twice: on the tiny checkpoint the attention layer copies the second half (its induction head
@@ -121,22 +123,44 @@ class Explorer(widgets.VBox):
             self.prompt.value = text
         try:
             self._run(self.prompt.value)
-        except KeyboardInterrupt:  # the kernel was interrupted (■): the views keep the previous prompt
+        except KeyboardInterrupt:  # the kernel was interrupted (■)
             if raise_errors:
                 raise
-            self.status.value = (
-                '<div class="ne-warn"><b>Interrupted</b>: the views still show the previous prompt.</div>'
-            )
+            self._say_failed("<b>Interrupted</b>")
         except Exception as err:  # shown in the widget: a button callback has nowhere else to report
             if raise_errors:
                 raise
-            self.status.value = f'<div class="ne-warn"><b>{type(err).__name__}</b>: {escape(str(err))}</div>'
+            self._say_failed(f"<b>{type(err).__name__}</b>: {escape(str(err))}")
+
+    def _say_failed(self, what: str) -> None:
+        """The status line after a run that failed; if the previous run's points were let go, the views are
+        hidden until a run succeeds (a click there would have nothing to compute from)."""
+        if self._cache is not None:  # it failed before the forward (e.g. an empty prompt)
+            self.status.value = (
+                f'<div class="ne-warn">{what}. The views still show the previous prompt.</div>'
+            )
+            return
+        self.tabs.layout.display = "none"
+        self.status.value = (
+            f'<div class="ne-warn">{what}. The previous prompt\'s points were let go when this run began '
+            "(the Explorer holds one run's at a time): press Run to see the views again.</div>"
+        )
+
+    def _let_go(self) -> None:
+        """Before a new forward: drop this Explorer's and its views' references to the last run's points,
+        so that they are freed (unless the caller kept ``cache``) before the new ones are made."""
+        if self._cache is None:
+            return
+        self._cache = None
+        for view in self.views.values():
+            view._release()
 
     def _run(self, text: str) -> None:
         if not isinstance(text, str) or not text:
             raise ValueError("Explorer needs a non-empty prompt (a string)")
         t0 = time.perf_counter()
         n = len(self.model.to_str_tokens(text))
+        self._let_go()
         with torch.no_grad(), self._progress(n, "running"), warnings.catch_warnings():
             # what the run keeps is said in the status line, with its size, not in a warning
             warnings.simplefilter("ignore", MemoryWarning)
@@ -163,6 +187,7 @@ class Explorer(widgets.VBox):
                     view.observe(self._on_norms, names="norms_pending")
             views[key] = view
         self._cache, self.views = cache, views
+        self.tabs.layout.display = None
         if list(self.tabs.children) != list(views.values()):
             self.tabs.children = list(views.values())
             for k, key in enumerate(views):
@@ -174,7 +199,8 @@ class Explorer(widgets.VBox):
 
     @property
     def cache(self):
-        """The last run's cache, every Mamba state norm in it (those still pending are computed now)."""
+        """The last run's cache, every Mamba state norm in it (those still pending are computed now); None
+        after a run that failed once the previous run's points were let go."""
         ssm = self.views.get("ssm")
         if ssm is not None and ssm.norms_pending:
             ssm.finish_norms()
@@ -184,8 +210,10 @@ class Explorer(widgets.VBox):
         """The status line, as the state norms come in; when all are in, x is let go (only the norms were
         made of it), so the cache holds its per-token points compactly."""
         ssm = self.views.get("ssm")
-        if change is not None and (change["owner"] is not ssm or ssm.cache is not self._cache):
-            return  # a view of an earlier run, or one being rebound to the next (_run says when it is)
+        if self._cache is None or (
+            change is not None and (change["owner"] is not ssm or ssm.cache is not self._cache)
+        ):
+            return  # no run to show, a view of an earlier run, or one being rebound (_run says when)
         pending = ssm.norms_pending if ssm is not None else 0
         xs = [n for n in self._cache if n.endswith(".mamba.hook_x")]
         if ssm is not None and not pending and xs:
@@ -250,6 +278,8 @@ class Explorer(widgets.VBox):
         if not 0 <= i < len(self.layer_types):
             raise IndexError(f"layer {i} does not exist: the model has {len(self.layer_types)} blocks")
         kind = self.layer_types[i]
+        if self._cache is None:
+            raise RuntimeError(NO_RUN)
         self.selected = i
         for k, cell in enumerate(self.cells):
             cell.layout.border = "3px solid #111" if k == i else "3px solid transparent"
@@ -281,6 +311,8 @@ class Explorer(widgets.VBox):
     # -------------------------------------------------------------- static
     def to_html(self) -> str:
         """A self-contained HTML page: the layer map, the prompt and every view as it is now."""
+        if self._cache is None:
+            raise RuntimeError(NO_RUN)
         page = Page("nemo-explore")
         page.html(self.legend.value)
         cells = "".join(

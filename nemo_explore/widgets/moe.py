@@ -150,6 +150,10 @@ class MoERouting(CacheView):
         self._set_layers([(f"{i} · moe", i) for i in layers], layer)
         self._load(layer, None, None)
 
+    def _release(self) -> None:
+        super()._release()
+        self._idx = self._weights = self._scores = None  # the shown block's rows (views of the cache)
+
     @staticmethod
     def _find_layers(cache) -> list[int]:
         layers = [i for i in cache.layers("moe") if EXPECTED["moe"].format(i=i) in cache]

@@ -211,6 +211,13 @@ class SSMStateNorms(CacheView):
         self._continue()
         self._redraw()
 
+    def _release(self) -> None:
+        super()._release()
+        if self._task is not None:
+            self._task.cancel()
+        self._task, self._job, self._rows = None, None, {}
+        self.norms_pending = 0
+
     @property
     def norm(self) -> str:
         return self.norm_select.value
