@@ -75,10 +75,8 @@ class PairwiseMaps:
         t, u = min(n, size), min(m, size)
         bins = [(start + i * n // t, start + -(-(i + 1) * n // t)) for i in range(t)]
         take = max(1, min(max(b - a for a, b in bins), POOLED_ENTRIES // (t * m)))
-        runs = [
-            (a + (b - a - take) // 2, a + (b - a - take) // 2 + take) if b - a > take else (a, b)
-            for a, b in bins
-        ]
+        centres = [a + max(0, b - a - take) // 2 for a, b in bins]  # each bin's run starts here
+        runs = [(c, min(b, c + take)) for c, (_, b) in zip(centres, bins, strict=True)]
         means = torch.empty(t, m)
         most = max(1, POOLED_CALL_ENTRIES // m)  # rows computed in one call
         i = 0
