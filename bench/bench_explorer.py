@@ -56,6 +56,19 @@ def timed(do) -> float:
     return time.perf_counter() - t0
 
 
+def kernel_mode() -> tuple[float, int]:
+    """This process's CPU seconds in the kernel (sys) and its minor page faults so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_stime, r.ru_minflt
+
+
+def since(before: tuple[float, int]) -> str:
+    """The sys seconds and page faults since ``before`` (a ``kernel_mode()``), and the resident peak."""
+    (sys_s, faults), peak = kernel_mode(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    faults = (faults - before[1]) / 1e6
+    return f"sys {sys_s - before[0]:.1f} s, {faults:.2f} M faults, peak {format_bytes(peak)}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B", help="registry name or tiny")
@@ -83,21 +96,25 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, freed memory {MEMORY[args.reuse_freed_memory]}")  # fmt: skip
     ids, _ = model.to_inputs(text)
 
+    spent = []  # what each plain forward cost in the kernel (page faults: fresh memory)
+
     @torch.no_grad()
     def plain():
+        before = kernel_mode()
         model.hf_model(ids)
+        spent.append(since(before))
 
-    with torch.no_grad():
-        model.hf_model(ids)  # warm-up, full length: a first forward also pays for the first touch of memory
+    plain()  # warm-up, full length: a first forward also pays for the first touch of memory
     explorer = None
 
     async def run_in_kernel(do, click=None) -> tuple[float, float]:
         """``do()`` (a Run) as a notebook kernel runs it, on an event loop: seconds to drawn, and to the
         last state norm (computed in the loop's idle time after the draw). ``click``: done (and timed) a
         moment after the draw, while the norms are being computed."""
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), kernel_mode()
         do()
         drawn = time.perf_counter() - t0
+        print(f"  to drawn: {since(before)}")
         await asyncio.sleep(0.2)
         if click is not None:
             print(f"  a click while {explorer.views['ssm'].norms_pending} Mamba layers' norms are pending: "
@@ -112,6 +129,7 @@ def main() -> None:
 
     # a Run against the plain forwards just before and after it (this machine's speed drifts)
     forwards, runs = [timed(plain)], []
+    print(f"a plain forward: {forwards[0]:.2f} s, {spent[-1]}")
     last_mamba = model.layers("mamba")[-1:]
     for k in range(args.rounds):
         do = build if k == 0 else (lambda k=k: explorer.run(text + " " * (k % 2)))
@@ -125,6 +143,7 @@ def main() -> None:
         print(f"{what}: drawn {drawn:.2f} s = forward {forward:.2f} s + {drawn - forward:.2f} s "
               f"(forwards before/after {forwards[-2]:.2f} / {forwards[-1]:.2f}); every state norm in "
               f"{norms:.2f} s")  # fmt: skip
+        print(f"  the plain forward after it: {spent[-1]}")
         print("  its status line:", re.sub("<[^>]+>", "", explorer.status.value))
     over = [drawn - (a + b) / 2 for (drawn, _), a, b in zip(runs, forwards, forwards[1:], strict=False)]
     print(f"drawn minus forward, median of {len(over)}: {statistics.median(over):.2f} s; "

@@ -80,7 +80,20 @@ def norms_in(scope: str) -> str:
     return f"() => document.querySelector('.{scope} .ne-note').textContent.includes('State norms of')"
 
 
+def browser_cpu() -> float:
+    """CPU seconds (user + system) spent so far by this machine's Chromium processes: what the page took
+    from the 2 cores the kernel computes on."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if (proc.info["name"] or "").startswith("chrom") and proc.info["cpu_times"] is not None:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return total
+
+
 REUSE_FREED_MEMORY = False  # --reuse-freed-memory: each kernel calls ne.reuse_freed_memory() first
+RUNS = 2  # --runs: new Runs of the real-shape and long Explorers, each between two plain forwards
 
 
 def preamble(package: str | None) -> str:
@@ -124,15 +137,16 @@ class Page:
     def act(self, do, *until: tuple[str, object]) -> dict:
         """Do something; wait for each ``(predicate, arg)`` (JS) and for the widgets' DOM to settle: the
         seconds to the last change, and the bytes received."""
-        b0, n0, t0 = self.bytes(), len(self.frames), self.now()
+        b0, n0, t0, cpu0 = self.bytes(), len(self.frames), self.now(), browser_cpu()
         do()
         # the user's input event, not when playwright was asked: its actionability checks take 0.1-0.8 s
         t0 = max(t0, self.page.evaluate("() => window.__ne.input"))
-        held = []  # seconds from the input event until each predicate held
+        held, cpu = [], []  # seconds from the input event until each predicate held; Chromium's CPU till then
         for predicate, arg in until:
             try:
                 self.page.wait_for_function(predicate, arg=arg, timeout=180_000)
                 held.append(round((self.now() - t0) / 1000, 3))
+                cpu.append(round(browser_cpu() - cpu0, 2))
             except Exception:
                 shot = ROOT / "artifacts" / "bench" / "timeout.png"
                 shot.parent.mkdir(parents=True, exist_ok=True)
@@ -144,11 +158,13 @@ class Page:
         largest = sorted(self.frames[n0:], reverse=True)[:6]  # which messages made up the bytes
         out = {"s": round(seconds, 3), "kB": round((self.bytes() - b0) / 1e3, 1)}
         out["largest_kB"] = [round(n / 1e3, 1) for n in largest]
-        return out | ({"until_s": held} if until else {})
+        return out | ({"until_s": held, "browser_cpu_s": cpu} if until else {})
 
     def run_cell(self, i: int, *drawn: str) -> dict:
         """Run cell ``i`` (Shift+Enter), wait until it has an execution count and each of ``drawn`` holds."""
-        self.page.locator(".jp-Notebook .jp-Cell").nth(i).locator(".jp-InputArea-prompt").click(force=True)
+        prompt = self.page.locator(".jp-Notebook .jp-Cell").nth(i).locator(".jp-InputArea-prompt")
+        prompt.wait_for(state="visible", timeout=60_000)  # a notebook opened beside a busy one lays out late
+        prompt.click(force=True)
         self.page.keyboard.press("Escape")  # command mode: Shift+Enter runs the selected cell
         done = (
             "(i) => /\\[\\d+\\]/.test(document.querySelectorAll('.jp-Notebook .jp-Cell')[i]"
@@ -359,9 +375,10 @@ def bench_explorer_clicks(browser, lab, root: Path, package: str | None, name: s
         + make_model
         + """
 ids, _ = model.to_inputs(text)
+# the forward an Explorer's run is timed against: HF's, asking (as the Explorer does) for the last logits only
 with torch.no_grad():
-    model.hf_model(ids)  # a first forward also pays for the first touch of its memory
-    t0 = time.perf_counter(); model.hf_model(ids); forward = time.perf_counter() - t0
+    model.hf_model(ids, logits_to_keep=1)  # a first forward also pays for the first touch of its memory
+    t0 = time.perf_counter(); model.hf_model(ids, logits_to_keep=1); forward = time.perf_counter() - t0
 print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     )
     code_notebook(
@@ -372,18 +389,26 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
             "from nemo_explore.widgets import Explorer\n"
             "first = Explorer(model, 'The cat sat.')\nfirst.add_class('b-first')\nfirst",
             # beside it, a button that times a plain forward in the same kernel (for the Runs, below)
-            "import itertools\nimport ipywidgets as widgets\n"
+            # and what each costs the kernel process: CPU in user and kernel mode, minor page faults
+            "import itertools, resource\nimport ipywidgets as widgets\n"
+            "def usage():\n    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+            "    return r.ru_utime, r.ru_stime, r.ru_minflt\n"
+            "def spent(a):\n    b = usage()\n"
+            "    user, sys, faults = (b[k] - a[k] for k in range(3))\n"
+            "    return f'user {user:.1f} s, sys {sys:.1f} s, {faults / 1e6:.2f} M faults'\n"
             "plain, said = widgets.Button(description='plain forward'), widgets.HTML()\n"
             "count = itertools.count(1)\n"
             "plain.add_class('b-plain'); said.add_class('b-plain-said')\n"
             "def plain_forward(_):\n    with torch.no_grad():\n"
-            "        t0 = time.perf_counter(); model.hf_model(ids)\n"
-            "        said.value = f'{time.perf_counter() - t0:.2f} s (forward {next(count)})'\n"
+            "        a = usage(); t0 = time.perf_counter(); model.hf_model(ids, logits_to_keep=1)\n"
+            "        said.value = f'{time.perf_counter() - t0:.2f} s (forward {next(count)}; {spent(a)})'\n"
             "plain.on_click(plain_forward)\n"
             f"ex = Explorer(model, text)\nex.add_class({scope!r})\n"
-            "widgets.VBox([widgets.HBox([plain, said]), ex])",
-            "import resource\n"
-            "print('peak kernel RSS MiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)",
+            "ran, run_said = ex._run, widgets.HTML()\nrun_said.add_class('b-run-said')\n"
+            "def counted_run(text):\n    a = usage(); ran(text); run_said.value = spent(a)\n"
+            "ex._run = counted_run  # the Run button's forward and drawing, counted\n"
+            "widgets.VBox([widgets.HBox([plain, said, run_said]), ex])",
+            *["print('peak kernel RSS MiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"] * 2,
         ],
     )
     page = Page(browser, lab.url(f"{name}.ipynb"))
@@ -433,10 +458,9 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     out["click_s_max"] = max(r["s"] for r in results.values())
     out["click_kB_max"] = max(r["kB"] for r in results.values())
     out["longest_task_during_clicks_ms"] = page.longest_task_ms(since)
-    out["runs"] = new_runs(page, scope, rounds=2)
-    page.run_cell(3)
-    rss = p.locator(".jp-OutputArea-output >> text=peak kernel RSS").first.inner_text()
-    out["peak_kernel_rss_mib"] = int(rss.split()[-1])
+    out["peak_kernel_rss_mib"] = peak_rss(page, 3)  # the Explorer drawn and clicked
+    out["runs"] = new_runs(page, scope, rounds=RUNS)
+    out["peak_kernel_rss_mib_after_runs"] = peak_rss(page, 4)
     out["errors"] = page.errors
     shot = ROOT / "artifacts" / "bench" / f"{name}_explorer.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
@@ -445,16 +469,27 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     return out
 
 
+def peak_rss(page: Page, cell: int) -> int:
+    """The kernel's peak resident memory so far (MiB), as notebook cell ``cell`` prints it."""
+    page.run_cell(cell)
+    output = page.page.locator(".jp-Notebook .jp-Cell").nth(cell).locator(".jp-OutputArea-output")
+    return int(output.first.inner_text().split()[-1])
+
+
 def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
     """``rounds`` new Runs of the Explorer (its prompt with a space added or taken off), each against the
     plain forwards just before and after it (the button beside the Explorer): click to the status line's
     "Ran ..." (the views drawn), and to the last state norm."""
     p = page.page
 
+    spent = []
+
     def forward() -> float:
         said = p.locator(".b-plain-said").first.inner_text()
-        page.act(lambda: p.locator(".b-plain").first.click(), (CHANGED, [".b-plain-said", said]))
-        return float(p.locator(".b-plain-said").first.inner_text().split()[0])
+        act = page.act(lambda: p.locator(".b-plain").first.click(), (CHANGED, [".b-plain-said", said]))
+        said = p.locator(".b-plain-said").first.inner_text()
+        spent.append(f"{said.split('; ', 1)[1].rstrip(')')}; browser {act['browser_cpu_s'][0]} s")
+        return float(said.split()[0])
 
     ran = (
         "([scope, old]) => { const t = document.querySelector('.' + scope + ' .ne-note').innerText;"
@@ -473,20 +508,23 @@ def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
         runs.append(
             {"drawn_s": drawn, "norms_in_s": run["until_s"][1], "forwards_before_after_s": forwards[-2:],
              "drawn_minus_forward_s": round(drawn - mean, 2), "kB": run["kB"],
-             "status": p.locator(f".{scope} .ne-note").first.inner_text()}
+             "status": p.locator(f".{scope} .ne-note").first.inner_text(),
+             "run_spent": p.locator(".b-run-said").first.inner_text(), "plain_spent": spent[-2:],
+             "browser_cpu_to_drawn_s": run["browser_cpu_s"][0]}
         )  # fmt: skip
     return runs
 
 
 def main() -> None:
+    global REUSE_FREED_MEMORY, RUNS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="tiny,nb01,big")
     ap.add_argument("--package", help="directory the kernel imports nemo_explore from (default: installed)")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench" / "widgets_browser.json")
     ap.add_argument("--reuse-freed-memory", action="store_true", help="kernels call ne.reuse_freed_memory()")
+    ap.add_argument("--runs", type=int, default=RUNS, help="new Runs of the real and long Explorers")
     args = ap.parse_args()
-    global REUSE_FREED_MEMORY
-    REUSE_FREED_MEMORY = args.reuse_freed_memory
+    REUSE_FREED_MEMORY, RUNS = args.reuse_freed_memory, args.runs
     from playwright.sync_api import sync_playwright
 
     parts = {"tiny": bench_tiny, "nb01": bench_nb01, "big": bench_big, "real": bench_real, "long": bench_long}
