@@ -1,9 +1,10 @@
 """Writes the notebook the browser test runs: every widget on a random model with a character tokenizer.
 
 ``python tests/browser/make_notebook.py out.ipynb`` writes it for a manual look in JupyterLab.
-Each widget gets a CSS class (``t-attn``, ``t-ssm``, ``t-moe``, ``t-explorer``, ``t-long``: a 600-token
-input, windowed; ``t-text``: routing of that input with a split character, quotes and a long space token)
-the test finds it by; the Explorer's ``to_html()`` is written to ``explorer_static.html``.
+A hook interrupts any run of ``STOP_AT`` tokens halfway, as the kernel's ■ would. Each widget gets a CSS class
+(``t-attn``, ``t-ssm``, ``t-moe``, ``t-explorer``, ``t-long``: a 600-token input, windowed; ``t-text``:
+routing of that input with a split character, quotes and a long space token) the test finds it by; the
+Explorer's ``to_html()`` is written to ``explorer_static.html``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 # "<script>" is token 26: on a tick even when the axis shows every other token
 TEXT = 'The cat sat on the "mats" <script>alert(1)</script>\nThe cat sat on the mat. The cat'
 DONE = "ALL CELLS DONE"
+STOP_AT = 41  # a run of this many tokens is interrupted mid-forward (a hook raises KeyboardInterrupt)
 
 
 def cells(text: str = TEXT) -> list[str]:
@@ -45,7 +47,11 @@ ssm""",
         """moe = MoERouting(cache)
 moe.add_class("t-moe")
 moe""",
-        """explorer = Explorer(model, text)
+        f"""def interrupt(tensor, hook):  # as the kernel's ■ would, to a run of {STOP_AT} tokens
+    if tensor.shape[1] == {STOP_AT}:
+        raise KeyboardInterrupt
+model.add_hook("blocks.2.hook_resid_post", interrupt, is_permanent=True)  # other runs reset hooks
+explorer = Explorer(model, text)
 explorer.add_class("t-explorer")
 explorer""",
         """from pathlib import Path

@@ -26,7 +26,7 @@ from labserver import (
     run_all,
     watch,
 )
-from make_notebook import DONE, write_notebook
+from make_notebook import DONE, STOP_AT, write_notebook
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "browser"
@@ -477,6 +477,23 @@ def test_widgets_draw_in_notebook_7(session):
     )
     nb7.screenshot(path=str(SHOTS / "notebook7.png"))
     nb7.close()
+
+
+def test_an_interrupted_run_hides_the_views_until_the_next(session):
+    page, _, _, _ = session
+    tabs = page.locator(".t-explorer .widget-tab").first
+    assert tabs.is_visible()
+    page.locator(".t-explorer textarea").fill("x" * STOP_AT)  # a token each: the notebook's hook stops it
+    page.locator(".t-explorer button", has_text="Run").click()
+    page.wait_for_selector(".t-explorer >> text=press Run to see the views again", timeout=60_000)
+    assert "Interrupted" in page.locator(".t-explorer .ne-warn").first.inner_text()
+    page.wait_for_function("e => e.offsetParent === null", arg=tabs.element_handle(), timeout=10_000)
+    page.locator(".t-explorer").first.screenshot(path=str(SHOTS / "explorer_interrupted.png"))
+    page.locator(".t-explorer textarea").fill("The cat sat")
+    page.locator(".t-explorer button", has_text="Run").click()
+    page.wait_for_selector(".t-explorer >> text=Ran 11 tokens", timeout=60_000)
+    wait_title(page, "t-explorer", "block")
+    assert tabs.is_visible()
 
 
 def test_static_page_offline(session):
