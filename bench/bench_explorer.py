@@ -64,9 +64,9 @@ def kernel_mode() -> tuple[float, int]:
 
 def since(before: tuple[float, int]) -> str:
     """The sys seconds and page faults since ``before`` (a ``kernel_mode()``), and the resident peak."""
-    (sys_s, faults), peak = kernel_mode(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    faults = (faults - before[1]) / 1e6
-    return f"sys {sys_s - before[0]:.1f} s, {faults:.2f} M faults, peak {format_bytes(peak)}"
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    sys_s, faults, peak = r.ru_stime - before[0], (r.ru_minflt - before[1]) / 1e6, r.ru_maxrss * 1024
+    return f"sys {sys_s:.1f} s, {faults:.2f} M faults, peak {format_bytes(peak)}"
 
 
 def main() -> None:

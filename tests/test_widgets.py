@@ -640,6 +640,7 @@ def test_explorer_holds_one_runs_points_at_a_time(model):
         model.to_str_tokens("a different prompt")
     )
 
+
 def test_nemo_explore_imports_without_ipywidgets():
     code = (
         "import sys; sys.modules['ipywidgets'] = None\n"
