@@ -41,9 +41,9 @@ def test_freed_pages_are_reused_instead_of_faulted_in_again():
     before, first, again, *rounds = run(FAULTS)
     assert int(before) >= 16_000  # glibc's default: 64 MiB of fresh pages each time
     assert (first, again) == ("True", "True")
-    # The heap grows to hold the tensor once; a small block allocated beside it while it lived can leave the
-    # freed hole just too small for the next aligned request, which then lands above it once more. After
-    # that the heap holds both places and no round faults: in 30 runs here, no round from the fourth on faulted.
+    # The heap grows to hold the tensor once; a small block allocated beside it while it lived can leave
+    # the freed hole just too small for the next aligned request, which then lands above it once more.
+    # After that the heap holds both places and no round faults (30 runs here: none from the fourth on).
     assert sum(map(int, rounds[:3])) <= 2 * 16_384 + 500, rounds
     assert all(int(n) < 500 for n in rounds[3:]), f"{rounds} page faults per 64 MiB round after the setting"
 
