@@ -494,8 +494,12 @@ def test_explorer_runs_views_and_links(model):
         ex.cells[7].click()
         assert ex.tabs.selected_index == 2 and ex.views["moe"].layer == 7
         ex.tabs.selected_index = 1
+        shown = ex.views["attention"].detail.data[0].z
         ex.cells[5].click()  # a Mamba block while its SSM tab is open: stays there, both views follow
         assert ex.tabs.selected_index == 1 and ex.views["ssm"].layer == 5 and ex.views["attention"].layer == 5
+        # the attention view, in a hidden tab, draws when its tab is opened
+        assert ex.views["attention"].detail.data[0].z is shown
+        ex.tabs.selected_index = 0
         want = ref["blocks.5.mamba.hook_hidden_attn"][0, 0].numpy()
         np.testing.assert_array_equal(np.nan_to_num(z(ex.views["attention"].detail.data[0])), want)
         ex.cells[4].click()
@@ -547,6 +551,9 @@ def test_explorer_horizons_and_static_page(model):
     assert "Hello" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script>alert" not in page
     assert len(re.findall(r"Plotly\.newPlot", page)) == 6
+    ex.select_layer(5)  # the SSM view's tab is hidden: the page shows it at block 5 all the same
+    assert "block 0 \\u00b7 mamba" in ssm.heads.layout.title.text.replace("·", "\\u00b7")
+    assert "block 5 \\u00b7 mamba: state norm" in ex.to_html()
 
 
 def test_explorer_long_prompt_shows_any_query_rows(model):
@@ -792,6 +799,8 @@ def test_explorer_run_updates_views_in_place(model):
     np.testing.assert_allclose(np.nan_to_num(z(attn.detail.data[0])), np.tril(M), rtol=1e-5, atol=1e-6)
     norms = ex.cache["blocks.5.mamba.hook_state_norm"][0].numpy()  # the SSM view followed block 5
     assert ex.views["ssm"].layer == 5
+    assert "block 5" not in ex.views["ssm"].heads.layout.title.text  # in a hidden tab: drawn when opened
+    ex.tabs.selected_index = 1
     np.testing.assert_array_equal(z(ex.views["ssm"].heads.data[0]), norms.T)
 
 
@@ -836,6 +845,33 @@ def test_a_figure_opens_with_its_data_and_layout(monkeypatch):
     fig.layout.width = 300  # later edits still reach the page
     edits = [d["state"]["_py2js_relayout"] for d, _ in sent if d["state"].get("_py2js_relayout")]
     assert [e["relayout_data"] for e in edits] == [{"width": 300}]
+
+
+def test_a_view_sends_each_figure_once_after_computing_them_all(cache, monkeypatch):
+    """A redraw computes everything first, then sends each figure's edits in one message, back to back: the
+    browser draws them together, not while the kernel computes the next (held)."""
+    import comm
+
+    sent = []
+
+    class Recorder(comm.base_comm.BaseComm):
+        def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+            state = (data or {}).get("state", {})  # a figure's edit (plotly then sets it back to None)
+            edit = any(k.startswith("_py2js") and v is not None for k, v in state.items())
+            if msg_type == "comm_msg" and (edit or "value" in state):  # or a control's, a note's value
+                sent.append(self.comm_id)
+
+    monkeypatch.setattr(comm, "create_comm", lambda **kw: Recorder(**kw))
+    changes = {AttentionHeads(cache): lambda v: v.select(layer=0),
+               SSMStateNorms(cache): lambda v: v.select(norm="head"),
+               MoERouting(cache): lambda v: v.rebind(make_cache(seed=1))}  # fmt: skip
+    for view, change in changes.items():
+        figures = [f.comm.comm_id for f in view._figures()]
+        del sent[:]
+        change(view)
+        ours = [c for c in sent if c in figures]  # (an overview of a short input is hidden, not sent)
+        assert len(ours) >= 2 and ours == [c for c in figures if c in ours], type(view).__name__
+        assert sent[-len(ours) :] == ours, type(view).__name__
 
 
 def test_figures_load_plotly_once_and_send_binary(cache):

@@ -10,6 +10,7 @@ import torch
 
 from ..cache import ActivationCache
 from ..core.token_text import join_pieces
+from ._figures import held
 from ._static import CSS, Page
 from ._tokens import Window
 
@@ -60,8 +61,8 @@ class CacheView(widgets.VBox):
     """Base of AttentionHeads, SSMStateNorms and MoERouting: a VBox over one row of an ActivationCache.
 
     Subclasses set ``title`` and ``ARRAYS`` (what ``from_arrays`` takes), build their controls and figures,
-    and implement ``_redraw`` and ``_static(page)``; ``to_html()`` renders what the view shows now as a
-    self-contained page.
+    and implement ``_figures``, ``_draw`` and ``_static(page)``; ``to_html()`` renders what the view shows
+    now as a self-contained page.
     """
 
     title = "view"
@@ -93,6 +94,8 @@ class CacheView(widgets.VBox):
         self.batch = batch
         self.note = widgets.HTML()
         self._hold = False  # while True, control changes do not redraw (several set at once)
+        # parked (in a hidden tab): a redraw waits until the view is shown; stale: one is waiting
+        self._parked = self._stale = False
 
     def _check_cache(self, cache) -> None:
         if not isinstance(cache, Mapping) or not hasattr(cache, "layer_types"):
@@ -232,7 +235,31 @@ class CacheView(widgets.VBox):
         """A new layer was picked in the dropdown; views whose other controls depend on it reload."""
         self._redraw()
 
-    def _redraw(self) -> None:  # pragma: no cover - abstract
+    def _redraw(self) -> None:
+        """Draw what the controls say: everything is computed first, then each figure's edits go to the
+        browser in one message, back to back (``held``). A parked view only notes that it is stale."""
+        self._stale = True
+        if not self._parked:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Draw now if a redraw is waiting (and there is a cache to draw from)."""
+        if self._stale and self.cache is not None:
+            self._stale = False
+            with held(*self._figures()):
+                self._draw()
+
+    def _park(self, parked: bool) -> None:
+        """Park the view (its tab is hidden: redraws wait), or show it again, drawing what waited. The
+        Explorer parks the views of its hidden tabs, so that a click or a Run draws only the view shown."""
+        self._parked = parked
+        if not parked:
+            self._catch_up()
+
+    def _figures(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _draw(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _release(self) -> None:
@@ -243,6 +270,7 @@ class CacheView(widgets.VBox):
     # -------------------------------------------------------------- static
     def to_html(self) -> str:
         """A self-contained HTML page of what the view shows now (no network or kernel needed to view)."""
+        self._catch_up()
         page = Page(self.title)
         self._static(page)
         return page.render()

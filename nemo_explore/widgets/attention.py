@@ -333,7 +333,7 @@ class AttentionHeads(CacheView):
         return maps
 
     def _scale(self, z: np.ndarray, mode: str, skip: int, sink: int) -> dict:
-        """Colour scale for ``z``, its range from rows ``skip``: and columns ``sink``: (see ``_redraw``)."""
+        """Colour scale for ``z``, its range from rows ``skip``: and columns ``sink``: (see ``_draw``)."""
         rest = np.abs(z[skip:, sink:])
         top = (float(np.nanmax(rest)) if rest.size and not np.isnan(rest).all() else 0.0) or 1.0
         return {
@@ -342,7 +342,10 @@ class AttentionHeads(CacheView):
             "share": dict(colorscale=SHARE, zmin=0, zmax=top, zmid=None),
         }[mode]
 
-    def _redraw(self) -> None:
+    def _figures(self) -> tuple:
+        return (self.detail, self.grid, self.overview)
+
+    def _draw(self) -> None:
         view = self._labels()
         s, e, ks, ke = self._window.start, self._window.stop, self._keys.start, self._keys.stop
         mode = view["mode"]

@@ -63,7 +63,8 @@ class Explorer(widgets.VBox):
 
     ``model``: a ``HookedNemotronH`` (``nemo_explore.load(...)``) with a tokenizer; ``text``: the prompt
     (default: a sentence said twice, which the tiny checkpoint copies).
-    ``views`` maps ``'attention'``/``'ssm'``/``'moe'`` to the views of the last run; ``cache`` is its cache
+    ``views`` maps ``'attention'``/``'ssm'``/``'moe'`` to the views of the last run (those in hidden tabs
+    draw what a Run or a click changed when their tab is opened); ``cache`` is its cache
     (with every state norm: reading it finishes those still pending). On a Linux CPU, call
     ``nemo_explore.reuse_freed_memory()`` first: a large model's forwards then take about half the time.
     """
@@ -106,6 +107,7 @@ class Explorer(widgets.VBox):
         self.run_button.on_click(lambda _: self.run())
         self.status = widgets.HTML()
         self.tabs = widgets.Tab()
+        self.tabs.observe(lambda _: self._park_hidden(), names="selected_index")
         self.children = [
             widgets.HTML(STYLE),
             self.legend,
@@ -192,6 +194,7 @@ class Explorer(widgets.VBox):
             self.tabs.children = list(views.values())
             for k, key in enumerate(views):
                 self.tabs.set_title(k, TABS[key])
+        self._park_hidden()
         self._ran = f"Ran {n} tokens in {ran:.2f} s, drawn in {time.perf_counter() - t0 - ran:.2f} s"
         if self.selected is not None:
             self.select_layer(self.selected)
@@ -272,6 +275,13 @@ class Explorer(widgets.VBox):
                 out[i] = mean_memory_horizon(cache[name][:1].float().cpu(), A, mask)
         return out or None
 
+    def _park_hidden(self) -> None:
+        """The view in the open tab draws; those in hidden tabs wait until their tab is opened (a Run or a
+        click then draws one view, not three)."""
+        shown = self.tabs.selected_index or 0
+        for k, view in enumerate(self.views.values()):
+            view._park(k != shown)
+
     # -------------------------------------------------------------- linking
     def select_layer(self, i: int) -> None:
         """Open block ``i``'s view (what clicking its cell on the layer map does)."""
@@ -325,6 +335,7 @@ class Explorer(widgets.VBox):
             f'<p class="ne-note"><b>Prompt:</b> <code style="white-space: pre-wrap">{prompt}</code></p>'
         )
         for key, view in self.views.items():
+            view._catch_up()  # a view in a hidden tab may not have drawn the last run or click
             page.html(f"<h2>{TABS[key]}</h2>")
             view._static(page)
         return page.render()

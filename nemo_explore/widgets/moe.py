@@ -250,7 +250,10 @@ class MoERouting(CacheView):
             expert_weights=dense[s:e, self.expert],
         )
 
-    def _redraw(self) -> None:
+    def _figures(self) -> tuple:
+        return (self.routing, self.load)
+
+    def _draw(self) -> None:
         view = self.shown()
         start, n_exp, layer, expert = view["start"], self._n_experts, self.layer, self.expert
         cats = position_labels(view["tokens"], start)

@@ -115,8 +115,8 @@ class SSMStateNorms(CacheView):
         self._redraw()
 
     def _read(self, cache, layer: int | None, horizons, window: int | None) -> int:
-        """Take the state norms (or what they are computed from) and horizons of ``cache``; compute the
-        norms of the layer to show (checked), and return it."""
+        """Take the state norms (or what they are computed from) and horizons of ``cache``; check the layer
+        to show and return it. Its norms are computed when it is drawn (or in idle time, with the rest)."""
         sources = [i for i in cache.layers("mamba") if f"blocks.{i}.{POINT}" in cache or computable(cache, i)]
         if not sources:
             raise ValueError(
@@ -134,7 +134,8 @@ class SSMStateNorms(CacheView):
             layer = shown.value if shown is not None and shown.value in sources else sources[0]
         self._check_layer(layer, EXPECTED, NAMES)
         self._check_source(layer)
-        p, h = self.norms_of(layer).shape
+        norms = f"blocks.{layer}.{POINT}"  # (b, p, h), as are the step sizes they are computed from
+        p, h = cache[norms if norms in cache else f"blocks.{layer}.mamba.hook_dt"].shape[1:]
         self._all_tokens, self._offset = self._tokens(p)
         self._horizons = self._check_horizons(horizons, h)
         self._window = Window(TOKEN_WINDOW, self._offset, self._offset + len(self._all_tokens), start=window)
@@ -284,7 +285,10 @@ class SSMStateNorms(CacheView):
             start=self._window.start,
         )
 
-    def _redraw(self) -> None:
+    def _figures(self) -> tuple:
+        return (self.heads, self.overview)
+
+    def _draw(self) -> None:
         view = self.shown()
         cats = position_labels(view["tokens"], view["start"])
         axis = ticks(view["tokens"], view["start"], pixels=560 if self._horizons else 610)
