@@ -166,6 +166,40 @@ def test_idle_task_without_a_loop_cancel_and_errors():
     assert seen == ["broken"]
 
 
+def test_idle_work_and_a_views_drawing_leave_a_core_to_the_browser(monkeypatch, runs):
+    """torch computes with at most one thread fewer than the cores (at least one) while a view draws and in
+    idle time, then gets its threads back."""
+    from nemo_explore.widgets import _cores
+
+    threads = torch.get_num_threads()
+    seen = []
+    try:
+        torch.set_num_threads(3)
+        for cores, inside in ((2, 1), (4, 3), (1, 1), (8, 3)):
+            monkeypatch.setattr(_cores, "cores", lambda cores=cores: cores)
+            with _cores.leave_a_core():
+                assert torch.get_num_threads() == inside, cores
+            assert torch.get_num_threads() == 3
+        monkeypatch.setattr(_cores, "cores", lambda: 2)
+
+        def steps():
+            yield seen.append(("idle", torch.get_num_threads()))
+
+        async def main():
+            done = asyncio.Event()
+            _idle.IdleTask(steps(), on_done=done.set).start()
+            await done.wait()
+
+        asyncio.run(main())
+        view = SSMStateNorms(runs[0])
+        draw = view._draw
+        monkeypatch.setattr(view, "_draw", lambda: (seen.append(("draw", torch.get_num_threads())), draw()))
+        view.select(layer=view.layer)
+        assert seen == [("idle", 1), ("draw", 1)] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------ the SSM view and the Explorer
 def test_view_computes_missing_norms_in_idle_time(model, runs):
     stored, _ = runs

@@ -10,6 +10,7 @@ import torch
 
 from ..cache import ActivationCache
 from ..core.token_text import join_pieces
+from ._cores import leave_a_core
 from ._figures import held
 from ._static import CSS, Page
 from ._tokens import Window
@@ -246,7 +247,7 @@ class CacheView(widgets.VBox):
         """Draw now if a redraw is waiting (and there is a cache to draw from)."""
         if self._stale and self.cache is not None:
             self._stale = False
-            with held(*self._figures()):
+            with leave_a_core(), held(*self._figures()):
                 self._draw()
 
     def _park(self, parked: bool) -> None:

@@ -12,6 +12,8 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 
+from ._cores import leave_a_core
+
 SLICE_S = 0.05  # the longest a click waits for the work in the background
 _END = object()
 
@@ -60,12 +62,13 @@ class IdleTask:
             return
         t0 = time.perf_counter()
         try:
-            while True:  # one step at least, then as many as fit in the slice
-                if next(self._steps, _END) is _END:
-                    self.running = False
-                    break
-                if time.perf_counter() - t0 >= self._slice:
-                    break
+            with leave_a_core():  # the browser may be drawing meanwhile
+                while True:  # one step at least, then as many as fit in the slice
+                    if next(self._steps, _END) is _END:
+                        self.running = False
+                        break
+                    if time.perf_counter() - t0 >= self._slice:
+                        break
         except Exception as err:  # reported where the task's owner shows it: a callback has no caller
             self.running = False
             if self._on_error is None:
