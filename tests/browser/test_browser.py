@@ -198,6 +198,14 @@ def test_explorer_links_layer_map_to_views(session):
     page.locator(".t-explorer button.ne-cell", has_text=re.compile(r"^5$")).click()
     page.wait_for_selector(f"{current} >> text=Attention heads", timeout=30_000)
     wait_title(page, "t-explorer", "block 5 · mamba · head 0")
+    # the state-norm view, in a hidden tab, draws block 5 when its tab is opened (not before)
+    ssm_title = "block 5 · mamba: state norm"
+    titles = "() => [...document.querySelectorAll('.t-explorer .gtitle')].map(t => t.textContent)"
+    assert not any(ssm_title in t for t in page.evaluate(titles))
+    page.locator(".t-explorer .lm-TabBar-tab", has_text="Mamba state norms").click()
+    wait_title(page, "t-explorer", ssm_title)
+    page.locator(".t-explorer .widget-tab").first.screenshot(path=str(SHOTS / "explorer_ssm_tab.png"))
+    page.locator(".t-explorer .lm-TabBar-tab", has_text="Attention heads").click()
     prompt = "A new prompt <!-- here"
     page.locator(".t-explorer textarea").fill(prompt)
     page.locator(".t-explorer button", has_text="Run").click()
