@@ -126,9 +126,19 @@ def test_token_text_shows_as_text(session):
     # expert 0's contexts hold the document with <script> (split: "<", "sc", "ript", ">")
     page.locator(".t-corpus select").first.select_option(label="MoE experts")
     wait_title(page, "t-corpus", "MoE experts")
-    x, y = point_on_page(page.locator(".t-corpus .js-plotly-plot"), 0, 0)
-    page.mouse.move(x - 4, y)
-    page.mouse.move(x, y)
+    # plotly reports a click on the point it hovers: the hover label first (the mouse moved again if the
+    # figure was still redrawing when it came, which clears the hover)
+    label = page.locator(".t-corpus .hoverlayer .hovertext", has_text="block 1 · moe · e0").first
+    for attempt in range(3):
+        x, y = point_on_page(page.locator(".t-corpus .js-plotly-plot"), 0, 0)
+        page.mouse.move(x - 4, y)
+        page.mouse.move(x, y)
+        try:
+            label.wait_for(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     page.mouse.click(x, y)
     page.wait_for_selector(".t-corpus .ne-note >> text=Top contexts of block 1 · expert 0", timeout=30_000)
     chips = page.locator(".t-corpus .ne-tok").all_inner_texts()
