@@ -545,8 +545,9 @@ def test_explorer_horizons_and_static_page(model):
         rate = dt * torch.exp(model.blocks[i].mixer.A_log.detach())
         want = math.log(2) / rate.mean(0)
         torch.testing.assert_close(ssm._horizons[i], want, rtol=1e-5, atol=0)
+    assert ssm.heads.data[1].x is None  # in a hidden tab from the start: not drawn yet
+    page = ex.to_html()  # draws it
     np.testing.assert_allclose(ssm.heads.data[1].x, ssm._horizons[0].numpy())
-    page = ex.to_html()
     assert page.count('title="block ') == len(model.layer_types)
     assert "Hello" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script>alert" not in page
@@ -799,7 +800,7 @@ def test_explorer_run_updates_views_in_place(model):
     np.testing.assert_allclose(np.nan_to_num(z(attn.detail.data[0])), np.tril(M), rtol=1e-5, atol=1e-6)
     norms = ex.cache["blocks.5.mamba.hook_state_norm"][0].numpy()  # the SSM view followed block 5
     assert ex.views["ssm"].layer == 5
-    assert "block 5" not in ex.views["ssm"].heads.layout.title.text  # in a hidden tab: drawn when opened
+    assert ex.views["ssm"].heads.layout.title.text is None  # hidden from the start: drawn when opened
     ex.tabs.selected_index = 1
     np.testing.assert_array_equal(z(ex.views["ssm"].heads.data[0]), norms.T)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import ipywidgets as widgets
 import numpy as np
@@ -16,6 +17,18 @@ from ._static import CSS, Page
 from ._tokens import Window
 
 STYLE = f"<style>{CSS}</style>"
+_made_parked = False  # see made_parked
+
+
+@contextlib.contextmanager
+def made_parked() -> Iterator[None]:
+    """Views made in the block start parked: they draw when first shown (the Explorer's hidden tabs)."""
+    global _made_parked
+    _made_parked, before = True, _made_parked
+    try:
+        yield
+    finally:
+        _made_parked = before
 
 
 def arrays_cache(
@@ -96,7 +109,7 @@ class CacheView(widgets.VBox):
         self.note = widgets.HTML()
         self._hold = False  # while True, control changes do not redraw (several set at once)
         # parked (in a hidden tab): a redraw waits until the view is shown; stale: one is waiting
-        self._parked = self._stale = False
+        self._parked, self._stale = _made_parked, False
 
     def _check_cache(self, cache) -> None:
         if not isinstance(cache, Mapping) or not hasattr(cache, "layer_types"):

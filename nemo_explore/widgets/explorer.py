@@ -30,7 +30,7 @@ from ..core.token_text import escape
 from ..mirror import hf_layout
 from ..pairwise import PER_TOKEN
 from ..state_norms import FROM_POINTS
-from ._base import STYLE
+from ._base import STYLE, made_parked
 from ._static import Page
 from .attention import AttentionHeads
 from .moe import MoERouting
@@ -175,6 +175,8 @@ class Explorer(widgets.VBox):
             "moe": bool(cache.layers("moe")),
         }
         horizons = self._horizons(cache) if wanted["ssm"] else None
+        keys = [key for key in TABS if wanted[key]]
+        shown = keys[min(self.tabs.selected_index or 0, len(keys) - 1)]
         views = {}
         for key, make in (("attention", AttentionHeads), ("ssm", SSMStateNorms), ("moe", MoERouting)):
             if not wanted[key]:
@@ -183,8 +185,9 @@ class Explorer(widgets.VBox):
             view = self.views.get(key)
             if view is not None and (key != "ssm" or bool(horizons) == bool(view._horizons)):
                 view.rebind(cache, **extra)  # in place: the browser gets only the new data
-            else:
-                view = make(cache, **extra)
+            else:  # a view for a hidden tab draws when its tab is first opened
+                with made_parked() if key != shown else contextlib.nullcontext():
+                    view = make(cache, **extra)
                 if key == "ssm":
                     view.observe(self._on_norms, names="norms_pending")
             views[key] = view
