@@ -71,9 +71,22 @@ BIG = dict(
     moe_intermediate_size=64,
     moe_shared_expert_intermediate_size=128,
 )
-# textContent, not innerText: the predicates run every frame, and innerText lays the page out each time it
-# changed (a Run's progress line: 5 times a second), which a user's page does not do 60 times a second
+# textContent, not innerText: the predicates run after each DOM change, and innerText lays the page out
 CHANGED = "([selector, old]) => document.querySelector(selector)?.textContent !== old"
+# Waits for a predicate (JS, called with one argument) to hold: tested at once and after each DOM change,
+# resolving with the time it held. playwright's wait_for_function tests on every animation frame, which keeps
+# Chromium making frames on the 2 cores the kernel computes on (during a Run: 30 s of them) where a user's
+# page would be idle.
+WAIT = """([arg, timeout]) => new Promise((resolve, reject) => {
+  const predicate = %s;
+  const holds = () => { try { return Boolean(predicate(arg)); } catch (e) { return false; } };
+  if (holds()) return resolve(performance.now());
+  const watch = new MutationObserver(() => {
+    if (holds()) { watch.disconnect(); clearTimeout(timer); resolve(performance.now()); }
+  });
+  watch.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  const timer = setTimeout(() => { watch.disconnect(); reject(new Error("timed out")); }, timeout);
+})"""
 PROMPTS = [f"The little cat sat on the mat{' and the dog' * i} by the door." for i in range(10)]
 
 
@@ -146,8 +159,8 @@ class Page:
         held, cpu = [], []  # seconds from the input event until each predicate held; Chromium's CPU till then
         for predicate, arg in until:
             try:
-                self.page.wait_for_function(predicate, arg=arg, timeout=180_000)
-                held.append(round((self.now() - t0) / 1000, 3))
+                at = self.page.evaluate(WAIT % predicate, [arg, 180_000])
+                held.append(round((at - t0) / 1000, 3))
                 cpu.append(round(browser_cpu() - cpu0, 2))
             except Exception:
                 shot = ROOT / "artifacts" / "bench" / "timeout.png"
@@ -401,9 +414,11 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
             "plain, said = widgets.Button(description='plain forward'), widgets.HTML()\n"
             "count = itertools.count(1)\n"
             "plain.add_class('b-plain'); said.add_class('b-plain-said')\n"
-            "def plain_forward(_):\n    with torch.no_grad():\n"
-            "        a = usage(); t0 = time.perf_counter(); model.hf_model(ids, logits_to_keep=1)\n"
-            "        said.value = f'{time.perf_counter() - t0:.2f} s (forward {next(count)}; {spent(a)})'\n"
+            "def plain_forward(_):  # on the prompt in the Explorer's box: the input its Run runs\n"
+            "    now, _ = model.to_inputs(ex.prompt.value)\n    with torch.no_grad():\n"
+            "        a = usage(); t0 = time.perf_counter(); model.hf_model(now, logits_to_keep=1)\n"
+            "        s, n = time.perf_counter() - t0, now.shape[1]\n"
+            "        said.value = f'{s:.2f} s (forward {next(count)}, {n} tokens; {spent(a)})'\n"
             "plain.on_click(plain_forward)\n"
             f"ex = Explorer(model, text)\nex.add_class({scope!r})\n"
             "ran, run_said = ex._run, widgets.HTML()\nrun_said.add_class('b-run-said')\n"
@@ -480,8 +495,8 @@ def peak_rss(page: Page, cell: int) -> int:
 
 def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
     """``rounds`` new Runs of the Explorer (its prompt with a space added or taken off), each against the
-    plain forwards just before and after it (the button beside the Explorer): click to the status line's
-    "Ran ..." (the views drawn), and to the last state norm."""
+    plain forwards of the same prompt just before and after it (the button beside the Explorer): click to
+    the status line's "Ran ..." (the views drawn), and to the last state norm."""
     p = page.page
 
     spent = []
@@ -490,7 +505,7 @@ def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
         said = p.locator(".b-plain-said").first.text_content()  # as CHANGED reads it
         act = page.act(lambda: p.locator(".b-plain").first.click(), (CHANGED, [".b-plain-said", said]))
         said = p.locator(".b-plain-said").first.inner_text()
-        spent.append(f"{said.split('; ', 1)[1].rstrip(')')}; browser {act['browser_cpu_s'][0]} s")
+        spent.append(f"{said.split(' (', 1)[1].rstrip(')')}; browser {act['browser_cpu_s'][0]} s")
         return float(said.split()[0])
 
     ran = (
@@ -498,11 +513,12 @@ def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
         " return t !== old && t.startsWith('Ran'); }"
     )
     box = p.locator(f".{scope} textarea").first
-    forwards, runs = [forward()], []
+    forwards, runs = [], []
     for _ in range(rounds):
         status = p.locator(f".{scope} .ne-note").first.text_content()  # as `ran` reads it
         text = box.input_value()
         box.fill(text[:-1] if text.endswith(" ") else text + " ")
+        forwards.append(forward())  # the new prompt (one token more or less than the last)
         click = p.locator(f".{scope} button", has_text="Run").first.click
         run = page.act(click, (ran, [scope, status]), (norms_in(scope), None))
         forwards.append(forward())
