@@ -99,7 +99,7 @@ def main() -> None:
     spent = []  # what each plain forward cost in the kernel (page faults: fresh memory)
 
     @torch.no_grad()
-    def plain():
+    def plain(ids=ids):
         before = kernel_mode()
         model.hf_model(ids)
         spent.append(since(before))
@@ -127,16 +127,20 @@ def main() -> None:
         nonlocal explorer
         explorer = Explorer(model, text)
 
-    # a Run against the plain forwards just before and after it (this machine's speed drifts)
-    forwards, runs = [timed(plain)], []
-    print(f"a plain forward: {forwards[0]:.2f} s, {spent[-1]}")
+    # a Run against plain forwards of its own prompt just before and after it (this machine's speed drifts;
+    # the prompt gains or loses a space from one Run to the next)
+    forwards, runs = [], []
     last_mamba = model.layers("mamba")[-1:]
     for k in range(args.rounds):
-        do = build if k == 0 else (lambda k=k: explorer.run(text + " " * (k % 2)))
+        prompt = text + " " * (k % 2)
+        do = build if k == 0 else (lambda prompt=prompt: explorer.run(prompt))
         last = k == args.rounds - 1 and last_mamba
         click = (lambda: explorer.select_layer(last_mamba[0])) if last else None
+        now, _ = model.to_inputs(prompt)
+        forwards.append(timed(lambda now=now: plain(now)))
+        print(f"a plain forward of {now.shape[1]} tokens: {forwards[-1]:.2f} s, {spent[-1]}")
         runs.append(asyncio.run(run_in_kernel(do, click)))
-        forwards.append(timed(plain))
+        forwards.append(timed(lambda now=now: plain(now)))
         what = "Explorer(model, text)" if k == 0 else "Run (a new prompt)"
         forward = (forwards[-2] + forwards[-1]) / 2
         drawn, norms = runs[-1]
@@ -145,7 +149,7 @@ def main() -> None:
               f"{norms:.2f} s")  # fmt: skip
         print(f"  the plain forward after it: {spent[-1]}")
         print("  its status line:", re.sub("<[^>]+>", "", explorer.status.value))
-    over = [drawn - (a + b) / 2 for (drawn, _), a, b in zip(runs, forwards, forwards[1:], strict=False)]
+    over = [drawn - (a + b) / 2 for (drawn, _), a, b in zip(runs, forwards[::2], forwards[1::2], strict=True)]
     print(f"drawn minus forward, median of {len(over)}: {statistics.median(over):.2f} s; "
           f"{format_bytes(explorer.cache.nbytes)} of per-token points held")  # fmt: skip
     kinds = model.layer_types
