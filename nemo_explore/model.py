@@ -27,6 +27,8 @@ from .core.hook_names import parse
 from .core.hooks import HookFn
 from .core.layer_types import ATTENTION, MAMBA, MLP, MOE, canonical, parse_pattern
 from .core.options import RunOptions
+from .core.points import template
+from .core.storage import Blocks
 from .inputs import Input, Inputs, is_texts
 from .lifecycle import HookLifecycle
 from .mirror import hf_layout
@@ -219,6 +221,7 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         loss_per_token: bool = False,
         stop_at_layer: int | None = None,
         prepend_bos: bool | None = None,
+        pack: bool = False,
         **options,
     ) -> tuple[torch.Tensor | None, ActivationCache]:
         """Run once and keep the hooked values: ``(logits, cache)``.
@@ -234,19 +237,25 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         batch axis (as ``cache.remove_batch_dim()``). ``incl_bwd=True``: the output (a scalar, e.g.
         ``return_type="loss"``) is back-propagated too, and each point's gradient cached as
         ``cache[name + "_grad"]`` (grad must be enabled; parameter gradients accumulate as usual).
+        ``pack=True``: the values kept in host memory are copied into one block per point (every layer's
+        ``hook_q`` in one; ``core.storage.Blocks``), made before the forward. After
+        ``nemo_explore.reuse_freed_memory()``, runs one after another of about the same length then reuse
+        the same memory in place instead of growing the heap; a tensor kept from the cache keeps its block.
         """
         _check_return_type(return_type)
         names = self._cached_names(names_filter)
         ids, mask = self.to_inputs(input, attention_mask, prepend_bos=prepend_bos)
         run_options = self._options.updated(**options)  # what hooks() sets for the run
-        self._warn_if_big(names, ids.shape, dtype, run_options)
+        sizes = self._point_bytes(names, ids.shape, dtype, run_options)
+        self._warn_if_big(sizes, ids.shape)
+        blocks = Blocks(sizes, template) if pack and self._kept_on_host(device) else None
 
         def run() -> torch.Tensor | None:
             return self(ids, mask, return_type, loss_per_token=loss_per_token, stop_at_layer=stop_at_layer)
 
         out, recorder = self._record(
             run, names, incl_bwd=incl_bwd, scalar_hint="return_type='loss'", device=device, dtype=dtype,
-            **options,
+            blocks=blocks, **options,
         )
         cache = ActivationCache(
             recorder.cache(self._names),
@@ -262,12 +271,21 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
             cache.remove_batch_dim()
         return out, cache
 
-    def _warn_if_big(self, names: list[str], shape: torch.Size, dtype, options: RunOptions) -> None:
-        """A ``MemoryWarning`` before a run whose cache would hold more than ``CACHE_WARN_BYTES``, with the
-        estimate, the points that weigh most and how to keep less."""
+    def _point_bytes(self, names: list[str], shape: torch.Size, dtype, options: RunOptions) -> dict[str, int]:
+        """Name -> the bytes ``run_with_cache`` will keep of it for inputs of ``shape`` (b, p)."""
         batch, seq_len = shape
         kept = dtype or next(self.hf_model.parameters()).dtype
-        sizes = describe(self).point_bytes(seq_len, batch, names, kept, **dataclasses.asdict(options))
+        return describe(self).point_bytes(seq_len, batch, names, kept, **dataclasses.asdict(options))
+
+    def _kept_on_host(self, device) -> bool:
+        """Whether ``run_with_cache(device=device)`` keeps its values in host memory."""
+        where = device if device is not None else next(self.hf_model.parameters()).device
+        return torch.device(where).type == "cpu"
+
+    def _warn_if_big(self, sizes: dict[str, int], shape: torch.Size) -> None:
+        """A ``MemoryWarning`` before a run whose cache would hold more than ``CACHE_WARN_BYTES`` (``sizes``:
+        name -> bytes), with the estimate, the points that weigh most and how to keep less."""
+        batch, seq_len = shape
         total = sum(sizes.values())
         if total <= CACHE_WARN_BYTES:
             return

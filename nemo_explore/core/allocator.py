@@ -26,6 +26,7 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc's <malloc.h>
 # at a time
 SETTINGS = {"M_MMAP_MAX": (M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, -1),
             "M_TOP_PAD": (M_TOP_PAD, 64 << 20)}  # fmt: skip
+_set = False  # reuse_freed_memory() succeeded in this process
 
 
 def reuse_freed_memory() -> bool:
@@ -48,4 +49,12 @@ def reuse_freed_memory() -> bool:
     for name, (option, value) in SETTINGS.items():
         if libc.mallopt(option, value) != 1:
             raise RuntimeError(f"glibc's mallopt refused {name} = {value}; the settings before it were made")
+    global _set
+    _set = True
     return True
+
+
+def reusing_freed_memory() -> bool:
+    """Whether ``reuse_freed_memory()`` took effect in this process (then a run that keeps large tensors
+    copies them into blocks of its own, ``run_with_cache(pack=True)``: see ``core.storage.Blocks``)."""
+    return _set

@@ -20,7 +20,7 @@ import torch
 
 from .hook_names import HookNameError
 from .hooks import HookFn, HookRegistry, NoGradientError, on_gradient
-from .storage import compacted
+from .storage import Blocks, compacted
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 HookList = Iterable[tuple[str | Callable[[str], bool], HookFn]]
@@ -234,11 +234,13 @@ class HookLifecycleBase:
         scalar_hint: str,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        blocks: Blocks | None = None,
         **options,
     ) -> tuple[Any, Recorder]:
         """``run()`` once, keeping the values of ``names`` (and with ``incl_bwd``, back-propagating the
-        output, a scalar, and keeping their gradients): ``(output, recorder)``."""
-        recorder = Recorder(device, dtype)
+        output, a scalar, and keeping their gradients): ``(output, recorder)``; ``blocks``: where to copy
+        the kept values (``core.storage.Blocks``)."""
+        recorder = Recorder(device, dtype, blocks)
         with self.hooks(*recorder.hooks(names, self._graded(names) if incl_bwd else []), **options):
             out = run()
         if incl_bwd:
@@ -256,12 +258,18 @@ class Recorder:
     """What ``run_with_cache`` keeps of one run: ``values`` and ``grads`` by point name, detached.
 
     ``device`` / ``dtype``: where and how to keep them (default: as computed). A GPU -> host copy is made
-    asynchronously, overlapping the rest of the forward; ``cache()`` waits for it."""
+    asynchronously, overlapping the rest of the forward; ``cache()`` waits for it. ``blocks``: the values
+    are copied into them where they fit (``core.storage.Blocks``)."""
 
-    def __init__(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        blocks: Blocks | None = None,
+    ) -> None:
         self.values: dict[str, torch.Tensor] = {}
         self.grads: dict[str, torch.Tensor] = {}
-        self._device, self._dtype = device, dtype
+        self._device, self._dtype, self._blocks = device, dtype, blocks
         self._to_host = device is not None and torch.device(device).type == "cpu"
         self._copying: list[torch.Tensor] = []  # GPU -> host copies still in flight
 
@@ -270,7 +278,9 @@ class Recorder:
         return [(n, self._keep) for n in names], [(n, self._keep_grad) for n in graded]
 
     def _keep(self, tensor: torch.Tensor, hook) -> None:
-        self.values[hook.name] = self._kept(tensor)
+        t = self._kept(tensor)
+        packed = None if self._blocks is None else self._blocks.take(hook.name, t)
+        self.values[hook.name] = t if packed is None else packed
 
     def _keep_grad(self, grad: torch.Tensor, hook) -> None:
         self.grads[hook.name] = self._kept(grad)

@@ -252,9 +252,14 @@ def names(where: str, **flags: bool) -> tuple[str, ...]:
     )
 
 
+def template(name: str) -> str:
+    """A full hook name's template: ``'blocks.3.attn.hook_q'`` -> ``'blocks.{i}.attn.hook_q'``."""
+    return _BLOCK_INDEX.sub("blocks.{i}.", name)
+
+
 def row(name: str) -> Point:
     """The row of a full hook name (``'blocks.3.attn.hook_q'``, ``'hook_embed'``); KeyError if none."""
-    return _BY_TEMPLATE[_BLOCK_INDEX.sub("blocks.{i}.", name)]
+    return _BY_TEMPLATE[template(name)]
 
 
 def markdown_table() -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -30,3 +30,52 @@ def compacted(kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for n in names:
                 out[n] = kept[n].clone(memory_format=torch.contiguous_format)
     return out
+
+
+ALIGN = 64  # bytes: each tensor in a block starts on a cache line
+
+
+def size_class(nbytes: int) -> int:
+    """``nbytes`` rounded up to the next of 8 steps per power of two (at most 12.5% more), so that runs of
+    nearly the same length ask for blocks of the same size."""
+    if nbytes <= 8 * ALIGN:
+        return 8 * ALIGN
+    step = 1 << (nbytes.bit_length() - 4)  # an eighth of the power of two below nbytes
+    return -(-nbytes // step) * step
+
+
+class Blocks:
+    """One allocation per group of a run's kept tensors, made before the run begins. ``sizes``: name ->
+    bytes of each tensor to come; ``group``: name -> its group (every layer's ``hook_x`` in one). Each block
+    holds its group's tensors, each aligned, rounded up to its ``size_class``.
+
+    ``take(name, t)`` copies ``t`` into its group's block and returns that contiguous view (None when the
+    block has no room left or ``t`` is not in host memory: the caller keeps ``t`` as it is). What for: after
+    ``ne.reuse_freed_memory()``, the kept tensors of a run otherwise sit wherever HF allocated them, among
+    its temporaries, and the holes they leave when freed are split by whatever small blocks were allocated
+    meanwhile; a large forward then grows the heap (fresh, page-faulted memory) although gigabytes are free.
+    A run's blocks, freed together, leave holes of their own size, and the next run's blocks of the same size
+    classes are made in them before its forward begins. A view keeps its whole block alive.
+    """
+
+    def __init__(self, sizes: dict[str, int], group: Callable[[str], str]) -> None:
+        need: dict[str, int] = {}
+        for name, n in sizes.items():
+            need[group(name)] = need.get(group(name), 0) + _aligned(n)
+        self._group = group
+        self._free = {g: torch.empty(size_class(n), dtype=torch.uint8) for g, n in need.items() if n}
+
+    def take(self, name: str, t: torch.Tensor) -> torch.Tensor | None:
+        group = self._group(name)
+        rest = self._free.get(group)
+        n = t.numel() * t.element_size()
+        if rest is None or n > rest.numel() or t.device.type != "cpu":
+            return None
+        out = rest[:n].view(t.dtype).view(t.shape)
+        out.copy_(t)
+        self._free[group] = rest[_aligned(n) :]
+        return out
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN

@@ -9,7 +9,10 @@ dt and B (``nemo_explore.state_norms``): the shown block's before the views are 
 kernel's idle time, so the views appear one forward after Run; x is then let go. Clicking a block on the
 map opens its view; a new prompt re-runs the model and updates the same views in place (the browser gets
 only the new data, never new figures), keeping the chosen layers. A new run lets go of the previous one's
-points before its forward, so the kernel holds one run's points at a time, not two.
+points before its forward, so the kernel holds one run's points at a time, not two. After
+``ne.reuse_freed_memory()`` a run copies its points into blocks of their own (``run_with_cache(pack=True)``),
+which the next run's blocks take over in place: without them the first Run after the clicks grew the heap by
+1.6 GiB at 4k tokens on a real shape (0.42 M page faults), its freed holes split by small blocks made since.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from ..analysis._style import LAYER_COLORS
 from ..checkpoints.describe import MemoryWarning
+from ..core.allocator import reusing_freed_memory
 from ..core.formatting import format_bytes
 from ..core.layer_types import PATTERN_CHAR
 from ..core.token_text import escape
@@ -167,7 +171,9 @@ class Explorer(widgets.VBox):
             # what the run keeps is said in the status line, with its size, not in a warning
             warnings.simplefilter("ignore", MemoryWarning)
             wanted = [n for n in self.model.hook_names() if n.endswith(POINTS)] or ["hook_embed"]
-            _, cache = self.model.run_with_cache(text, names_filter=wanted, return_type=None)
+            _, cache = self.model.run_with_cache(
+                text, names_filter=wanted, return_type=None, pack=reusing_freed_memory()
+            )
         ran = time.perf_counter() - t0
         wanted = {
             "attention": bool(cache.layers("attention") or cache.layers("mamba")),
