@@ -17,7 +17,7 @@ from test_allocator import run  # noqa: E402
 
 from nemo_explore.core import allocator  # noqa: E402
 from nemo_explore.core.points import template  # noqa: E402
-from nemo_explore.core.storage import ALIGN, Blocks, held_bytes, size_class  # noqa: E402
+from nemo_explore.core.storage import ALIGN, Blocks, dense_strides, held_bytes, size_class  # noqa: E402
 
 TEXT = "The cat sat on the mat by the door, and the dog sat too. The cat sat on the mat."
 
@@ -46,16 +46,24 @@ def test_size_classes_round_up_by_at_most_an_eighth():
 
 def test_a_block_hands_out_aligned_contiguous_copies_until_full():
     blocks = Blocks({"a.0": 40 * 4, "a.1": 3 * 8, "b": 4}, group=lambda name: name.split(".")[0])
-    t = torch.arange(40.0).reshape(5, 8).t()  # not contiguous
+    t = torch.arange(40.0).reshape(5, 8).t()  # transposed: its copy keeps that memory order
     first = blocks.take("a.0", t)
     second = blocks.take("a.1", torch.tensor([1, 2, 3]))
-    assert first.is_contiguous() and torch.equal(first, t) and first.dtype == t.dtype
+    assert first.stride() == t.stride() == (1, 8) and torch.equal(first, t) and first.dtype == t.dtype
     assert torch.equal(second, torch.tensor([1, 2, 3])) and second.dtype == torch.int64
     assert first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()  # one block for "a"
     assert (second.data_ptr() - first.data_ptr()) % ALIGN == 0
     assert blocks.take("b", torch.zeros(100, dtype=torch.float64)) is None  # 800 B: no room, kept
     assert blocks.take("c", torch.zeros(1)) is None  # no block for that group
     assert blocks.take("b", torch.zeros(1, device="meta")) is None  # not in host memory
+
+
+def test_dense_strides_keep_the_memory_order_and_drop_the_gaps():
+    conv = torch.zeros(2, 12, 72)  # (b, channels, p), seen position-major and split like a Mamba conv output
+    x = conv.transpose(1, 2)[:, :, :8].unflatten(2, (4, 2))  # (b, p, h, d): strides (864, 1, 144, 72)
+    assert dense_strides(x) == (576, 1, 144, 72)  # channels 8 of 12: no gap, p still innermost
+    assert dense_strides(torch.zeros(2, 3, 4)) == (12, 4, 1)
+    assert dense_strides(torch.zeros(2, 3, 4).permute(2, 0, 1)) == (1, 12, 4)
 
 
 def test_packed_values_equal_the_unpacked_ones_one_block_per_point(model):
