@@ -54,9 +54,9 @@ class Blocks:
     is). What for: after ``ne.reuse_freed_memory()``, the kept tensors of a run otherwise sit wherever HF
     allocated them, among its temporaries, and the holes they leave when freed are split by whatever small
     blocks were allocated meanwhile; a large forward then grows the heap (fresh, page-faulted memory) although
-    gigabytes are free.
-    A run's blocks, freed together, leave holes of their own size, and the next run's blocks of the same size
-    classes are made in them before its forward begins. A view keeps its whole block alive.
+    gigabytes are free. A run's blocks, freed together, leave holes of their own size, and the next run's
+    blocks of the same size classes are made in them before its forward begins. A view keeps its whole block
+    alive.
     """
 
     def __init__(self, sizes: dict[str, int], group: Callable[[str], str]) -> None:
