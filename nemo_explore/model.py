@@ -248,7 +248,8 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         run_options = self._options.updated(**options)  # what hooks() sets for the run
         sizes = self._point_bytes(names, ids.shape, dtype, run_options)
         self._warn_if_big(sizes, ids.shape)
-        blocks = Blocks(sizes, template) if pack and self._kept_on_host(device) else None
+        on_host = torch.device(device or self.device).type == "cpu"  # where the kept values will be
+        blocks = Blocks(sizes, template) if pack and on_host else None
 
         def run() -> torch.Tensor | None:
             return self(ids, mask, return_type, loss_per_token=loss_per_token, stop_at_layer=stop_at_layer)
@@ -276,11 +277,6 @@ class HookedNemotronH(Inputs, HookLifecycle, TLWeights):
         batch, seq_len = shape
         kept = dtype or next(self.hf_model.parameters()).dtype
         return describe(self).point_bytes(seq_len, batch, names, kept, **dataclasses.asdict(options))
-
-    def _kept_on_host(self, device) -> bool:
-        """Whether ``run_with_cache(device=device)`` keeps its values in host memory."""
-        where = device if device is not None else next(self.hf_model.parameters()).device
-        return torch.device(where).type == "cpu"
 
     def _warn_if_big(self, sizes: dict[str, int], shape: torch.Size) -> None:
         """A ``MemoryWarning`` before a run whose cache would hold more than ``CACHE_WARN_BYTES`` (``sizes``:

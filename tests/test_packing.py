@@ -44,7 +44,7 @@ def test_size_classes_round_up_by_at_most_an_eighth():
     assert size_class(4095 * 4096 * 4) == size_class(4096 * 4096 * 4)
 
 
-def test_a_block_hands_out_aligned_contiguous_copies_until_full():
+def test_a_block_hands_out_aligned_dense_copies_until_full():
     blocks = Blocks({"a.0": 40 * 4, "a.1": 3 * 8, "b": 4}, group=lambda name: name.split(".")[0])
     t = torch.arange(40.0).reshape(5, 8).t()  # transposed: its copy keeps that memory order
     first = blocks.take("a.0", t)

@@ -62,7 +62,8 @@ class Blocks:
     def __init__(self, sizes: dict[str, int], group: Callable[[str], str]) -> None:
         need: dict[str, int] = {}
         for name, n in sizes.items():
-            need[group(name)] = need.get(group(name), 0) + _aligned(n)
+            g = group(name)
+            need[g] = need.get(g, 0) + _aligned(n)
         self._group = group
         self._free = {g: torch.empty(size_class(n), dtype=torch.uint8) for g, n in need.items() if n}
 
