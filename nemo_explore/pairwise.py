@@ -117,7 +117,8 @@ class PatternFromQK(PairwiseMaps):
     def __init__(
         self, q: torch.Tensor, k: torch.Tensor, scaling: float, keep: torch.Tensor | None = None
     ) -> None:
-        self._q, self._k = q.transpose(0, 1)[None], k.transpose(0, 1)[None]  # 1 h p d, as the mixer has them
+        self._q = q.transpose(0, 1)[None]  # 1 h p d, as the mixer has them
+        self._k = k.permute(1, 2, 0).contiguous().transpose(1, 2)[None]  # 1 h_kv p d, laid out as kᵀ
         self._scaling, self._keep = scaling, keep
         p, self.n_heads, _ = q.shape
         self.n_keys, self.rows = k.shape[0], (0, p)
@@ -127,15 +128,15 @@ class PatternFromQK(PairwiseMaps):
         # the aligned blocks of rows the window lies in, sliced before the heads are picked (no copy of q)
         a0, a1 = start - start % ROWS, min(self.rows[1], -(-stop // ROWS) * ROWS)
         q = self._q[:, :, a0:a1][:, heads]
-        kv = [h // self._rep for h in heads]  # each query head's key head (GQA)
-        k = self._k[:, kv[0] : kv[0] + 1] if len(set(kv)) == 1 else self._k[:, kv]  # one: a view
         # the keys a query may see: up to itself (a causal prefill from position 0), never padding
         keep = torch.arange(self.n_keys)[None, :] <= torch.arange(start, stop)[:, None]
         if self._keep is not None:
             keep = keep & self._keep.cpu()[None, :]
         keep = keep.to(q.device)[None, None]
-        _, pattern = scores_and_pattern(q, k, keep, self._scaling, slice(start - a0, stop - a0))
-        return pattern[0, :, :, key_start:key_stop]
+        rows, keys = slice(start - a0, stop - a0), slice(key_start, key_stop)
+        kv = [h // self._rep for h in heads]  # each query head's key head (GQA)
+        _, pattern = scores_and_pattern(q, self._k, keep, self._scaling, rows, keys, kv=kv, scores=False)
+        return pattern[0]
 
 
 class HiddenAttentionFromSSM(PairwiseMaps):

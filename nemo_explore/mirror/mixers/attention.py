@@ -42,30 +42,85 @@ ROWS = 16  # scores are computed for aligned blocks of this many query rows, wha
 
 
 def scores_and_pattern(
-    q: torch.Tensor, k: torch.Tensor, keep: torch.Tensor, scaling: float, rows: slice = slice(None)
-):
+    q: torch.Tensor,
+    k: torch.Tensor,
+    keep: torch.Tensor,
+    scaling: float,
+    rows: slice = slice(None),
+    keys: slice = slice(None),
+    *,
+    kv: list[int] | None = None,
+    scores: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``q`` (b h q d), ``k`` (b h_kv k d) -> scaled masked scores and softmax pattern of query rows ``rows``
-    (a slice of q's rows; ``keep`` (b|1, 1, n_rows, k) bool is for those rows), both (b h n_rows k).
+    (a slice of q's rows; ``keep`` (b|1, 1, n_rows, k) bool is for those rows) × key columns ``keys``,
+    both (b h n_rows n_keys); the scores only if ``scores`` (else None). ``kv``: each of q's heads' KV
+    head (default: consecutive query heads share one, as GQA groups them).
 
-    Masked positions score -inf; a query that sees no key (a padding row) gets an all-zero pattern. q·kᵀ is
-    formed for blocks of ``ROWS`` rows aligned to multiples of ``ROWS``, so that a window of rows holds bit
-    for bit what the whole matrix does (a float32 matmul's rounding depends on its shape).
+    Masked positions score -inf; a query that sees no key (a padding row) gets an all-zero pattern. Every
+    step runs on blocks of ``ROWS`` rows aligned to multiples of ``ROWS``, each head's q·kᵀ one (ROWS, d) ×
+    (d, n) product, so that a window of rows or heads holds bit for bit what the whole matrix does (a float32
+    matmul's rounding depends on its shape). n is the block's last row + 1 when its rows see no later key
+    (causal: half the products of a whole map), else every key. A KV head's keys are laid out once and read
+    by each of its query heads (no copy per query head).
     """
     start, stop, _ = rows.indices(q.shape[2])
-    n_rep = q.shape[1] // k.shape[1]
-    kt = (k.repeat_interleave(n_rep, dim=1) if n_rep > 1 else k).transpose(2, 3)
-    blocks = []
+    k0, k1, _ = keys.indices(k.shape[2])
+    b, h = q.shape[:2]
+    kv = [i * k.shape[1] // h for i in range(h)] if kv is None else kv
+    kt = k.transpose(2, 3)
+    kt = kt if kt.is_contiguous() else kt.contiguous()  # b h_kv d k
+    reading = {}  # KV head -> the query heads that read it: a slice where they are a run
+    for j in dict.fromkeys(kv):
+        heads = [i for i in range(h) if kv[i] == j]
+        first, last = heads[0], heads[-1] + 1
+        reading[j] = slice(first, last) if heads == list(range(first, last)) else heads
+    # without autograd, each block's steps run in place in a buffer per KV head, reused from block to block
+    in_place = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+    shape = (b, h, stop - start, k1 - k0)
+    pattern = q.new_empty(shape)
+    kept = q.new_empty(shape) if scores else None
+    seen = keep.flatten(0, 1).any(0)  # n_rows k: the keys each asked row sees in some batch row
+    ends = torch.where(seen.any(-1), seen.shape[-1] - seen.flip(-1).byte().argmax(-1), 0).tolist()
+    buffers = {}
     for r0 in range(start - start % ROWS, stop, ROWS):
-        a, z = max(r0, start), min(r0 + ROWS, stop)
-        blocks.append(torch.matmul(q[:, :, r0 : r0 + ROWS], kt)[:, :, a - r0 : z - r0])
-    scores = (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)) * scaling
-    scores = scores.masked_fill(~keep, float("-inf"))
-    return scores, softmax_pattern(scores, q.dtype)
+        r1 = min(r0 + ROWS, q.shape[2])
+        a, z = max(r0, start), min(r1, stop)
+        n = r1 if max(ends[a - start : z - start]) <= r1 else k.shape[2]  # causal: no key after its rows
+        e = min(max(k0, n), k1)  # of the key columns asked, k0..e-1 are computed; the rest are masked
+        out = slice(a - start, z - start)
+        for bi in range(b):
+            rows_q = q[bi, :, r0:r1].contiguous()  # one layout whatever q's strides
+            masked = ~keep[bi if keep.shape[0] > 1 else 0, :, a - start : z - start, :n]
+            for j, at in reading.items():
+                heads_q = rows_q[at]
+                m = len(heads_q)
+                products = None
+                if in_place:  # the start of its buffer: a 1-row product's rounding depends on where it lands
+                    if j not in buffers:
+                        buffers[j] = q.new_empty(m * ROWS * k.shape[2])
+                    products = buffers[j][: m * (r1 - r0) * n].view(m, r1 - r0, n)
+                products = torch.bmm(heads_q, kt[bi, j, :, :n].expand(m, -1, -1), out=products)
+                these = products[:, a - r0 : z - r0]
+                if in_place:
+                    these.mul_(scaling).masked_fill_(masked, float("-inf"))
+                else:
+                    these = (these * scaling).masked_fill(masked, float("-inf"))
+                if kept is not None:
+                    kept[bi, at, out, : e - k0] = these[..., k0:e]
+                if e > k0:
+                    pattern[bi, at, out, : e - k0] = softmax_pattern(these, q.dtype)[..., k0:e]
+        if kept is not None:
+            kept[:, :, out, e - k0 :] = float("-inf")
+        pattern[:, :, out, e - k0 :] = 0
+    return kept, pattern
 
 
 def softmax_pattern(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    return torch.nan_to_num(pattern, nan=0.0).to(dtype)
+    if pattern.requires_grad:  # softmax's backward reads its output: no in-place step on it
+        return torch.nan_to_num(pattern, nan=0.0).to(dtype)
+    return pattern.nan_to_num_(nan=0.0).to(dtype)
 
 
 def pattern_rows(window, q_len: int) -> slice:
@@ -114,16 +169,19 @@ def attention_forward(
     if explicit or fire.wants("hook_attn_scores") or fire.wants("hook_pattern"):
         rows = pattern_rows(fire.options.pattern_window, q.shape[2])
         keep = keep_mask(attention_mask, q.shape[2], k.shape[2], q.device)
-        scores, pattern = scores_and_pattern(q, k, keep[..., rows, :], attn.scaling, rows)
-        new_scores = fire("hook_attn_scores", scores)
-        if new_scores is not scores:
-            written, pattern = True, softmax_pattern(new_scores, q.dtype)
+        fired = fire.wants("hook_attn_scores")
+        scores, pattern = scores_and_pattern(q, k, keep[..., rows, :], attn.scaling, rows, scores=fired)
+        if fired:
+            new_scores = fire("hook_attn_scores", scores)
+            # the pattern from the scores the hooks return, or from those whose gradient is asked
+            if new_scores is not scores or fire.wants_gradient("hook_attn_scores"):
+                written, pattern = True, softmax_pattern(new_scores, q.dtype)
         new_pattern = fire("hook_pattern", pattern)
         written = written or new_pattern is not pattern
         # a gradient of scores or pattern needs the output computed from them
         written = written or fire.wants_gradient("hook_attn_scores") or fire.wants_gradient("hook_pattern")
         if explicit and rows != slice(None):  # the hooks saw a window of rows: z needs them all
-            _, full = scores_and_pattern(q, k, keep, attn.scaling)
+            _, full = scores_and_pattern(q, k, keep, attn.scaling, scores=False)
             if written:
                 full[:, :, rows] = new_pattern
             new_pattern, rows = full, slice(None)
