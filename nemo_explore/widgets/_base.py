@@ -12,7 +12,6 @@ import torch
 from ..cache import ActivationCache
 from ..core.token_text import join_pieces
 from ._cores import leave_a_core
-from ._figures import held
 from ._static import CSS, Page
 from ._tokens import Window
 
@@ -250,8 +249,9 @@ class CacheView(widgets.VBox):
         self._redraw()
 
     def _redraw(self) -> None:
-        """Draw what the controls say: everything is computed first, then each figure's edits go to the
-        browser in one message, back to back (``held``). A parked view only notes that it is stale."""
+        """Draw what the controls say: each figure's edits go to the browser in one message as soon as that
+        figure is computed (``_figures`` order), so the browser draws one while the kernel computes the
+        next. A parked view only notes that it is stale."""
         self._stale = True
         if not self._parked:
             self._catch_up()
@@ -260,7 +260,7 @@ class CacheView(widgets.VBox):
         """Draw now if a redraw is waiting (and there is a cache to draw from)."""
         if self._stale and self.cache is not None:
             self._stale = False
-            with leave_a_core(), held(*self._figures()):
+            with leave_a_core():
                 self._draw()
 
     def _park(self, parked: bool) -> None:
@@ -271,6 +271,7 @@ class CacheView(widgets.VBox):
             self._catch_up()
 
     def _figures(self) -> tuple:  # pragma: no cover - abstract
+        """The view's figures, in the order a redraw sends them."""
         raise NotImplementedError
 
     def _draw(self) -> None:  # pragma: no cover - abstract

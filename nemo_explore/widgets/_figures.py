@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -39,17 +37,6 @@ def figure_widget(width: int, height: int, **layout):
     return Figure(
         layout=dict(width=width, height=height, autosize=False, font=FONT, template=_template(), **layout)
     )
-
-
-@contextlib.contextmanager
-def held(*figures) -> Iterator[None]:
-    """The figures' edits in the block sent when it ends, one message per figure, back to back in the order
-    given: a view computes everything it shows first, and the browser draws it all after that (not while
-    the kernel computes the next figure on the same cores)."""
-    with contextlib.ExitStack() as stack:
-        for figure in reversed(figures):  # the last entered is the first to exit, and send
-            stack.enter_context(figure.batch_update())
-        yield
 
 
 def fit_height(fig, plot: int, bottom: int) -> None:

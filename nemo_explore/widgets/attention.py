@@ -454,38 +454,42 @@ class AttentionHeads(CacheView):
         if not active:
             return
         key = (self.layer, self.head, mode, self.sink_box.value)
-        if self._drawn.get("overview") != key:
-            self._drawn["overview"] = key
-            lo, hi = self._window.lo, self._window.hi  # the real query rows
-            ko, khi = self._offset, self._window.hi  # every real key up to the last query
-            share = None
-            if mode == "share":  # each row's share of its Σ|M| over the real keys (all of them are here)
-                share = lambda rows: rows.abs() / rows.abs().sum(-1, keepdim=True).clamp_min(1e-38)  # noqa: E731
-            low, each = self._maps.pooled(lo, hi, ko, khi, self.head, OVERVIEW, transform=share)
-            low = low.masked_fill(~reach(hi - lo, khi - ko, *low.shape, diagonal=lo - ko), float("nan"))
-            z = low.numpy().astype(np.float32)
-            skip = 1 if mode != "signed" and z.shape[0] > 1 and lo == self._offset else 0
-            sink = 1 if self.sink_box.value and z.shape[1] > 1 else 0
-            rows, cols = _centres(lo, hi, z.shape[0]), _centres(ko, khi, z.shape[1])
-            a, b = math.ceil((hi - lo) / z.shape[0]), math.ceil((khi - ko) / z.shape[1])
-            pooling = f"block means of ≤{a}×{b} cells" if a * b > 1 else "every cell"
-            if each < a:  # a bin's rows are too many to compute: its mean is over a run at its centre
-                pooling = f"block means of the middle {each} of ≤{a} rows × ≤{b} keys"
-            with self.overview.batch_update():
-                self.overview.data[0].update(
-                    x=cols, y=rows, z=z, **self._scale(z, mode, skip, sink),
-                    hovertemplate="queries ≈%{y:.0f}<br>keys ≈%{x:.0f}<br>mean %{z:.3g}<extra></extra>",
-                )  # fmt: skip
-                self.overview.layout.title = dict(
-                    text=f"head {self.head}, all {hi - lo} queries × {khi - ko} keys<br>"
-                    f"({pooling}; click to move the detail there)",
-                    font=dict(size=11),
-                )
         s, e, ks, ke = self._window.start, self._window.stop, self._keys.start, self._keys.stop
-        self.overview.layout.shapes = [
-            dict(type="rect", x0=ks - 0.5, x1=ke - 0.5, y0=s - 0.5, y1=e - 0.5,
-                 line=dict(color="#111", width=1.5), fillcolor="rgba(0,0,0,0)")
-        ]  # fmt: skip
+        with self.overview.batch_update():  # one message: the map (when it changed) and the window's outline
+            if self._drawn.get("overview") != key:
+                self._drawn["overview"] = key
+                self._overview_map(mode)
+            self.overview.layout.shapes = [
+                dict(type="rect", x0=ks - 0.5, x1=ke - 0.5, y0=s - 0.5, y1=e - 0.5,
+                     line=dict(color="#111", width=1.5), fillcolor="rgba(0,0,0,0)")
+            ]  # fmt: skip
+
+    def _overview_map(self, mode: str) -> None:
+        """The overview's data and title: the head's real rows × keys as block means."""
+        lo, hi = self._window.lo, self._window.hi  # the real query rows
+        ko, khi = self._offset, self._window.hi  # every real key up to the last query
+        share = None
+        if mode == "share":  # each row's share of its Σ|M| over the real keys (all of them are here)
+            share = lambda rows: rows.abs() / rows.abs().sum(-1, keepdim=True).clamp_min(1e-38)  # noqa: E731
+        low, each = self._maps.pooled(lo, hi, ko, khi, self.head, OVERVIEW, transform=share)
+        low = low.masked_fill(~reach(hi - lo, khi - ko, *low.shape, diagonal=lo - ko), float("nan"))
+        z = low.numpy().astype(np.float32)
+        skip = 1 if mode != "signed" and z.shape[0] > 1 and lo == self._offset else 0
+        sink = 1 if self.sink_box.value and z.shape[1] > 1 else 0
+        rows, cols = _centres(lo, hi, z.shape[0]), _centres(ko, khi, z.shape[1])
+        a, b = math.ceil((hi - lo) / z.shape[0]), math.ceil((khi - ko) / z.shape[1])
+        pooling = f"block means of ≤{a}×{b} cells" if a * b > 1 else "every cell"
+        if each < a:  # a bin's rows are too many to compute: its mean is over a run at its centre
+            pooling = f"block means of the middle {each} of ≤{a} rows × ≤{b} keys"
+        self.overview.data[0].update(
+            x=cols, y=rows, z=z, **self._scale(z, mode, skip, sink),
+            hovertemplate="queries ≈%{y:.0f}<br>keys ≈%{x:.0f}<br>mean %{z:.3g}<extra></extra>",
+        )  # fmt: skip
+        self.overview.layout.title = dict(
+            text=f"head {self.head}, all {hi - lo} queries × {khi - ko} keys<br>"
+            f"({pooling}; click to move the detail there)",
+            font=dict(size=11),
+        )
 
     def _on_overview_click(self, trace, points, state) -> None:
         """Centre the detail's query rows and key columns on the clicked cell."""
