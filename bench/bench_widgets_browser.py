@@ -5,6 +5,9 @@
     python bench/bench_widgets_browser.py --parts real --reuse-freed-memory   # kernels keep freed memory
     python bench/bench_widgets_browser.py --package DIR        # the kernel imports nemo_explore from DIR
                                                                # (e.g. an older version, for a before/after)
+    python bench/bench_widgets_browser.py --parts real --profiles DIR   # Chromium's CPU profile of each
+                                                               # Explorer click (.cpuprofile, and a .txt of
+                                                               # the functions with the most own time)
 
 Parts (the bars of issue 15):
 - ``tiny``: ``Explorer(ne.load("tiny"))``; the page's bytes for the cell, then 10 Runs with new prompts:
@@ -109,6 +112,7 @@ def browser_cpu() -> float:
 
 REUSE_FREED_MEMORY = False  # --reuse-freed-memory: each kernel calls ne.reuse_freed_memory() first
 RUNS = 2  # --runs: new Runs of the real-shape and long Explorers, each between two plain forwards
+PROFILES: Path | None = None  # --profiles DIR: Chromium's CPU profile of each Explorer click goes there
 
 
 def preamble(package: str | None) -> str:
@@ -149,9 +153,14 @@ class Page:
             time.sleep(0.05)
         raise TimeoutError("the widgets kept changing")
 
-    def act(self, do, *until: tuple[str, object]) -> dict:
+    def act(self, do, *until: tuple[str, object], profile: Path | None = None) -> dict:
         """Do something; wait for each ``(predicate, arg)`` (JS) and for the widgets' DOM to settle: the
-        seconds to the last change, and the bytes received."""
+        seconds to the last change, and the bytes received. ``profile``: where to write the page's CPU
+        profile of it (Chrome DevTools' .cpuprofile, and its costliest functions as text beside it)."""
+        if profile is not None:
+            self.cdp.send("Profiler.enable")
+            self.cdp.send("Profiler.setSamplingInterval", {"interval": 200})  # µs
+            self.cdp.send("Profiler.start")
         b0, n0, t0, cpu0 = self.bytes(), len(self.frames), self.now(), browser_cpu()
         do()
         # the user's input event, not when playwright was asked: its actionability checks take 0.1-0.8 s
@@ -170,6 +179,8 @@ class Page:
                 raise
         seconds = self.settle(t0)
         time.sleep(0.2)  # frames still in flight
+        if profile is not None:
+            write_profile(self.cdp.send("Profiler.stop")["profile"], profile)
         largest = sorted(self.frames[n0:], reverse=True)[:6]  # which messages made up the bytes
         out = {"s": round(seconds, 3), "kB": round((self.bytes() - b0) / 1e3, 1)}
         out["largest_kB"] = [round(n / 1e3, 1) for n in largest]
@@ -199,6 +210,21 @@ class Page:
     def longest_task_ms(self, since: float = 0.0) -> float:
         tasks = self.page.evaluate("() => window.__ne.long")
         return round(max([d for s, d in tasks if s >= since] or [0.0]), 1)
+
+
+def write_profile(profile: dict, path: Path) -> None:
+    """``profile`` (CDP's Profiler.Profile) to ``path`` (.cpuprofile, for DevTools' Performance panel) and
+    the functions with the most samples of their own to ``path`` with .txt: ms, function, script:line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile))
+    nodes = {n["id"]: n["callFrame"] for n in profile["nodes"]}
+    own: dict[str, float] = {}
+    for node, dt in zip(profile["samples"], profile["timeDeltas"], strict=True):
+        f = nodes[node]
+        where = f"{f['functionName'] or '(anonymous)'}  {f['url'].rsplit('/', 1)[-1][:40]}:{f['lineNumber']}"
+        own[where] = own.get(where, 0.0) + dt / 1000
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:40]
+    path.with_suffix(".txt").write_text("".join(f"{ms:8.1f} ms  {where}\n" for where, ms in top))
 
 
 def has_text(scope: str) -> str:
@@ -469,8 +495,9 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
         "experts by load": (by_load, None),
     }
     since, results = page.now(), {}
-    for what, (do, until) in clicks.items():
-        results[what] = page.act(do, *([until] if until else []))
+    for k, (what, (do, until)) in enumerate(clicks.items()):
+        profile = None if PROFILES is None else PROFILES / f"{name}_click{k}.cpuprofile"
+        results[what] = page.act(do, *([until] if until else []), profile=profile)
     out["clicks"] = results
     out["click_s_max"] = max(r["s"] for r in results.values())
     out["click_kB_max"] = max(r["kB"] for r in results.values())
@@ -534,15 +561,16 @@ def new_runs(page: Page, scope: str, rounds: int) -> list[dict]:
 
 
 def main() -> None:
-    global REUSE_FREED_MEMORY, RUNS
+    global REUSE_FREED_MEMORY, RUNS, PROFILES
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="tiny,nb01,big")
     ap.add_argument("--package", help="directory the kernel imports nemo_explore from (default: installed)")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench" / "widgets_browser.json")
     ap.add_argument("--reuse-freed-memory", action="store_true", help="kernels call ne.reuse_freed_memory()")
     ap.add_argument("--runs", type=int, default=RUNS, help="new Runs of the real and long Explorers")
+    ap.add_argument("--profiles", type=Path, help="write Chromium's CPU profile of each Explorer click here")
     args = ap.parse_args()
-    REUSE_FREED_MEMORY, RUNS = args.reuse_freed_memory, args.runs
+    REUSE_FREED_MEMORY, RUNS, PROFILES = args.reuse_freed_memory, args.runs, args.profiles
     from playwright.sync_api import sync_playwright
 
     parts = {"tiny": bench_tiny, "nb01": bench_nb01, "big": bench_big, "real": bench_real, "long": bench_long}

@@ -50,10 +50,13 @@ def test_a_block_hands_out_aligned_dense_copies_until_full():
     first = blocks.take("a.0", t)
     second = blocks.take("a.1", torch.tensor([1, 2, 3]))
     assert first.stride() == t.stride() == (1, 8) and torch.equal(first, t) and first.dtype == t.dtype
+    cast = Blocks({"h": 40 * 2}, group=lambda name: name).take("h", t, torch.float16)  # cast by the copy
+    assert cast.dtype == torch.float16 and cast.stride() == (1, 8) and torch.equal(cast, t.half())
     assert torch.equal(second, torch.tensor([1, 2, 3])) and second.dtype == torch.int64
     assert first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()  # one block for "a"
     assert (second.data_ptr() - first.data_ptr()) % ALIGN == 0
     assert blocks.take("b", torch.zeros(100, dtype=torch.float64)) is None  # 800 B: no room, kept
+    assert blocks.take("b", torch.ones(1, dtype=torch.float64), torch.float32) is not None  # cast: 4 B fit
     assert blocks.take("c", torch.zeros(1)) is None  # no block for that group
     assert blocks.take("b", torch.zeros(1, device="meta")) is None  # not in host memory
 

@@ -278,8 +278,14 @@ class Recorder:
         return [(n, self._keep) for n in names], [(n, self._keep_grad) for n in graded]
 
     def _keep(self, tensor: torch.Tensor, hook) -> None:
-        t = self._kept(tensor)
-        packed = None if self._blocks is None else self._blocks.take(hook.name, t)
+        t, cast = tensor.detach(), None
+        if self._blocks is None or t.device.type != "cpu":
+            t = self._kept(tensor)  # cast and brought to the host where it was computed
+        elif t.is_floating_point():
+            cast = self._dtype  # cast by the copy into its block
+        packed = None if self._blocks is None else self._blocks.take(hook.name, t, cast)
+        if packed is None and cast is not None:  # no room left in its block
+            t = self._kept(tensor)
         self.values[hook.name] = t if packed is None else packed
 
     def _keep_grad(self, grad: torch.Tensor, hook) -> None:

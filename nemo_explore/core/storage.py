@@ -49,14 +49,14 @@ class Blocks:
     bytes of each tensor to come; ``group``: name -> its group (every layer's ``hook_x`` in one). Each block
     holds its group's tensors, each aligned, rounded up to its ``size_class``.
 
-    ``take(name, t)`` copies ``t`` into its group's block and returns that dense view, in ``t``'s memory
-    order (None when the block has no room left or ``t`` is not in host memory: the caller keeps ``t`` as it
-    is). What for: after ``ne.reuse_freed_memory()``, the kept tensors of a run otherwise sit wherever HF
-    allocated them, among its temporaries, and the holes they leave when freed are split by whatever small
-    blocks were allocated meanwhile; a large forward then grows the heap (fresh, page-faulted memory) although
-    gigabytes are free. A run's blocks, freed together, leave holes of their own size, and the next run's
-    blocks of the same size classes are made in them before its forward begins. A view keeps its whole block
-    alive.
+    ``take(name, t, dtype)`` copies ``t`` (cast to ``dtype`` on the way, if given) into its group's block and
+    returns that dense view, in ``t``'s memory order (None when the block has no room left or ``t`` is not in
+    host memory: the caller keeps ``t`` as it is). What for: after ``ne.reuse_freed_memory()``, the kept
+    tensors of a run otherwise sit wherever HF allocated them, among its temporaries, and the holes they
+    leave when freed are split by whatever small blocks were allocated meanwhile; a large forward then grows
+    the heap (fresh, page-faulted memory) although gigabytes are free. A run's blocks, freed together, leave
+    holes of their own size, and the next run's blocks of the same size classes are made in them before its
+    forward begins. A view keeps its whole block alive.
     """
 
     def __init__(self, sizes: dict[str, int], group: Callable[[str], str]) -> None:
@@ -67,15 +67,16 @@ class Blocks:
         self._group = group
         self._free = {g: torch.empty(size_class(n), dtype=torch.uint8) for g, n in need.items() if n}
 
-    def take(self, name: str, t: torch.Tensor) -> torch.Tensor | None:
+    def take(self, name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         group = self._group(name)
         rest = self._free.get(group)
-        n = t.numel() * t.element_size()
+        dtype = t.dtype if dtype is None else dtype
+        n = t.numel() * dtype.itemsize
         if rest is None or n > rest.numel() or t.device.type != "cpu":
             return None
         # in t's memory order: a Mamba layer's x, B and C are position-major views of the conv output, and a
         # copy into (b, p, h, d) order would transpose each (here +1.7 s a forward at 4k tokens)
-        out = rest[:n].view(t.dtype).as_strided(t.shape, dense_strides(t))
+        out = rest[:n].view(dtype).as_strided(t.shape, dense_strides(t))
         out.copy_(t)
         self._free[group] = rest[_aligned(n) :]
         return out
