@@ -203,6 +203,22 @@ class Page:
         self.page.click(".lm-MenuBar-itemLabel >> text=Run")
         self.page.click(".lm-Menu-itemLabel >> text=Run All Cells")
 
+    def shoot(self, selector: str, name: str) -> None:
+        """A screenshot of the first element ``selector`` matches, to artifacts/bench/``name``. The viewport
+        is made as tall as the element first: JupyterLab scrolls a notebook inside its own panel, so a
+        taller element's screenshot would be stitched from scrolled views of the page."""
+        element = self.page.locator(selector).first
+        size = self.page.viewport_size
+        height = int(element.bounding_box()["height"]) + 400
+        self.page.set_viewport_size({"width": size["width"], "height": max(size["height"], height)})
+        try:
+            element.scroll_into_view_if_needed()
+            shot = ROOT / "artifacts" / "bench" / name
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            element.screenshot(path=str(shot))
+        finally:
+            self.page.set_viewport_size(size)
+
     def heap_mb(self) -> float:
         self.cdp.send("HeapProfiler.collectGarbage")
         return self.cdp.send("Runtime.getHeapUsage")["usedSize"] / 2**20
@@ -373,9 +389,7 @@ print(len(cache.str_tokens), "tokens")"""
     out["longest_task_during_switches_ms"] = page.longest_task_ms(since)
     out["errors"] = page.errors
     for scope in ("b-attn", "b-ssm", "b-moe"):
-        shot = ROOT / "artifacts" / "bench" / f"big_{scope}.png"
-        shot.parent.mkdir(parents=True, exist_ok=True)
-        p.locator(f".{scope}").first.screenshot(path=str(shot))
+        page.shoot(f".{scope}", f"big_{scope}.png")
     page.page.close()
     return out
 
@@ -498,6 +512,9 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     for k, (what, (do, until)) in enumerate(clicks.items()):
         profile = None if PROFILES is None else PROFILES / f"{name}_click{k}.cpuprofile"
         results[what] = page.act(do, *([until] if until else []), profile=profile)
+        if k == 0:  # the attention view as the click left it
+            page.shoot(f".{scope}", f"{name}_explorer_attention.png")
+            time.sleep(1.0)  # the page's relayout after the viewport's resizes, before the next click
     out["clicks"] = results
     out["click_s_max"] = max(r["s"] for r in results.values())
     out["click_kB_max"] = max(r["kB"] for r in results.values())
@@ -506,9 +523,7 @@ print(ids.shape[1], "tokens, one forward", round(forward, 1), "s")"""
     out["runs"] = new_runs(page, scope, rounds=RUNS)
     out["peak_kernel_rss_mib_after_runs"] = peak_rss(page, 4)
     out["errors"] = page.errors
-    shot = ROOT / "artifacts" / "bench" / f"{name}_explorer.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    p.locator(f".{scope}").first.screenshot(path=str(shot))
+    page.shoot(f".{scope}", f"{name}_explorer.png")
     page.page.close()
     return out
 
